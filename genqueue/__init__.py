@@ -1,0 +1,30 @@
+"""genqueue: a durable, actor-model job queue for AI video generation."""
+
+from genqueue.config import Config, load_config
+from genqueue.errors import (
+    GenqueueError,
+    IllegalTransition,
+    InvalidRequest,
+    JobNotFound,
+    ProviderError,
+    StorageError,
+)
+from genqueue.jobqueue import JobQueue
+from genqueue.models import GenerationParams, GenerationRequest, Job, JobResult, QueueStatus
+
+__all__ = [
+    "Config",
+    "GenerationParams",
+    "GenerationRequest",
+    "GenqueueError",
+    "IllegalTransition",
+    "InvalidRequest",
+    "Job",
+    "JobNotFound",
+    "JobQueue",
+    "JobResult",
+    "ProviderError",
+    "QueueStatus",
+    "StorageError",
+    "load_config",
+]

@@ -1,0 +1,1 @@
+"""The durable actor runtime and the queue's actors."""

@@ -1,0 +1,142 @@
+"""The asyncio bridge: coroutines await actors, actors run coroutines, nobody blocks.
+
+- Loop → actor: a reply callback in the message resolves an `asyncio.Future`
+  through `loop.call_soon_threadsafe` (pykka's own `await` would block the loop).
+- Actor → loop: `call_soon_threadsafe` starts a task; its done-callback only
+  hands the outcome back (the runtime tells it to the actor as a message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["LoopThread", "Outcome", "Reply", "SyncWaiter", "future_reply"]
+
+# A reply is called once with (ok, value): value is the result, or the exception.
+Reply = Callable[[bool, Any], None]
+
+
+class Outcome:
+    """The result of a coroutine run for an actor: `value` or `error`."""
+
+    __slots__ = ("cancelled", "error", "value")
+
+    def __init__(
+        self, value: Any = None, error: BaseException | None = None, cancelled: bool = False
+    ):
+        self.value = value
+        self.error = error
+        self.cancelled = cancelled
+
+
+def future_reply(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Reply]:
+    """An asyncio future and the thread-safe reply callback that settles it."""
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def reply(ok: bool, value: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    return fut, reply
+
+
+class SyncWaiter:
+    """A reply callback for a plain thread: `wait()` returns the value or raises."""
+
+    __slots__ = ("_done", "_ok", "_value")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._ok = False
+        self._value: Any = None
+
+    def __call__(self, ok: bool, value: Any) -> None:
+        self._ok, self._value = ok, value
+        self._done.set()
+
+    def wait(self, timeout_s: float | None) -> Any:
+        if not self._done.wait(timeout_s):
+            raise TimeoutError(f"no answer within {timeout_s} s")
+        if not self._ok:
+            raise self._value
+        return self._value
+
+
+def spawn(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    on_done: Callable[[Outcome], None],
+    tasks: dict[int, asyncio.Task[Any]],
+    token: int,
+) -> None:
+    """From any thread: run `coro` on `loop`; `on_done(Outcome)` runs on the loop after."""
+
+    def start() -> None:
+        task = loop.create_task(coro)
+        tasks[token] = task
+
+        def done(t: asyncio.Task[Any]) -> None:
+            tasks.pop(token, None)
+            if t.cancelled():
+                on_done(Outcome(cancelled=True))
+            elif t.exception() is not None:
+                on_done(Outcome(error=t.exception()))
+            else:
+                on_done(Outcome(value=t.result()))
+
+        task.add_done_callback(done)
+
+    loop.call_soon_threadsafe(start)
+
+
+class LoopThread:
+    """An asyncio loop on its own thread, for embedding in a program without one."""
+
+    def __init__(self, name: str = "genqueue-io") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> asyncio.AbstractEventLoop:
+        self._thread.start()
+        self._ready.wait()
+        return self.loop
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout_s: float | None = None) -> Any:
+        """Run `coro` on the loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.loop.shutdown_asyncgens()
+
+        try:
+            self.run(shutdown(), timeout_s=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()

@@ -1,0 +1,285 @@
+"""GenerationActor: the video-generation workflow (the plan's GenerationWorkflow).
+
+It is the processor of video jobs. Each generation is a coroutine on the I/O loop,
+started by the job's JobActor, whose outcome returns to that JobActor as a message:
+a thousand generations in flight cost a thousand coroutines, not threads.
+
+    start (a paid call) -> checkpoint the operation name -> poll every
+    polling_interval_s -> stream the video from Veo into the VideoStore -> result
+
+The operation name is stored (`report(checkpoint=...)` is durable before it
+returns) before the first poll, so after a restart the job resumes polling the
+same operation and never pays for a second video.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+
+from genqueue.actors.job import ReportFn
+from genqueue.clock import Clock, RealClock
+from genqueue.config import Config
+from genqueue.errors import ProviderError
+from genqueue.models import Job, JobResult
+from genqueue.providers.fake_veo import FakeVeoServer
+from genqueue.providers.veo3 import Operation, Veo3Client, VideoParams
+from genqueue.storage.videos import LocalStore, S3Store, VideoStore
+
+__all__ = ["GenerationActor", "GenerationCheckpoint", "GenerationService"]
+
+log = logging.getLogger("genqueue.generation")
+T = TypeVar("T")
+EXPECTED_S = 60.0  # progress estimate: Veo usually takes 11 s to a few minutes
+
+
+class GenerationCheckpoint(msgspec.Struct, omit_defaults=True):
+    """What survives a restart: the paid operation, once started."""
+
+    operation: str | None = None
+    started_at: float | None = None
+    starts: int = 0
+
+
+class GenerationActor:
+    """`await actor(job, report)` runs one generation to a JobResult or a ProviderError."""
+
+    def __init__(
+        self,
+        client: Veo3Client,
+        store: VideoStore,
+        *,
+        polling_interval_s: float = 5.0,
+        timeout_s: float = 900.0,
+        max_retries: int = 3,
+        clock: Clock | None = None,
+    ):
+        self.client = client
+        self.store = store
+        self.polling_interval_s = polling_interval_s
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.clock: Clock = clock or RealClock()
+        self.calls: dict[str, int] = {"start": 0, "poll": 0, "download": 0, "errors": 0}
+
+    async def __call__(self, job: Job, report: ReportFn) -> JobResult:
+        t0 = time.monotonic()
+        ids = {"job_id": job.id, "user_id": job.user_id}
+        ckpt = msgspec.convert(job.checkpoint or {}, GenerationCheckpoint)
+        log.info("generation started", extra={**ids, "resumed": ckpt.operation is not None})
+        try:
+            while True:
+                if ckpt.operation is None:
+                    ckpt = await self._start(job, ckpt, report)
+                try:
+                    op = await self._poll_until_done(job, ckpt, report)
+                    break
+                except ProviderError as exc:
+                    if exc.code != "operation_error" or not exc.retryable:
+                        raise
+                    if ckpt.starts > self.max_retries:
+                        raise
+                    ckpt = msgspec.structs.replace(ckpt, operation=None)
+                    await report(checkpoint=msgspec.to_builtins(ckpt))
+            result = await self._store(job, op, report, t0)
+        except ProviderError as exc:
+            self.calls["errors"] += 1
+            log.warning(
+                "generation failed", extra={**ids, "error": exc.message, "retryable": exc.retryable}
+            )
+            raise
+        log.info(
+            "generation completed",
+            extra={
+                **ids,
+                "video_url": result.video_url,
+                "duration_ms": round(1000 * (time.monotonic() - t0)),
+            },
+        )
+        return result
+
+    async def _start(
+        self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn
+    ) -> GenerationCheckpoint:
+        p = job.parameters
+        params = VideoParams(
+            duration=p.duration,
+            aspect_ratio=p.aspect_ratio,
+            resolution=p.resolution,
+            negative_prompt=p.negative_prompt,
+            seed=p.seed,
+        )
+        t = time.monotonic()
+        name = await self._retry(
+            "start", lambda: self.client.start(job.prompt, params, model=job.model)
+        )
+        log.info(
+            "veo operation started",
+            extra={
+                "job_id": job.id,
+                "operation": name,
+                "duration_ms": round(1000 * (time.monotonic() - t)),
+            },
+        )
+        ckpt = GenerationCheckpoint(
+            operation=name, started_at=self.clock.now(), starts=ckpt.starts + 1
+        )
+        await report(progress=5, checkpoint=msgspec.to_builtins(ckpt))  # durable before polling
+        return ckpt
+
+    async def _poll_until_done(
+        self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn
+    ) -> Operation:
+        assert ckpt.operation is not None
+        started = ckpt.started_at or self.clock.now()
+        while True:
+            op = await self._retry("poll", lambda: self.client.poll(ckpt.operation or ""))
+            if op.done:
+                return op
+            elapsed = self.clock.now() - started
+            if elapsed > self.timeout_s:
+                raise ProviderError(
+                    f"Veo did not finish within {self.timeout_s:g} s",
+                    retryable=False,
+                    code="timeout",
+                )
+            await report(progress=min(90, 5 + int(85 * elapsed / EXPECTED_S)))
+            await self.clock.sleep(self.polling_interval_s)
+
+    async def _store(self, job: Job, op: Operation, report: ReportFn, t0: float) -> JobResult:
+        if not op.videos:
+            raise ProviderError("Veo finished without a video", retryable=False, code="no_video")
+        await report(progress=92)
+        t = time.monotonic()
+
+        async def upload() -> Any:
+            self.calls["download"] += 1
+            chunks = self.client.download(op.videos[0])
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                return await self.store.put_stream(job.user_id, job.id, chunks)
+
+        stored = await self._retry("download", upload)
+        log.info(
+            "video stored",
+            extra={
+                "job_id": job.id,
+                "key": stored.key,
+                "bytes": stored.size_bytes,
+                "duration_ms": round(1000 * (time.monotonic() - t)),
+            },
+        )
+        return JobResult(
+            video_url=stored.url,
+            duration=float(job.parameters.duration),
+            processing_time=round(time.monotonic() - t0, 3),
+        )
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Transient errors (429, 5xx, timeouts) retry with backoff, honouring Retry-After."""
+        attempt = 0
+        while True:
+            if what in self.calls and what != "download":
+                self.calls[what] += 1
+            try:
+                return await call()
+            except ProviderError as exc:
+                if (
+                    not exc.retryable
+                    or exc.code == "operation_error"
+                    or attempt >= self.max_retries
+                ):
+                    raise
+                delay = exc.retry_after_s or min(60.0, 2.0**attempt)
+                attempt += 1
+                self.calls["errors"] += 1
+                log.warning(
+                    f"veo {what} failed, retrying",
+                    extra={"error": exc.message, "status": exc.status, "retry_in_s": delay},
+                )
+                await self.clock.sleep(delay)
+
+
+class GenerationService:
+    """The GenerationActor with its clients: a session, the Veo client, the video store.
+
+    With no `VEO3_API_KEY` it starts the fake Veo server on loopback, so a new user sees
+    jobs complete without a Google account.
+    """
+
+    def __init__(self, config: Config, *, clock: Clock | None = None, public_base_url: str = ""):
+        self.config = config
+        self.clock = clock
+        self.public_base_url = (
+            public_base_url or config.public_base_url or (f"http://{config.host}:{config.port}")
+        )
+        self.actor: GenerationActor | None = None
+        self.fake: FakeVeoServer | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    @classmethod
+    def from_config(cls, config: Config, **kw: Any) -> GenerationService:
+        return cls(config, **kw)
+
+    async def start(self) -> None:
+        cfg = self.config
+        base_url, api_key = cfg.veo3_base_url, cfg.veo3_api_key or None
+        if not api_key and cfg.veo3_dialect == "gemini":
+            self.fake = FakeVeoServer(latency_s=3.0)
+            await self._stack.enter_async_context(self.fake)
+            base_url = self.fake.base_url
+            log.warning(
+                "no VEO3_API_KEY: using the built-in fake Veo server", extra={"base_url": base_url}
+            )
+        session = await self._stack.enter_async_context(
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        )
+        client = Veo3Client(
+            session,
+            base_url=base_url,
+            api_key=api_key,
+            dialect=cfg.veo3_dialect,
+            access_token=cfg.vertex_access_token or None,
+            project=cfg.vertex_project or None,
+            location=cfg.vertex_location,
+            model=cfg.veo3_model,
+        )
+        store = self._video_store()
+        await store.start()
+        self._stack.push_async_callback(store.close)
+        self.actor = GenerationActor(
+            client,
+            store,
+            polling_interval_s=cfg.poll_interval_s,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            clock=self.clock,
+        )
+
+    def _video_store(self) -> VideoStore:
+        cfg = self.config
+        if cfg.storage == "s3":
+            return S3Store(
+                bucket=cfg.s3_bucket,
+                endpoint_url=cfg.s3_endpoint_url or None,
+                region=cfg.aws_region or "auto",
+                access_key_id=cfg.aws_access_key_id or None,
+                secret_access_key=cfg.aws_secret_access_key or None,
+                public_base_url=cfg.s3_public_base_url or None,
+                presign_expiry_s=cfg.s3_presign_expiry_s,
+            )
+        return LocalStore(Path(cfg.data_dir), self.public_base_url)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def __call__(self, job: Job, report: ReportFn) -> JobResult:
+        if self.actor is None:
+            raise RuntimeError("GenerationService.start() was not awaited")
+        return await self.actor(job, report)

@@ -1,0 +1,296 @@
+"""JobActor: one per job. Owns the record and its state machine; runs the processor.
+
+    queued -> processing -> completed | failed | cancelled
+    processing -> retry_wait -> queued        (the backoff is this actor's alarm)
+    queued | retry_wait -> cancelled
+
+Illegal transitions raise IllegalTransition and change nothing. While processing,
+the alarm is the watchdog (`job_timeout_s`); in retry_wait it is the backoff.
+A job that reaches a terminal state passivates at once: live threads follow work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from genqueue.actors.bridge import Outcome
+from genqueue.actors.messages import (
+    Cancel,
+    Finished,
+    GetJob,
+    PauseDispatch,
+    Recover,
+    Remove,
+    Report,
+    Requeue,
+    Start,
+)
+from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
+from genqueue.config import Config
+from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
+from genqueue.models import Job, JobResult
+
+__all__ = ["JobActor", "Processor", "QueueServices", "ReportFn"]
+
+log = logging.getLogger("genqueue.job")
+
+ReportFn = Callable[..., Awaitable[None]]
+
+ALLOWED: dict[str, frozenset[str]] = {
+    "queued": frozenset({"processing", "cancelled"}),
+    "processing": frozenset({"completed", "failed", "cancelled", "retry_wait", "queued"}),
+    "retry_wait": frozenset({"queued", "cancelled"}),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+
+class Processor(Protocol):
+    """Does the work of a job. `report(progress=, checkpoint=)` is stored before it returns."""
+
+    async def __call__(self, job: Job, report: ReportFn) -> JobResult: ...
+
+
+@dataclass
+class QueueServices:
+    """What the queue's actors share, set once by JobQueue (passed in, never global)."""
+
+    config: Config
+    processor: Processor
+    publish: Callable[[Job], None]
+    on_unexpected: Callable[[str, BaseException], None]
+    queue_cls: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def services(system: ActorSystem) -> QueueServices:
+    svc = getattr(system, "services", None)
+    if svc is None:
+        raise RuntimeError("the actor system has no queue services")
+    assert isinstance(svc, QueueServices)
+    return svc
+
+
+class JobActor(DurableActor):
+    kind = "job"
+
+    def __init__(self, system: ActorSystem, key: str):
+        super().__init__(system, key)
+        self.svc = services(system)
+        self.job: Job | None = None
+        self._task: int | None = None
+        self._cancel_reason: str | None = None
+
+    def activate(self) -> None:
+        self.job = self.storage.get("record", Job)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def receive(self, message: Any) -> Any:
+        if self.job is None:
+            raise JobNotFound(f"job {self.key} does not exist")
+        match message:
+            case GetJob():
+                return self.job
+            case Start(wait_s=wait_s):
+                return self._start(wait_s)
+            case Recover():
+                return self._recover()
+            case Report(progress=progress, checkpoint=checkpoint):
+                return self._report(progress, checkpoint)
+            case Cancel(reason=reason):
+                return self._cancel(reason)
+        raise TypeError(f"JobActor cannot handle {message!r}")
+
+    def _start(self, wait_s: float | None) -> Job:
+        job = self._job()
+        if job.status != "queued":
+            # Cancelled while the queue dispatched it: give the slot back.
+            self._tell_queue(Finished(job.id, job.user_id, job.status))
+            return job
+        now = self.clock.now()
+        self._save(
+            job,
+            status="processing",
+            attempts=job.attempts + 1,
+            started_at=now,
+            queue_position=None,
+            progress=job.progress,
+        )
+        self._run()
+        return self._job()
+
+    def _recover(self) -> Job:
+        job = self._job()
+        if job.status == "processing" and self._task is None:
+            log.info("resuming job %s after restart", job.id, extra={"job_id": job.id})
+            self._run()
+        elif job.status == "queued":
+            self._start(None)
+        elif job.status != "processing":
+            self._tell_queue(Finished(job.id, job.user_id, job.status))
+        return self._job()
+
+    def _report(self, progress: int | None, checkpoint: Any) -> None:
+        job = self._job()
+        if job.status != "processing":
+            return
+        changes: dict[str, Any] = {}
+        if progress is not None:
+            changes["progress"] = max(0, min(100, int(progress)))
+        if checkpoint is not None:
+            changes["checkpoint"] = checkpoint
+        if changes:
+            self._save(job, status="processing", **changes)
+
+    def _cancel(self, reason: str) -> Job:
+        job = self._job()
+        if job.terminal:
+            raise IllegalTransition(f"job {job.id} is already {job.status}")
+        if job.status == "processing":
+            self._cancel_reason = reason
+            if self._task is not None:
+                self.cancel_async(self._task)
+            else:
+                self._end("cancelled", error=reason)
+            return self._job()
+        was = job.status
+        self._save(job, status="cancelled", error=reason, finished_at=self.clock.now())
+        self.delete_alarm()
+        if was == "queued":
+            self._tell_queue(Remove(job.id, job.priority, job.seq))
+        self.passivate()
+        return self._job()
+
+    # -- running the processor -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        job = self._job()
+        self.set_alarm(self.clock.now() + self.svc.config.job_timeout_s)
+        self._task = self.run_async(self.svc.processor(job, self._reporter(job.id)), self._finished)
+
+    def _reporter(self, job_id: str) -> ReportFn:
+        system = self.system
+
+        async def report(progress: int | None = None, checkpoint: Any = None) -> None:
+            await system.ask_async(JobActor, job_id, Report(progress, checkpoint))
+
+        return report
+
+    def _finished(self, outcome: Outcome) -> None:
+        self._task = None
+        job = self._job()
+        if job.status != "processing":
+            return
+        if outcome.cancelled:
+            if self._cancel_reason is not None:
+                self._end("cancelled", error=self._cancel_reason)
+            else:
+                self._fail_or_retry(
+                    job, f"timed out after {self.svc.config.job_timeout_s:g} s", True
+                )
+        elif outcome.error is not None:
+            self._on_error(job, outcome.error)
+        else:
+            self._end("completed", result=_as_result(outcome.value))
+
+    def _on_error(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, ProviderError):
+            if exc.status == 429 and exc.retry_after_s:
+                self._tell_queue(PauseDispatch(self.clock.now() + exc.retry_after_s))
+            self._fail_or_retry(job, exc.message, exc.retryable)
+        elif isinstance(exc, InvalidRequest):
+            self._end("failed", error=exc.message)
+        else:
+            log.error("processor of job %s raised %r", job.id, exc, extra={"job_id": job.id})
+            self.svc.on_unexpected(job.id, exc)
+            self._end("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail_or_retry(self, job: Job, error: str, retryable: bool) -> None:
+        cfg = self.svc.config
+        if not retryable or job.attempts >= cfg.max_attempts:
+            self._end("failed", error=error)
+            return
+        delay = cfg.retry_backoff_s * 2 ** (job.attempts - 1)
+        self._save(job, status="retry_wait", error=error)
+        self.set_alarm(self.clock.now() + delay)
+        self._tell_queue(Finished(job.id, job.user_id, "retry_wait"))
+
+    def _end(
+        self, status: str, *, result: JobResult | None = None, error: str | None = None
+    ) -> None:
+        job = self._job()
+        now = self.clock.now()
+        self._save(
+            job,
+            status=status,
+            result=result,
+            error=error,
+            finished_at=now,
+            progress=100 if status == "completed" else job.progress,
+        )
+        self.delete_alarm()
+        wait = (job.started_at or now) - (job.queued_at or job.created_at)
+        self._tell_queue(Finished(job.id, job.user_id, status, wait, now - (job.started_at or now)))
+        self.passivate()
+
+    # -- alarm: watchdog while processing, backoff in retry_wait --------------------------------
+
+    def alarm(self, info: AlarmInfo) -> None:
+        job = self._job()
+        if job.status == "retry_wait":
+            self._save(job, status="queued", queued_at=self.clock.now())
+            self._tell_queue(Requeue(job.id, job.user_id, job.priority, job.seq))
+            self.passivate()
+        elif job.status == "processing":
+            log.warning("job %s passed its timeout", job.id, extra={"job_id": job.id})
+            if self._task is not None:
+                self.cancel_async(self._task)  # ends as a timeout in _finished
+            else:
+                self._fail_or_retry(job, "timed out", True)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        return super().busy() or (self.job is not None and self.job.status == "processing")
+
+    def _job(self) -> Job:
+        assert self.job is not None
+        return self.job
+
+    def _save(self, job: Job, *, status: str, **changes: Any) -> None:
+        if status != job.status and status not in ALLOWED[job.status]:
+            raise IllegalTransition(f"job {job.id}: {job.status} -> {status} is not allowed")
+        new = msgspec.structs.replace(job, status=status, updated_at=self.clock.now(), **changes)
+        self.storage.put("record", new)
+        self.job = new
+        publish = self.svc.publish
+        self.after_commit(lambda: publish(new))
+
+    def _tell_queue(self, message: Any) -> None:
+        system, queue_cls = self.system, self.svc.queue_cls
+        self.after_commit(lambda: system.tell(queue_cls, "main", message))
+
+    @staticmethod
+    def create(system: ActorSystem, job: Job) -> int:
+        """Store a new job's first record (in the submitting queue turn); returns the write seq."""
+        return system.store.namespace(JobActor.kind).put(f"{job.id}/record", job)
+
+    @staticmethod
+    def read(system: ActorSystem, job_id: str) -> Job | None:
+        """A job's stored record, without activating its actor."""
+        return system.store.namespace(JobActor.kind).get(f"{job_id}/record", Job)
+
+
+def _as_result(value: Any) -> JobResult:
+    if isinstance(value, JobResult):
+        return value
+    if isinstance(value, dict):
+        return msgspec.convert(value, JobResult)
+    raise TypeError(f"a processor must return a JobResult, not {type(value).__name__}")

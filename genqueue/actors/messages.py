@@ -1,0 +1,95 @@
+"""Messages between the queue's actors: frozen, tagged Structs (pykka does not copy them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from genqueue.models import Job
+
+__all__ = [
+    "Cancel",
+    "Finished",
+    "GetJob",
+    "PauseDispatch",
+    "Recover",
+    "Remove",
+    "Report",
+    "Requeue",
+    "Start",
+    "Status",
+    "Submit",
+]
+
+
+class Msg(msgspec.Struct, frozen=True, tag=True):
+    """Base of every queue message."""
+
+
+# -- to the QueueActor ---------------------------------------------------------------------
+
+
+class Submit(Msg, frozen=True):
+    job: Job
+
+
+class Finished(Msg, frozen=True):
+    """A job left the processing state (ended, or waits for a retry)."""
+
+    job_id: str
+    user_id: str
+    status: str
+    wait_s: float | None = None
+    processing_s: float | None = None
+
+
+class Requeue(Msg, frozen=True):
+    """A job's retry backoff is over: put it back in its place."""
+
+    job_id: str
+    user_id: str
+    priority: int
+    seq: int
+
+
+class Remove(Msg, frozen=True):
+    """A queued job was cancelled."""
+
+    job_id: str
+    priority: int
+    seq: int
+
+
+class PauseDispatch(Msg, frozen=True):
+    """The provider answered 429: start nothing before `until`."""
+
+    until: float
+
+
+class Status(Msg, frozen=True):
+    pass
+
+
+# -- to a JobActor -------------------------------------------------------------------------
+
+
+class Start(Msg, frozen=True):
+    wait_s: float | None = None
+
+
+class Recover(Msg, frozen=True):
+    """After a restart: you were dispatched; resume, or say how you ended."""
+
+
+class Report(Msg, frozen=True):
+    progress: int | None = None
+    checkpoint: Any = None
+
+
+class Cancel(Msg, frozen=True):
+    reason: str = "cancelled by request"
+
+
+class GetJob(Msg, frozen=True):
+    pass

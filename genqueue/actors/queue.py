@@ -1,0 +1,324 @@
+"""QueueActor: the singleton that orders pending jobs and dispatches them by alarm.
+
+Stored keys (its own instance, "main"):
+    pending/{10-priority:02}/{seq:016}  -> Pending      (key order = dispatch order)
+    inflight/{job_id}                   -> InFlight
+    finished/{finished_ms:015}/{job_id} -> user id      (the retention index)
+    meta                                -> QueueMeta    (sequence, counters, rate window)
+Start-up reads only pending and in-flight keys: finished history costs nothing.
+
+Dispatch ("alarm" mode): the alarm pops jobs while `in_flight < max_concurrency`,
+the user's cap allows and the rate limit has a token; an empty bucket sets the
+alarm to the next token's time; a finished job sets it to now. Nothing polls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from genqueue.actors.job import JobActor, services
+from genqueue.actors.messages import (
+    Finished,
+    PauseDispatch,
+    Recover,
+    Remove,
+    Requeue,
+    Start,
+    Status,
+    Submit,
+)
+from genqueue.actors.ratelimit import RateWindow
+from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
+from genqueue.actors.stats import QueueStats
+from genqueue.models import Job, QueueStatus
+
+__all__ = ["QueueActor"]
+
+log = logging.getLogger("genqueue.queue")
+
+
+class Pending(msgspec.Struct, frozen=True):
+    job_id: str
+    user_id: str
+    priority: int
+    seq: int
+    enqueued_at: float
+
+
+class InFlight(msgspec.Struct, frozen=True):
+    user_id: str
+    started_at: float
+
+
+class QueueMeta(msgspec.Struct):
+    next_seq: int = 1
+    paused_until: float = 0.0
+    spent_tokens: list[float] = msgspec.field(default_factory=list)
+    next_retention_at: float = 0.0
+    counters: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+INDEX_TOP = 10**16 - 1
+ALL_USERS = "*"
+
+
+def pending_key(priority: int, seq: int) -> str:
+    return f"pending/{10 - priority:02d}/{seq:016d}"
+
+
+class QueueActor(DurableActor):
+    kind = "queue"
+    passivate_when_idle = False
+
+    def __init__(self, system: ActorSystem, key: str):
+        super().__init__(system, key)
+        self.svc = services(system)
+        self.cfg = self.svc.config
+        self.pending: dict[int, deque[Pending]] = {}
+        self.in_flight: dict[str, InFlight] = {}
+        self.per_user: dict[str, int] = {}
+        self.retry_wait = 0
+        self.meta = QueueMeta()
+        self.rate = RateWindow(self.cfg.rate_limit_per_minute)
+        self.stats = QueueStats(self.clock)
+
+    def activate(self) -> None:
+        self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
+        self.rate.load(self.meta.spent_tokens)
+        for _, entry in self.storage.list("pending/", Pending):
+            self.pending.setdefault(entry.priority, deque()).append(entry)
+        for key, flight in self.storage.list("inflight/", InFlight):
+            job_id = key.removeprefix("inflight/")
+            self._add_flight(job_id, flight)
+            self.after_commit(self._recover_later(job_id))
+        now = self.clock.now()
+        if self.meta.next_retention_at == 0.0:
+            self.meta.next_retention_at = now + self.cfg.retention_interval_s
+        if self.cfg.dispatch == "cron":
+            self.set_alarm(now + self.cfg.cron_interval_s)
+        else:
+            self.set_alarm(now)
+
+    def _recover_later(self, job_id: str) -> Callable[[], None]:
+        system = self.system
+        return lambda: system.tell(JobActor, job_id, Recover())
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def receive(self, message: Any) -> Any:
+        match message:
+            case Submit(job=job):
+                return self._submit(job)
+            case Finished():
+                return self._finished(message)
+            case Requeue(job_id=job_id, user_id=user_id, priority=priority, seq=seq):
+                self.retry_wait = max(0, self.retry_wait - 1)
+                self._enqueue(Pending(job_id, user_id, priority, seq, self.clock.now()))
+                self._wake()
+            case Remove(job_id=job_id, priority=priority, seq=seq):
+                self._remove_pending(priority, seq, job_id)
+                self._count("cancelled")
+            case PauseDispatch(until=until):
+                self._pause(until)
+            case Status():
+                return self.status()
+            case _:
+                raise TypeError(f"QueueActor cannot handle {message!r}")
+        return None
+
+    def _submit(self, job: Job) -> tuple[Job, bool]:
+        existing = JobActor.read(self.system, job.id)
+        if existing is not None:
+            return existing, False
+        now = self.clock.now()
+        seq = self.meta.next_seq
+        self.meta.next_seq += 1
+        position = self.depth() + 1
+        job = msgspec.structs.replace(
+            job, seq=seq, status="queued", queued_at=now, queue_position=position
+        )
+        JobActor.create(self.system, job)
+        self.storage.last_seq = self._index(job)
+        self._enqueue(Pending(job.id, job.user_id, job.priority, seq, now))
+        self._count("submitted")
+        self._save_meta()
+        publish = self.svc.publish
+        self.after_commit(lambda: publish(job))
+        if self.cfg.dispatch == "immediate":
+            self._start(self._pop_pending(job.priority, seq), now)
+        elif self.cfg.dispatch == "alarm":
+            self._wake()
+        return job, True
+
+    def _index(self, job: Job) -> int:
+        """List order for `GET /api/generations`: per user and for admins, newest first."""
+        index = self.system.store.namespace("job_index")
+        inv = f"{INDEX_TOP - job.seq:016d}"
+        index.put(f"{job.user_id}/{inv}", job.id)
+        return index.put(f"{ALL_USERS}/{inv}", job.id)
+
+    def _finished(self, msg: Finished) -> None:
+        flight = self.in_flight.pop(msg.job_id, None)
+        if flight is None:
+            return  # already accounted (a repeated report after a restart)
+        self._drop_user(msg.user_id)
+        self.storage.delete(f"inflight/{msg.job_id}")
+        if msg.status == "retry_wait":
+            self.retry_wait += 1
+            self._count("retried")
+        else:
+            self._count(msg.status)
+            now = self.clock.now()
+            self.storage.put(f"finished/{int(now * 1000):015d}/{msg.job_id}", msg.user_id)
+            self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
+        self._save_meta()
+        self._wake()
+
+    def _pause(self, until: float) -> None:
+        self._count("rate_limit_hits")
+        if until > self.meta.paused_until:
+            self.meta.paused_until = until
+            self._save_meta()
+            log.warning("dispatch paused by the provider's rate limit", extra={"until": until})
+
+    # -- dispatch ----------------------------------------------------------------------------------
+
+    def alarm(self, info: AlarmInfo) -> None:
+        now = self.clock.now()
+        if now >= self.meta.next_retention_at:
+            self._retention(now)
+        next_at = self.dispatch(now)
+        if self.cfg.dispatch == "cron":
+            next_at = now + self.cfg.cron_interval_s
+        candidates = [t for t in (next_at, self.meta.next_retention_at) if t is not None]
+        self.set_alarm(min(candidates))
+
+    def dispatch(self, now: float) -> float | None:
+        """Start what the caps allow; return when to look again (None: when something ends)."""
+        if self.meta.paused_until > now:
+            return self.meta.paused_until
+        while len(self.in_flight) < self.cfg.max_concurrency:
+            entry = self._next_eligible()
+            if entry is None:
+                return None
+            token_at = self.rate.next_token_at(now)
+            if token_at > now:
+                return token_at
+            self.rate.spend(now)
+            self._start(self._pop_pending(entry.priority, entry.seq), now)
+        return None
+
+    def _next_eligible(self) -> Pending | None:
+        cap = self.cfg.max_per_user
+        for priority in sorted(self.pending, reverse=True):
+            for entry in self.pending[priority]:
+                if not cap or self.per_user.get(entry.user_id, 0) < cap:
+                    return entry
+        return None
+
+    def _start(self, entry: Pending, now: float) -> None:
+        flight = InFlight(entry.user_id, now)
+        self._add_flight(entry.job_id, flight)
+        self.storage.put(f"inflight/{entry.job_id}", flight)
+        self.meta.spent_tokens = self.rate.snapshot()
+        self._save_meta()
+        self.stats.started(now - entry.enqueued_at)
+        system, job_id, wait = self.system, entry.job_id, now - entry.enqueued_at
+        self.after_commit(lambda: system.tell(JobActor, job_id, Start(wait)))
+
+    def _wake(self) -> None:
+        if self.cfg.dispatch == "alarm":
+            self.set_alarm(self.clock.now())
+
+    # -- pending bookkeeping ---------------------------------------------------------------------
+
+    def _enqueue(self, entry: Pending) -> None:
+        q = self.pending.setdefault(entry.priority, deque())
+        if q and q[-1].seq > entry.seq:  # a retried job goes back to its own place
+            items = sorted([*q, entry], key=lambda e: e.seq)
+            q.clear()
+            q.extend(items)
+        else:
+            q.append(entry)
+        self.storage.put(pending_key(entry.priority, entry.seq), entry)
+
+    def _pop_pending(self, priority: int, seq: int) -> Pending:
+        q = self.pending[priority]
+        entry = next(e for e in q if e.seq == seq)
+        q.remove(entry)
+        if not q:
+            del self.pending[priority]
+        self.storage.delete(pending_key(priority, seq))
+        return entry
+
+    def _remove_pending(self, priority: int, seq: int, job_id: str) -> None:
+        q = self.pending.get(priority)
+        if q is not None and any(e.seq == seq and e.job_id == job_id for e in q):
+            self._pop_pending(priority, seq)
+
+    def _add_flight(self, job_id: str, flight: InFlight) -> None:
+        self.in_flight[job_id] = flight
+        self.per_user[flight.user_id] = self.per_user.get(flight.user_id, 0) + 1
+
+    def _drop_user(self, user_id: str) -> None:
+        left = self.per_user.get(user_id, 1) - 1
+        if left > 0:
+            self.per_user[user_id] = left
+        else:
+            self.per_user.pop(user_id, None)
+
+    def depth(self) -> int:
+        return sum(len(q) for q in self.pending.values())
+
+    # -- retention, counters, status -------------------------------------------------------------
+
+    def _retention(self, now: float) -> None:
+        cutoff = now - self.cfg.retention_days * 86400
+        end = f"finished/{int(cutoff * 1000):015d}"
+        jobs = self.system.store.namespace(JobActor.kind)
+        removed = 0
+        for key, _ in self.storage.list("finished/", end=end, limit=10_000):
+            job_id = key.rsplit("/", 1)[1]
+            job = JobActor.read(self.system, job_id)
+            if job is not None:
+                index = self.system.store.namespace("job_index")
+                inv = f"{INDEX_TOP - job.seq:016d}"
+                index.delete(f"{job.user_id}/{inv}")
+                index.delete(f"{ALL_USERS}/{inv}")
+            for sub, _ in jobs.list(f"{job_id}/"):
+                jobs.delete(sub)
+            self.storage.delete(key)
+            removed += 1
+        self.storage.last_seq = max(self.storage.last_seq, self.system.store.write_seq)
+        self.meta.next_retention_at = now + self.cfg.retention_interval_s
+        self._count("retention_deleted", removed)
+        self._save_meta()
+        if removed:
+            log.info("retention removed finished jobs", extra={"count": removed})
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.meta.counters[name] = self.meta.counters.get(name, 0) + n
+
+    def _save_meta(self) -> None:
+        self.storage.put("meta", self.meta)
+
+    def status(self) -> QueueStatus:
+        by_priority = {str(p): len(q) for p, q in sorted(self.pending.items(), reverse=True)}
+        oldest = min((q[0].enqueued_at for q in self.pending.values() if q), default=None)
+        now = self.clock.now()
+        return self.stats.status(
+            dispatch=self.cfg.dispatch,
+            queued=self.depth(),
+            by_priority=by_priority,
+            in_flight=len(self.in_flight),
+            retry_wait=self.retry_wait,
+            max_concurrency=self.cfg.max_concurrency,
+            oldest_wait_s=None if oldest is None else now - oldest,
+            counters=self.meta.counters,
+            paused_until=self.meta.paused_until if self.meta.paused_until > now else None,
+        )

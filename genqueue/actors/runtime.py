@@ -1,0 +1,469 @@
+"""Durable actors: pykka threads with storage, alarms, an output gate and passivation.
+
+The Cloudflare Durable Objects model on pykka:
+- `ActorSystem.get(cls, key)` activates the one live instance of an id, from storage.
+- Every message is sent through the system (`tell`, `ask`, `ask_async`), under one
+  lock that passivation also takes, so no message is ever sent to an actor that has
+  decided to stop.
+- A reply leaves the actor only after the writes of its turn are committed
+  (`StateStore.after_commit`): what a caller was told survives `kill -9`.
+- One alarm per actor, persisted in the `alarms` table and delivered by the one
+  `Scheduler` thread; `alarm()` that raises is retried 2 s, 4 s, 8 s ... 6 times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+import pykka
+
+from genqueue.actors.bridge import Outcome, Reply, SyncWaiter, future_reply, spawn
+from genqueue.actors.scheduler import Scheduler
+from genqueue.clock import Clock, RealClock
+from genqueue.storage.state import Namespace, StateStore
+
+__all__ = ["ActorStorage", "ActorSystem", "AlarmInfo", "DurableActor"]
+
+log = logging.getLogger("genqueue.runtime")
+A = TypeVar("A", bound="DurableActor")
+
+ALARM_MAX_RETRIES = 6
+ALARM_FIRST_RETRY_S = 2.0
+
+
+class AlarmInfo(msgspec.Struct, frozen=True):
+    """What `alarm()` is told: how many times this alarm has already failed."""
+
+    retry_count: int = 0
+
+    @property
+    def is_retry(self) -> bool:
+        return self.retry_count > 0
+
+
+class AlarmRecord(msgspec.Struct, frozen=True):
+    """A persisted alarm: when, and how many retries so far."""
+
+    at: float
+    retry_count: int = 0
+
+
+# -- internal messages (immutable: pykka does not copy messages) --------------------------
+
+
+class _Call(msgspec.Struct, frozen=True):
+    body: Any
+    reply: Any  # Reply | None
+
+
+class _AlarmFire(msgspec.Struct, frozen=True):
+    at: float
+
+
+class _TaskDone(msgspec.Struct, frozen=True):
+    token: int
+    on_done: Any  # Callable[[Outcome], None]
+    outcome: Any  # Outcome
+
+
+class _Passivate(msgspec.Struct, frozen=True):
+    idle_before: float | None = None  # None: passivate now if nothing else is queued
+
+
+class ActorStorage:
+    """An actor's own keys in its kind's table; remembers its last write for the gate."""
+
+    def __init__(self, ns: Namespace, key: str):
+        self._ns = ns
+        self._prefix = key + "/"
+        self.last_seq = 0
+
+    def get(self, key: str, type: Any = Any) -> Any:
+        return self._ns.get(self._prefix + key, type)
+
+    def put(self, key: str, value: Any) -> None:
+        self.last_seq = self._ns.put(self._prefix + key, value)
+
+    def delete(self, key: str) -> None:
+        self.last_seq = self._ns.delete(self._prefix + key)
+
+    def list(self, prefix: str = "", type: Any = Any, **kw: Any) -> list[tuple[str, Any]]:
+        n = len(self._prefix)
+        for bound in ("start", "end"):
+            if kw.get(bound) is not None:
+                kw[bound] = self._prefix + kw[bound]
+        return [(k[n:], v) for k, v in self._ns.list(self._prefix + prefix, type, **kw)]
+
+
+class DurableActor(pykka.ThreadingActor):
+    """Base of every genqueue actor. Subclasses set `kind` and implement `receive`."""
+
+    kind: ClassVar[str] = "actor"
+    passivate_when_idle: ClassVar[bool] = True
+
+    def __init__(self, system: ActorSystem, key: str):
+        super().__init__()
+        self.system = system
+        self.key = key
+        self.clock = system.clock
+        self.storage = ActorStorage(system.store.namespace(self.kind), key)
+        self._alarm: AlarmRecord | None = None
+        self._alarm_handle: int | None = None
+        self._deferred: list[Callable[[], None]] = []
+        self._tasks: dict[int, Callable[[Outcome], None]] = {}
+        self.last_active = self.clock.now()
+        system._actors[(type(self), key)] = self
+
+    # -- hooks for subclasses -------------------------------------------------------------
+
+    def activate(self) -> None:
+        """Load state from `self.storage` (runs on the actor's thread at start)."""
+
+    def receive(self, message: Any) -> Any:
+        """Handle one message; the return value is the reply to an `ask`."""
+        raise NotImplementedError
+
+    def alarm(self, info: AlarmInfo) -> None:
+        """The alarm came due. Raise to have it retried with backoff."""
+
+    def busy(self) -> bool:
+        """True while the actor must not be passivated (work in flight)."""
+        return bool(self._tasks)
+
+    # -- Durable Objects alarm API ----------------------------------------------------------
+
+    def set_alarm(self, at: float, *, _retry_count: int = 0) -> None:
+        if self._alarm is not None and self._alarm.at == at and _retry_count == 0:
+            return
+        self._alarm = AlarmRecord(at=at, retry_count=_retry_count)
+        self.storage.last_seq = self.system.alarms.put(self._alarm_key, self._alarm)
+        self._schedule_alarm()
+
+    def get_alarm(self) -> float | None:
+        return self._alarm.at if self._alarm is not None else None
+
+    def delete_alarm(self) -> None:
+        if self._alarm is None:
+            return
+        self._alarm = None
+        self.storage.last_seq = self.system.alarms.delete(self._alarm_key)
+        self._schedule_alarm()
+
+    @property
+    def _alarm_key(self) -> str:
+        return f"{self.kind}/{self.key}"
+
+    def _schedule_alarm(self) -> None:
+        if self._alarm_handle is not None:
+            self.system.scheduler.cancel(self._alarm_handle)
+            self._alarm_handle = None
+        if self._alarm is not None:
+            self._alarm_handle = self.system.schedule_alarm(type(self), self.key, self._alarm.at)
+
+    # -- output gate and the asyncio bridge ---------------------------------------------------
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once this turn's writes are durable (for messages that depend on them)."""
+        self._deferred.append(fn)
+
+    def run_async(self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Outcome], None]) -> int:
+        """Run `coro` on the I/O loop; `on_done(outcome)` later runs as a turn of this actor."""
+        token = self.system.next_token()
+        self._tasks[token] = on_done
+        cls, key, system = type(self), self.key, self.system
+
+        def back(outcome: Outcome) -> None:
+            system.tell_internal(cls, key, _TaskDone(token, on_done, outcome))
+
+        loop = self.system.loop
+        if loop is None:
+            raise RuntimeError("the actor system has no I/O loop")
+        spawn(loop, coro, back, self.system.tasks, token)
+        return token
+
+    def cancel_async(self, token: int) -> None:
+        self.system.cancel_task(token)
+
+    # -- pykka plumbing ------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        try:
+            self._alarm = self.system.alarms.get(self._alarm_key, AlarmRecord)
+            self.activate()
+            self._schedule_alarm()
+        except Exception:
+            log.exception("activation of %s/%s failed", self.kind, self.key)
+            self.system.forget(type(self), self.key, self)
+            raise
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Passivate):
+            self._maybe_passivate(message.idle_before)
+            return None
+        self.last_active = self.clock.now()
+        reply: Reply | None = None
+        try:
+            match message:
+                case _Call(body=body, reply=reply):
+                    result = self.receive(body)
+                case _AlarmFire(at=at):
+                    self._fire_alarm(at)
+                    result = None
+                case _TaskDone(token=token, on_done=on_done, outcome=outcome):
+                    self._tasks.pop(token, None)
+                    result = on_done(outcome)
+                case _:
+                    result = self.receive(message)
+        except Exception as exc:
+            self._end_turn(reply, False, exc)
+            if reply is None:
+                self._crash(exc)
+            return None
+        self._end_turn(reply, True, result)
+        return None
+
+    def _end_turn(self, reply: Reply | None, ok: bool, value: Any) -> None:
+        deferred, self._deferred = self._deferred, []
+        if reply is None and not deferred:
+            return
+        store = self.system.store
+
+        def release() -> None:
+            if store.failure is not None:
+                if reply is not None:
+                    reply(False, store.failure)
+                return
+            for fn in deferred:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("deferred send of %s/%s failed", self.kind, self.key)
+            if reply is not None:
+                reply(ok, value)
+
+        store.after_commit(self.storage.last_seq, release)
+
+    def _crash(self, exc: BaseException) -> None:
+        """An unexpected error in a tell: stop, and come back from storage on the next message."""
+        log.error(
+            "%s/%s failed: %r; restarting from storage", self.kind, self.key, exc, exc_info=exc
+        )
+        with self.system.lock:
+            self.system.forget(type(self), self.key, self)
+        self.stop()
+
+    def _fire_alarm(self, at: float) -> None:
+        current = self._alarm
+        if current is None or current.at != at:
+            return  # replaced or deleted since it was scheduled
+        self._alarm = None
+        self._alarm_handle = None
+        try:
+            self.alarm(AlarmInfo(retry_count=current.retry_count))
+        except Exception as exc:
+            self._retry_alarm(current, exc)
+            return
+        if self._alarm is None:
+            self.storage.last_seq = self.system.alarms.delete(self._alarm_key)
+
+    def _retry_alarm(self, failed: AlarmRecord, exc: Exception) -> None:
+        retries = failed.retry_count + 1
+        if retries > ALARM_MAX_RETRIES:
+            log.error(
+                "alarm of %s/%s gave up after %d retries: %r",
+                self.kind,
+                self.key,
+                ALARM_MAX_RETRIES,
+                exc,
+            )
+            self.storage.last_seq = self.system.alarms.delete(self._alarm_key)
+            return
+        delay = ALARM_FIRST_RETRY_S * 2 ** (retries - 1)
+        log.warning(
+            "alarm of %s/%s failed (%r); retry %d in %.0f s",
+            self.kind,
+            self.key,
+            exc,
+            retries,
+            delay,
+        )
+        self.set_alarm(self.clock.now() + delay, _retry_count=retries)
+
+    def _maybe_passivate(self, idle_before: float | None) -> None:
+        with self.system.lock:
+            if not self.actor_inbox.empty() or self.busy():
+                return
+            if idle_before is not None and self.last_active > idle_before:
+                return
+            self.system.forget(type(self), self.key, self)
+        # A pending alarm stays stored and scheduled by address: it wakes a new instance.
+        self.stop()
+
+    def passivate(self) -> None:
+        """Stop this actor at the end of the turn if nothing else is queued for it."""
+        self.system.tell_internal(type(self), self.key, _Passivate(), activate=False)
+
+
+class ActorSystem:
+    """Activation, messaging, alarms and passivation for durable actors."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        clock: Clock | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        idle_timeout_s: float = 60.0,
+    ):
+        self.store = store
+        self.clock: Clock = clock or RealClock()
+        self.loop = loop  # the I/O loop, set before the first run_async
+        self.idle_timeout_s = idle_timeout_s
+        self.alarms = store.namespace("alarms")
+        self.scheduler = Scheduler(self.clock)
+        self.lock = threading.RLock()
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self._live: dict[tuple[type[DurableActor], str], pykka.ActorRef[Any]] = {}
+        self._actors: dict[tuple[type[DurableActor], str], DurableActor] = {}
+        self._kinds: dict[str, type[DurableActor]] = {}
+        self._token = 0
+        self._stopped = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def register(self, *classes: type[DurableActor]) -> None:
+        for cls in classes:
+            self._kinds[cls.kind] = cls
+
+    def start(self) -> None:
+        """Start the scheduler and re-arm every stored alarm (due ones fire now)."""
+        for address, rec in self.alarms.list("", AlarmRecord):
+            kind, _, key = address.partition("/")
+            cls = self._kinds.get(kind)
+            if cls is None:
+                log.warning("stored alarm for unknown actor kind %r ignored", kind)
+                continue
+            self.schedule_alarm(cls, key, rec.at)
+        self.scheduler.start()
+        self._schedule_sweep()
+
+    def stop(self) -> None:
+        """Stop every actor (their stored state stays), then the scheduler."""
+        with self.lock:
+            self._stopped = True
+            refs = list(self._live.values())
+            self._live.clear()
+            self._actors.clear()
+        for ref in refs:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=10)
+        self.scheduler.stop()
+
+    # -- activation ----------------------------------------------------------------------------
+
+    def get(self, cls: type[A], key: str) -> pykka.ActorRef[A]:
+        """The one live instance for `key`, activated from storage if needed."""
+        if "/" in key:
+            raise ValueError(f"actor key {key!r} may not contain '/'")
+        with self.lock:
+            ref = self._live.get((cls, key))
+            if ref is not None and ref.is_alive():
+                return ref
+            if self._stopped:
+                raise pykka.ActorDeadError("the actor system is stopped")
+            ref = cls.start(self, key)
+            self._live[(cls, key)] = ref
+            return ref
+
+    def forget(self, cls: type[DurableActor], key: str, actor: DurableActor) -> None:
+        with self.lock:
+            ref = self._live.get((cls, key))
+            if ref is not None and ref.actor_urn == actor.actor_urn:
+                del self._live[(cls, key)]
+            if self._actors.get((cls, key)) is actor:
+                del self._actors[(cls, key)]
+
+    def live_count(self) -> int:
+        with self.lock:
+            return len(self._live)
+
+    # -- messaging -------------------------------------------------------------------------------
+
+    def tell(self, cls: type[DurableActor], key: str, message: Any) -> None:
+        self.tell_internal(cls, key, message)
+
+    def tell_internal(
+        self, cls: type[DurableActor], key: str, message: Any, *, activate: bool = True
+    ) -> None:
+        with self.lock:
+            if not activate:
+                ref = self._live.get((cls, key))
+                if ref is None:
+                    return
+            else:
+                ref = self.get(cls, key)
+            ref.tell(message)
+
+    def ask(self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0) -> Any:
+        """Send `message` and wait (in a plain thread) for the gated reply."""
+        waiter = SyncWaiter()
+        self.tell_internal(cls, key, _Call(message, waiter))
+        return waiter.wait(timeout_s)
+
+    async def ask_async(self, cls: type[DurableActor], key: str, message: Any) -> Any:
+        """Send `message` and await the reply without blocking the loop."""
+        fut, reply = future_reply(asyncio.get_running_loop())
+        self.tell_internal(cls, key, _Call(message, reply))
+        return await fut
+
+    def send(self, cls: type[DurableActor], key: str, message: Any, reply: Reply) -> None:
+        """Send `message`; `reply(ok, value)` is called once the answer is durable."""
+        self.tell_internal(cls, key, _Call(message, reply))
+
+    # -- alarms, tasks, passivation ---------------------------------------------------
+
+    def schedule_alarm(self, cls: type[DurableActor], key: str, at: float) -> int:
+        return self.scheduler.call_at(at, lambda: self._deliver_alarm(cls, key, at))
+
+    def _deliver_alarm(self, cls: type[DurableActor], key: str, at: float) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopping: the alarm stays stored
+            self.tell_internal(cls, key, _AlarmFire(at))
+
+    def next_token(self) -> int:
+        with self.lock:
+            self._token += 1
+            return self._token
+
+    def cancel_task(self, token: int) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+
+        def cancel() -> None:
+            task = self.tasks.get(token)
+            if task is not None:
+                task.cancel()
+
+        loop.call_soon_threadsafe(cancel)
+
+    def _schedule_sweep(self) -> None:
+        period = max(self.idle_timeout_s / 2, 0.001)
+        self.scheduler.call_at(self.clock.now() + period, self._sweep)
+
+    def _sweep(self) -> None:
+        """Ask every actor idle for longer than `idle_timeout_s` to passivate."""
+        cutoff = self.clock.now() - self.idle_timeout_s
+        with self.lock:
+            if self._stopped:
+                return
+            for (cls, key), ref in list(self._live.items()):
+                actor = self._actors.get((cls, key))
+                if cls.passivate_when_idle and actor is not None and actor.last_active <= cutoff:
+                    ref.tell(_Passivate(idle_before=cutoff))
+        self._schedule_sweep()

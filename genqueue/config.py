@@ -1,0 +1,178 @@
+"""Config: defaults, then an optional TOML file, then the environment (DESIGN.md names)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from genqueue.errors import ConfigError
+
+__all__ = ["ENV_NAMES", "Config", "load_config"]
+
+DispatchMode = Literal["alarm", "immediate", "cron"]
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Every setting of genqueue; TOML keys are these field names."""
+
+    # server and storage
+    host: str = "127.0.0.1"
+    port: int = 8787
+    data_dir: str = "./data"
+    synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    api_keys: str = ""
+    # queue
+    dispatch: DispatchMode = "alarm"
+    max_concurrency: int = 4
+    max_per_user: int = 0
+    rate_limit_per_minute: int = 0
+    cron_interval_s: float = 60.0
+    retention_days: float = 7.0
+    retention_interval_s: float = 3600.0
+    idle_timeout_s: float = 60.0
+    max_attempts: int = 3
+    retry_backoff_s: float = 2.0
+    job_timeout_s: float = 900.0
+    # Veo
+    veo3_api_key: str = ""
+    veo3_base_url: str = "https://generativelanguage.googleapis.com"
+    veo3_model: str = "veo-3.1-generate-001"
+    veo3_dialect: Literal["gemini", "vertex"] = "gemini"
+    vertex_access_token: str = ""
+    vertex_project: str = ""
+    vertex_location: str = "us-central1"
+    poll_interval_s: float = 5.0
+    max_retries: int = 3
+    timeout_s: float = 900.0
+    # videos
+    storage: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_public_base_url: str = ""
+    s3_presign_expiry_s: int = 3600
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = ""
+    aws_region: str = ""
+    public_base_url: str = ""
+    # webhooks
+    webhook_url: str = ""
+    nextjs_url: str = ""
+    webhook_secret: str = ""
+    webhook_retry_s: str = "0,5,300,1800,7200,18000,36000,36000"
+    webhook_timeout_s: float = 15.0
+    webhook_events_started: bool = False
+    webhook_events_progress: bool = False
+    # logs
+    log_level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "max_concurrency", "poll_interval_s", "cron_interval_s")
+        _check_non_negative(self, "max_per_user", "rate_limit_per_minute", "retention_days")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port: {self.port} is not a TCP port")
+
+    @property
+    def webhook_target(self) -> str:
+        """WEBHOOK_URL, or the plan's NEXTJS_URL + /api/webhooks/worker, or empty."""
+        if self.webhook_url:
+            return self.webhook_url
+        if self.nextjs_url:
+            return self.nextjs_url.rstrip("/") + "/api/webhooks/worker"
+        return ""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _check_positive(cfg: Config, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}: must be greater than 0, got {getattr(cfg, name)}")
+
+
+def _check_non_negative(cfg: Config, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must be 0 or more, got {getattr(cfg, name)}")
+
+
+# Environment name -> Config field (DESIGN.md "Public contract", plus a few of ours).
+ENV_NAMES: dict[str, str] = {
+    "GENQUEUE_HOST": "host",
+    "GENQUEUE_PORT": "port",
+    "GENQUEUE_DATA_DIR": "data_dir",
+    "GENQUEUE_SYNCHRONOUS": "synchronous",
+    "GENQUEUE_API_KEYS": "api_keys",
+    "GENQUEUE_DISPATCH": "dispatch",
+    "GENQUEUE_MAX_CONCURRENCY": "max_concurrency",
+    "GENQUEUE_MAX_PER_USER": "max_per_user",
+    "GENQUEUE_RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
+    "GENQUEUE_CRON_INTERVAL_S": "cron_interval_s",
+    "GENQUEUE_RETENTION_DAYS": "retention_days",
+    "GENQUEUE_IDLE_TIMEOUT_S": "idle_timeout_s",
+    "GENQUEUE_JOB_TIMEOUT_S": "job_timeout_s",
+    "GENQUEUE_MAX_ATTEMPTS": "max_attempts",
+    "VEO3_API_KEY": "veo3_api_key",
+    "VEO3_BASE_URL": "veo3_base_url",
+    "VEO3_MODEL": "veo3_model",
+    "VEO3_DIALECT": "veo3_dialect",
+    "VERTEX_ACCESS_TOKEN": "vertex_access_token",
+    "VERTEX_PROJECT": "vertex_project",
+    "VERTEX_LOCATION": "vertex_location",
+    "GENQUEUE_POLL_INTERVAL_S": "poll_interval_s",
+    "GENQUEUE_STORAGE": "storage",
+    "S3_BUCKET": "s3_bucket",
+    "S3_ENDPOINT_URL": "s3_endpoint_url",
+    "S3_PUBLIC_BASE_URL": "s3_public_base_url",
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "AWS_REGION": "aws_region",
+    "GENQUEUE_PUBLIC_BASE_URL": "public_base_url",
+    "WEBHOOK_URL": "webhook_url",
+    "NEXTJS_URL": "nextjs_url",
+    "WEBHOOK_SECRET": "webhook_secret",
+    "GENQUEUE_WEBHOOK_RETRY_S": "webhook_retry_s",
+    "GENQUEUE_LOG_LEVEL": "log_level",
+}
+
+# Values that must never be printed or logged.
+SECRET_FIELDS = frozenset(
+    {"api_keys", "veo3_api_key", "vertex_access_token", "aws_secret_access_key", "webhook_secret"}
+)
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Defaults, then the TOML file at `path`, then `env` (default os.environ), then overrides."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw.update(tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    for name, field in ENV_NAMES.items():
+        if env.get(name, "") != "":
+            raw[field] = env[name]
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"bad configuration: {_name_env(str(exc))}") from exc
+
+
+def _name_env(message: str) -> str:
+    """Add the environment name to msgspec's `$.field` path, so the user knows what to fix."""
+    for name, field in ENV_NAMES.items():
+        if f"`$.{field}`" in message:
+            return f"{message} (environment {name})"
+    return message

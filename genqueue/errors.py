@@ -1,0 +1,63 @@
+"""The one tree of genqueue's exceptions."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "GenqueueError",
+    "IllegalTransition",
+    "InvalidRequest",
+    "JobNotFound",
+    "ProviderError",
+    "StorageError",
+]
+
+
+class GenqueueError(Exception):
+    """Base of every error genqueue raises on purpose."""
+
+
+class ConfigError(GenqueueError):
+    """A configuration key is unknown or its value is bad (the message names the key)."""
+
+
+class InvalidRequest(GenqueueError):
+    """A request failed validation; `field` names the offending field when known."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = "invalid_request"):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.code = code
+
+
+class JobNotFound(GenqueueError):
+    """No job has this id (or the caller may not see it)."""
+
+
+class IllegalTransition(GenqueueError):
+    """A job state change that the state machine refuses."""
+
+
+class StorageError(GenqueueError):
+    """The state store or the video store could not do what was asked."""
+
+
+class ProviderError(GenqueueError):
+    """The video provider refused or failed; `retryable` says whether trying again may help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.code = code

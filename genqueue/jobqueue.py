@@ -1,0 +1,256 @@
+"""JobQueue: the embeddable API. The same actors the HTTP server uses, without HTTP.
+
+    with JobQueue(config, processor) as q:
+        job = q.submit({"prompt": "a cat surfing"}, user_id="u1")
+        q.join(timeout_s=60)
+
+Usable from plain threads (`submit`, `get`, ...) and from asyncio code (`asubmit`,
+`aget`, ...: they never block the loop). Every acknowledged submit is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from genqueue.actors.bridge import LoopThread
+from genqueue.actors.job import JobActor, Processor, QueueServices
+from genqueue.actors.messages import Cancel, GetJob, Status, Submit
+from genqueue.actors.queue import QueueActor
+from genqueue.actors.runtime import ActorSystem
+from genqueue.clock import Clock, RealClock
+from genqueue.config import Config
+from genqueue.errors import InvalidRequest, JobNotFound
+from genqueue.models import GenerationRequest, Job, QueueStatus, validate_request
+from genqueue.storage.state import StateStore
+
+__all__ = ["JobQueue"]
+
+log = logging.getLogger("genqueue.jobqueue")
+QUEUE_KEY = "main"
+_REQUEST = msgspec.json.Decoder(GenerationRequest)
+
+
+def parse_request(request: GenerationRequest | dict[str, Any] | bytes) -> GenerationRequest:
+    """Decode and validate a request; InvalidRequest names the bad field."""
+    try:
+        if isinstance(request, bytes):
+            req = _REQUEST.decode(request)
+        elif isinstance(request, dict):
+            req = msgspec.convert(request, GenerationRequest)
+        else:
+            req = request
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(exc) else None
+        raise InvalidRequest(str(exc), field=field) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    validate_request(req)
+    return req
+
+
+class JobQueue:
+    """A durable job queue in this process: open it, submit, watch, join, close."""
+
+    def __init__(
+        self,
+        config: Config,
+        processor: Processor,
+        *,
+        clock: Clock | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ):
+        self.config = config
+        self.processor = processor
+        self.clock: Clock = clock or RealClock()
+        self._loop = loop
+        self._loop_thread: LoopThread | None = None
+        self._subscribers: list[Callable[[Job], None]] = []
+        self._events: queue.Queue[Job | None] = queue.Queue()
+        self._event_thread: threading.Thread | None = None
+        self._changed = threading.Condition()
+        self._errors: list[BaseException] = []
+        self.store: StateStore | None = None
+        self.system: ActorSystem | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> JobQueue:
+        cfg = self.config
+        self.store = StateStore(Path(cfg.data_dir) / "state.db", synchronous=cfg.synchronous)
+        if self._loop is None:
+            self._loop_thread = LoopThread()
+            self._loop = self._loop_thread.start()
+        system = ActorSystem(
+            self.store, clock=self.clock, loop=self._loop, idle_timeout_s=cfg.idle_timeout_s
+        )
+        system.services = QueueServices(  # type: ignore[attr-defined]
+            config=cfg,
+            processor=self.processor,
+            publish=self._events.put,
+            on_unexpected=self._record_error,
+            queue_cls=QueueActor,
+        )
+        system.register(QueueActor, JobActor)
+        self.system = system
+        self._event_thread = threading.Thread(target=self._deliver_events, name="job-events")
+        self._event_thread.daemon = True
+        self._event_thread.start()
+        system.start()
+        system.get(QueueActor, QUEUE_KEY)  # activation recovers in-flight jobs
+        return self
+
+    def close(self) -> None:
+        if self.system is not None:
+            self.system.stop()
+        if self.store is not None:
+            self.store.close()
+        self._events.put(None)
+        if self._event_thread is not None:
+            self._event_thread.join(timeout=10)
+        if self._loop_thread is not None:
+            self._loop_thread.stop()
+        self.system = None
+
+    def __enter__(self) -> JobQueue:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the API (threads) -------------------------------------------------------------------------
+
+    def new_job(self, request: GenerationRequest | dict[str, Any] | bytes, user_id: str) -> Job:
+        req = parse_request(request)
+        now = self.clock.now()
+        job_id = req.id or uuid.uuid4().hex
+        return Job(
+            id=job_id,
+            generation_id=job_id,
+            user_id=user_id,
+            prompt=req.prompt,
+            parameters=req.parameters,
+            provider=req.provider,
+            model=req.model or self.config.veo3_model,
+            priority=req.priority,
+            created_at=now,
+            updated_at=now,
+        )
+
+    def submit_detailed(
+        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
+    ) -> tuple[Job, bool]:
+        """Submit; returns (job, created). `created` is False for a known client-chosen id."""
+        job = self.new_job(request, user_id)
+        result: tuple[Job, bool] = self._sys().ask(QueueActor, QUEUE_KEY, Submit(job))
+        return result
+
+    def submit(
+        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
+    ) -> Job:
+        """Store the job durably and queue it; returns it once it survives a crash."""
+        return self.submit_detailed(request, user_id=user_id)[0]
+
+    def get(self, job_id: str) -> Job:
+        job = JobActor.read(self._sys(), job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} does not exist")
+        return self._sys().ask(JobActor, job_id, GetJob()) if not job.terminal else job
+
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
+        if JobActor.read(self._sys(), job_id) is None:
+            raise JobNotFound(f"job {job_id} does not exist")
+        job: Job = self._sys().ask(JobActor, job_id, Cancel(reason))
+        return job
+
+    def status(self) -> QueueStatus:
+        status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
+        return status
+
+    def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
+        """Call `callback(job)` on every stored change of a job; returns an unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def join(self, timeout_s: float = 60.0) -> None:
+        """Wait until nothing is queued, running or waiting to retry; re-raise processor bugs."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._errors:
+                raise self._errors.pop(0)
+            st = self.status()
+            if st.queued == 0 and st.in_flight == 0 and st.retry_wait == 0:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"queue not drained after {timeout_s} s: {st.queued} queued, "
+                    f"{st.in_flight} in flight, {st.retry_wait} waiting to retry"
+                )
+            with self._changed:
+                self._changed.wait(min(remaining, 0.5))
+
+    # -- the API (asyncio) -------------------------------------------------------------------------
+
+    async def asubmit_detailed(
+        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
+    ) -> tuple[Job, bool]:
+        job = self.new_job(request, user_id)
+        result: tuple[Job, bool] = await self._sys().ask_async(QueueActor, QUEUE_KEY, Submit(job))
+        return result
+
+    async def asubmit(
+        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
+    ) -> Job:
+        return (await self.asubmit_detailed(request, user_id=user_id))[0]
+
+    async def aget(self, job_id: str) -> Job:
+        job = JobActor.read(self._sys(), job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} does not exist")
+        if job.terminal:
+            return job
+        live: Job = await self._sys().ask_async(JobActor, job_id, GetJob())
+        return live
+
+    async def acancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
+        if JobActor.read(self._sys(), job_id) is None:
+            raise JobNotFound(f"job {job_id} does not exist")
+        job: Job = await self._sys().ask_async(JobActor, job_id, Cancel(reason))
+        return job
+
+    async def astatus(self) -> QueueStatus:
+        status: QueueStatus = await self._sys().ask_async(QueueActor, QUEUE_KEY, Status())
+        return status
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _sys(self) -> ActorSystem:
+        if self.system is None:
+            raise RuntimeError("the JobQueue is not open")
+        return self.system
+
+    def _record_error(self, job_id: str, exc: BaseException) -> None:
+        self._errors.append(exc)
+
+    def _deliver_events(self) -> None:
+        while True:
+            job = self._events.get()
+            if job is None:
+                return
+            for callback in list(self._subscribers):
+                try:
+                    callback(job)
+                except Exception:
+                    log.exception("job event subscriber failed")
+            with self._changed:
+                self._changed.notify_all()

@@ -1,0 +1,150 @@
+"""The data that crosses boundaries: requests, jobs, results, queue status (msgspec Structs).
+
+Stored records evolve by adding fields with defaults; a field's type never changes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from genqueue.errors import InvalidRequest
+
+__all__ = [
+    "TERMINAL",
+    "GenerationParams",
+    "GenerationRequest",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "QueueStatus",
+    "validate_request",
+]
+
+JobStatus = Literal["queued", "processing", "retry_wait", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+MAX_PROMPT_CHARS = 4000
+JOB_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class GenerationParams(
+    msgspec.Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=True
+):
+    """Video parameters as the API takes them."""
+
+    duration: int = 8
+    aspect_ratio: str = "16:9"
+    resolution: str = "720p"
+    negative_prompt: str | None = None
+    seed: int | None = None
+
+
+class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """`POST /api/generations` and `JobQueue.submit`."""
+
+    prompt: str
+    id: str | None = None
+    parameters: GenerationParams = msgspec.field(default_factory=GenerationParams)
+    provider: str = "veo3"
+    model: str | None = None
+    priority: int = 0
+
+
+class JobResult(msgspec.Struct, rename="camel", omit_defaults=True):
+    """What a finished generation produced."""
+
+    video_url: str
+    duration: float | None = None
+    processing_time: float | None = None
+
+
+class Job(msgspec.Struct, rename="camel", omit_defaults=True):
+    """A job record (owned by its JobActor). Times are Unix seconds."""
+
+    id: str
+    generation_id: str
+    user_id: str
+    prompt: str
+    parameters: GenerationParams
+    provider: str
+    model: str | None
+    priority: int
+    created_at: float
+    updated_at: float
+    status: JobStatus = "queued"
+    progress: int = 0
+    attempts: int = 0
+    seq: int = 0
+    queue_position: int | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    checkpoint: Any = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class QueueStatus(msgspec.Struct, rename="camel"):
+    """The plan's queue metrics, as `GET /api/queue/status` shows them."""
+
+    dispatch: str
+    queued: int
+    queued_by_priority: dict[str, int]
+    in_flight: int
+    retry_wait: int
+    max_concurrency: int
+    oldest_wait_s: float | None
+    avg_wait_s: float | None
+    p95_wait_s: float | None
+    avg_processing_s: float | None
+    p95_processing_s: float | None
+    processed_per_minute: int
+    failed_per_minute: int
+    submitted: int
+    completed: int
+    failed: int
+    cancelled: int
+    retried: int
+    success_rate: float | None
+    failure_rate: float | None
+    retry_rate: float | None
+    rate_limit_hits: int
+    paused_until: float | None
+    provider: dict[str, Any] = msgspec.field(default_factory=dict)
+    webhooks: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def _fail(field: str, message: str) -> None:
+    raise InvalidRequest(message, field=field)
+
+
+def validate_request(req: GenerationRequest) -> None:
+    """Check what msgspec's types cannot: ranges, enums and cross-field rules."""
+    if not req.prompt.strip():
+        _fail("prompt", "prompt must not be blank")
+    if len(req.prompt) > MAX_PROMPT_CHARS:
+        _fail("prompt", f"prompt is {len(req.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    if req.id is not None and not JOB_ID.match(req.id):
+        _fail("id", "id must be 1-128 of letters, digits, '-', '_', '.', ':'")
+    if not 0 <= req.priority <= 10:
+        _fail("priority", f"priority must be an integer from 0 to 10, got {req.priority}")
+    p = req.parameters
+    if p.duration not in (4, 6, 8):
+        _fail("parameters.duration", f"duration must be 4, 6 or 8 seconds, got {p.duration}")
+    if p.aspect_ratio not in ("16:9", "9:16"):
+        _fail("parameters.aspectRatio", f"aspectRatio must be 16:9 or 9:16, got {p.aspect_ratio!r}")
+    if p.resolution not in ("720p", "1080p", "4k"):
+        _fail(
+            "parameters.resolution", f"resolution must be 720p, 1080p or 4k, got {p.resolution!r}"
+        )
+    if p.resolution in ("1080p", "4k") and p.duration != 8:
+        _fail("parameters.resolution", f"resolution {p.resolution} needs duration 8")
+    if p.negative_prompt is not None and len(p.negative_prompt) > MAX_PROMPT_CHARS:
+        _fail("parameters.negativePrompt", "negativePrompt is too long")

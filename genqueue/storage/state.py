@@ -1,0 +1,259 @@
+"""The state store: one SQLite file through sqlitedict, with group commit and an output gate.
+
+One `SqliteDict` owns the file: one connection and one worker thread, so there is
+exactly one writer (two writers on one file lose writes, see measured-facts.md).
+Each namespace is its own table (`key TEXT PRIMARY KEY, value BLOB`, sqlitedict's
+schema) reached through that same connection, so a prefix listing is a range scan
+of the primary-key index: it costs what it returns, not the size of the table.
+
+Writes are queued to the worker at once; a committer thread turns them into
+transactions. While one commit is on disk the next writes pile up, and the next
+commit covers them all (group commit). `after_commit(seq, fn)` and `flush(seq)`
+release an actor's reply only once every write up to `seq` is durable (the
+Durable Objects output gate). Values are encoded with msgspec's MessagePack,
+never pickle.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+from sqlitedict import SqliteDict
+
+from genqueue.errors import StorageError
+
+__all__ = ["Namespace", "StateStore", "SyncLevel"]
+
+T = TypeVar("T")
+SyncLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+_SYNC_CODES = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _decoder(type_: Any) -> msgspec.msgpack.Decoder[Any]:
+    dec = _DECODERS.get(type_)
+    if dec is None:
+        dec = _DECODERS[type_] = msgspec.msgpack.Decoder(type_)
+    return dec
+
+
+def _prefix_end(prefix: str) -> str:
+    """The smallest string greater than every string starting with `prefix`."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class StateStore:
+    """One SQLite file, one writer, group commits, durable acknowledgements."""
+
+    def __init__(self, path: str | Path, *, synchronous: SyncLevel = "FULL"):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = SqliteDict(
+            str(path),
+            tablename="meta",
+            journal_mode="WAL",
+            autocommit=False,
+            encode=_ENCODER.encode,
+            decode=_decoder(Any).decode,
+            outer_stack=False,
+        )
+        self._conn = self._db.conn
+        # sqlitedict sets synchronous=OFF on its connection: override it, then check it held.
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        row = self._conn.select_one("PRAGMA synchronous")
+        if row is None or row[0] != _SYNC_CODES[synchronous]:
+            raise StorageError(f"could not set PRAGMA synchronous={synchronous} (got {row})")
+        self.synchronous: SyncLevel = synchronous
+        self._tables: dict[str, Namespace] = {}
+        self._cv = threading.Condition()
+        self._write_seq = 0
+        self._durable_seq = 0
+        self._failure: BaseException | None = None
+        self._callbacks: list[tuple[int, int, Callable[[], None]]] = []
+        self._cb_order = itertools.count()
+        self._closing = False
+        self._committer_idle = False
+        self.commits = 0
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="state-committer", daemon=True
+        )
+        self._committer.start()
+
+    # -- namespaces -------------------------------------------------------------------------
+
+    def namespace(self, name: str) -> Namespace:
+        """The table `name`, created on first use."""
+        ns = self._tables.get(name)
+        if ns is not None:
+            return ns
+        if not _TABLE_NAME.match(name):
+            raise ValueError(f"namespace name {name!r} must be an identifier")
+        with self._cv:
+            ns = self._tables.get(name)
+            if ns is None:
+                self._conn.execute(
+                    f'CREATE TABLE IF NOT EXISTS "{name}" (key TEXT PRIMARY KEY, value BLOB)'
+                )
+                self._write_seq += 1
+                self._cv.notify_all()
+                ns = self._tables[name] = Namespace(self, name)
+        self.flush()
+        return ns
+
+    # -- raw operations (used by Namespace) ---------------------------------------------------
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise StorageError(f"state store failed: {self._failure}") from self._failure
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        with self._cv:
+            self._check()
+            self._conn.execute(sql, args)
+            self._write_seq += 1
+            if self._committer_idle:
+                self._cv.notify()
+            return self._write_seq
+
+    def _select(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        self._check()
+        try:
+            return list(self._conn.select(sql, args))
+        except Exception as exc:  # sqlitedict re-raises the worker's error here
+            raise StorageError(f"state store read failed: {exc}") from exc
+
+    # -- commits ------------------------------------------------------------------------------
+
+    @property
+    def write_seq(self) -> int:
+        """Sequence number of the latest queued write."""
+        return self._write_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Every write up to this sequence number is committed."""
+        return self._durable_seq
+
+    def after_commit(self, seq: int, callback: Callable[[], None]) -> None:
+        """Run `callback` once every write up to `seq` is durable (now, if it already is).
+
+        The callback runs on the committer thread (or the caller's): it must be quick.
+        """
+        with self._cv:
+            if seq > self._durable_seq and self._failure is None:
+                heapq.heappush(self._callbacks, (seq, next(self._cb_order), callback))
+                return
+        callback()
+
+    def flush(self, seq: int | None = None, timeout_s: float = 30.0) -> None:
+        """Block until every write up to `seq` (default: all so far) is durable."""
+        target = self._write_seq if seq is None else seq
+        if target <= self._durable_seq:
+            self._check()
+            return
+        done = threading.Lock()
+        done.acquire()
+        self.after_commit(target, done.release)
+        if not done.acquire(timeout=timeout_s):
+            raise StorageError(f"commit did not finish within {timeout_s} s")
+        self._check()
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._cv:
+                self._committer_idle = True
+                self._cv.wait_for(lambda: self._write_seq > self._durable_seq or self._closing)
+                self._committer_idle = False
+                if self._write_seq == self._durable_seq and self._closing:
+                    return
+                snap = self._write_seq
+            try:
+                self._conn.commit(blocking=True)
+            except BaseException as exc:  # disk full, read-only, I/O error
+                with self._cv:
+                    self._failure = exc
+                    due, self._callbacks = self._callbacks, []
+                    self._cv.notify_all()
+                for _, _, callback in due:
+                    callback()
+                return
+            self._complete(snap)
+
+    def _complete(self, snap: int) -> None:
+        due = []
+        with self._cv:
+            self._durable_seq = snap
+            self.commits += 1
+            while self._callbacks and self._callbacks[0][0] <= snap:
+                due.append(heapq.heappop(self._callbacks)[2])
+        for callback in due:
+            callback()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped commits, if any (callbacks check it to know the outcome)."""
+        return self._failure
+
+    def close(self) -> None:
+        """Commit what is queued, then close the file."""
+        with self._cv:
+            if self._closing:
+                return
+            self._closing = True
+            self._cv.notify_all()
+        self._committer.join(timeout=30)
+        if self._failure is None:
+            self._db.close()
+        else:
+            self._db.close(force=True)
+
+
+class Namespace:
+    """One table: `get / put / delete / list(prefix)` on msgspec-encoded values."""
+
+    def __init__(self, store: StateStore, name: str):
+        self.store = store
+        self.name = name
+        self._get_sql = f'SELECT value FROM "{name}" WHERE key = ?'
+        self._put_sql = f'REPLACE INTO "{name}" (key, value) VALUES (?, ?)'
+        self._del_sql = f'DELETE FROM "{name}" WHERE key = ?'
+        self._list_sql = f'SELECT key, value FROM "{name}" WHERE key >= ? AND key < ? ORDER BY key'
+
+    def get(self, key: str, type: type[T] | Any = Any) -> T | None:
+        rows = self.store._select(self._get_sql, (key,))
+        return _decoder(type).decode(rows[0][0]) if rows else None
+
+    def put(self, key: str, value: Any) -> int:
+        """Queue the write; returns its sequence number for the output gate."""
+        return self.store._write(self._put_sql, (key, _ENCODER.encode(value)))
+
+    def delete(self, key: str) -> int:
+        return self.store._write(self._del_sql, (key,))
+
+    def list(
+        self,
+        prefix: str = "",
+        type: Any = Any,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[str, Any]]:
+        """Entries whose key starts with `prefix` (and lies in [start, end)), in key order."""
+        lo = max(prefix, start) if start is not None else prefix
+        hi = _prefix_end(prefix) if prefix else "\U0010ffff"
+        if end is not None:
+            hi = min(hi, end)
+        sql = self._list_sql + (f" LIMIT {int(limit)}" if limit is not None else "")
+        dec = _decoder(type)
+        return [(k, dec.decode(v)) for k, v in self.store._select(sql, (lo, hi))]

@@ -1,0 +1,457 @@
+"""Video storage: where finished videos live and the URL a client fetches them from.
+
+Two backends share the `VideoStore` protocol:
+
+- `LocalStore` keeps files in a folder, `root/videos/{user_id}/{job_id}.mp4`. Each video is
+  written to a temporary file beside its final name, fsynced and renamed into place, so a
+  reader never sees half a video and a failed upload leaves the previous one intact.
+- `S3Store` streams into an S3-compatible bucket (R2, S3, MinIO) with aiobotocore, one part
+  of `part_size` bytes in memory at a time; a failed multipart upload is aborted.
+
+Keys are `videos/{user_id}/{job_id}.mp4`. Putting the same job's video again replaces it,
+so an upload retried after a crash is harmless. Failures of the store raise `StorageError`;
+an exception raised by the caller's own chunk iterator passes through unchanged (after the
+partial upload is cleaned up), so the caller can tell its failures from the store's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from contextlib import AsyncExitStack, aclosing
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar
+
+import msgspec
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import ClientError
+
+from genqueue.errors import StorageError
+
+__all__ = ["MIN_PART_SIZE", "LocalStore", "S3Store", "StoredVideo", "VideoStore", "video_key"]
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+"""S3 and R2 refuse multipart parts smaller than this, except the last one."""
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_KEY = re.compile(r"videos/([^/]+)/([^/]+)\.mp4")
+_BLOCK_BYTES = 1024 * 1024  # file writes and reads, and S3 body reads, go this much at a time
+_MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600  # the SigV4 limit
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+class StoredVideo(msgspec.Struct, frozen=True):
+    """A stored video: its key, the URL a client fetches it from, its size and type."""
+
+    key: str
+    url: str
+    size_bytes: int
+    content_type: str = "video/mp4"
+
+
+class VideoStore(Protocol):
+    """Where finished videos go. `start()` before use, `close()` after."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def put_stream(
+        self,
+        user_id: str,
+        job_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str = "video/mp4",
+    ) -> StoredVideo:
+        """Store the video `chunks` make up under the job's key, replacing any earlier one."""
+        ...
+
+    def open_read(self, key: str) -> AsyncIterator[bytes]:
+        """The stored bytes, in blocks (an async generator: wrap it in `aclosing` to stop early)."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the video; deleting a missing one is not an error."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+
+def video_key(user_id: str, job_id: str) -> str:
+    """The key of a job's video; raises StorageError for an id that could escape its folder."""
+    for name, value in (("user_id", user_id), ("job_id", job_id)):
+        if not _ID.fullmatch(value) or not value.strip("."):
+            raise StorageError(
+                f"{name} {value[:140]!r} must be 1-128 letters, digits, '-', '_', '.' or ':'"
+                " and not only dots"
+            )
+    return f"videos/{user_id}/{job_id}.mp4"
+
+
+def _checked_key(key: str) -> str:
+    match = _KEY.fullmatch(key)
+    if match is None or video_key(*match.groups()) != key:
+        raise StorageError(f"{key[:300]!r} is not a video key (videos/USER_ID/JOB_ID.mp4)")
+    return key
+
+
+def _public_url(base: str, key: str) -> str:
+    return f"{base.rstrip('/')}/{key}"
+
+
+class LocalStore:
+    """Videos as files under `root`; serve `root / "videos"` at `/videos/` for `url` to work."""
+
+    def __init__(self, root: Path, public_base_url: str) -> None:
+        self.root = Path(root)
+        self.public_base_url = public_base_url
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread((self.root / "videos").mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the video folder under {self.root}: {exc}") from exc
+
+    async def close(self) -> None:
+        return None
+
+    async def put_stream(
+        self,
+        user_id: str,
+        job_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str = "video/mp4",
+    ) -> StoredVideo:
+        key = video_key(user_id, job_id)
+        path = self.root / key
+        handle, temp = await _in_thread(f"create a temporary file for {key}", _open_temp, path)
+        try:
+            size = await _write_chunks(handle, chunks, key)
+            await _in_thread(f"commit {key}", _commit, handle, temp, path)
+        except BaseException:
+            handle.close()
+            temp.unlink(missing_ok=True)
+            raise
+        url = _public_url(self.public_base_url, key)
+        return StoredVideo(key=key, url=url, size_bytes=size, content_type=content_type)
+
+    async def open_read(self, key: str) -> AsyncIterator[bytes]:
+        path = self.root / _checked_key(key)
+        try:
+            handle = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            raise StorageError(f"no video at {key}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {key}: {exc}") from exc
+        try:
+            while block := await _in_thread(f"read {key}", handle.read, _BLOCK_BYTES):
+                yield block
+        finally:
+            handle.close()
+
+    async def delete(self, key: str) -> None:
+        path = self.root / _checked_key(key)
+        await _in_thread(f"delete {key}", path.unlink, missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        path = self.root / _checked_key(key)
+        return await _in_thread(f"look up {key}", path.is_file)
+
+
+async def _in_thread(
+    what: str, func: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """Run blocking file work off the event loop; an OSError becomes a StorageError."""
+    try:
+        return await asyncio.to_thread(func, *args, **kwargs)
+    except OSError as exc:
+        raise StorageError(f"cannot {what}: {exc}") from exc
+
+
+def _open_temp(path: Path) -> tuple[BinaryIO, Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the video from a separate web server
+    return os.fdopen(fd, "wb"), Path(name)
+
+
+async def _write_chunks(handle: BinaryIO, chunks: AsyncIterable[bytes], key: str) -> int:
+    """Write `chunks` to `handle` in blocks of about _BLOCK_BYTES, each in a worker thread."""
+    size = 0
+    block = bytearray()
+    async for chunk in chunks:
+        block += chunk
+        size += len(chunk)
+        if len(block) >= _BLOCK_BYTES:
+            await _in_thread(f"write {key}", handle.write, block)
+            block = bytearray()
+    if block:
+        await _in_thread(f"write {key}", handle.write, block)
+    return size
+
+
+def _commit(handle: BinaryIO, temp: Path, path: Path) -> None:
+    """Make the temporary file durable, then atomically give it the final name."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+    os.replace(temp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a crash
+    finally:
+        os.close(folder)
+
+
+class _Part(NamedTuple):
+    body: io.BytesIO
+    size: int
+
+
+async def _parts(chunks: AsyncIterable[bytes], part_size: int) -> AsyncGenerator[_Part, None]:
+    """Regroup `chunks` into parts of at least `part_size` bytes; only the last may be shorter.
+
+    A part is a BytesIO (seekable, so botocore can hash and retry it, and aiohttp streams it
+    instead of warning about a large bytes body). At most one part is buffered here.
+    """
+    buffer = io.BytesIO()
+    async for chunk in chunks:
+        buffer.write(chunk)
+        if buffer.tell() >= part_size:
+            size = buffer.tell()
+            buffer.seek(0)
+            yield _Part(buffer, size)
+            buffer = io.BytesIO()
+    if buffer.tell():
+        size = buffer.tell()
+        buffer.seek(0)
+        yield _Part(buffer, size)
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure's type and message: botocore's never contain the secret key."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+class S3Store:
+    """Videos in an S3-compatible bucket, uploaded part by part; `url` is public or presigned.
+
+    Use `region="auto"` for Cloudflare R2. Credentials left at None come from botocore's
+    usual chain (environment, config files).
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        endpoint_url: str | None = None,
+        region: str = "auto",
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        public_base_url: str | None = None,
+        presign_expiry_s: int = 3600,
+        part_size: int = 8 * 1024 * 1024,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes, not {part_size}")
+        if not 1 <= presign_expiry_s <= _MAX_PRESIGN_EXPIRY_S:
+            raise ValueError(f"presign_expiry_s must be 1-{_MAX_PRESIGN_EXPIRY_S} seconds")
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.public_base_url = public_base_url
+        self.presign_expiry_s = presign_expiry_s
+        self.part_size = part_size
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+
+    async def start(self) -> None:
+        """Open the one S3 client (and its connection pool) this store uses."""
+        if self._client is not None:
+            return
+        stack = AsyncExitStack()
+        try:
+            self._client = await stack.enter_async_context(self._create_client())
+        except Exception as exc:
+            await stack.aclose()
+            raise StorageError(
+                f"cannot open an S3 client for {self.bucket}: {_describe(exc)}"
+            ) from exc
+        self._stack = stack
+
+    def _create_client(self) -> Any:
+        config = AioConfig(
+            signature_version="s3v4",
+            # MinIO and moto want path-style URLs; R2 accepts both.
+            s3={"addressing_style": "path" if self.endpoint_url else "auto"},
+            # botocore's default CRC checksums trip some S3-compatible stores.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"mode": "standard", "max_attempts": 3},
+        )
+        return AioSession().create_client(
+            "s3",
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self._access_key_id,
+            aws_secret_access_key=self._secret_access_key,
+            config=config,
+        )
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise StorageError("S3Store is not started (call start() first)")
+        return self._client
+
+    async def _call(self, operation: str, key: str, **params: Any) -> Any:
+        """One S3 call on `key`; any failure of it becomes a StorageError."""
+        method = getattr(self._require_client(), operation)
+        try:
+            return await method(Bucket=self.bucket, Key=key, **params)
+        except Exception as exc:
+            raise StorageError(
+                f"S3 {operation} of {key} in bucket {self.bucket} failed: {_describe(exc)}"
+            ) from exc
+
+    async def put_stream(
+        self,
+        user_id: str,
+        job_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str = "video/mp4",
+    ) -> StoredVideo:
+        key = video_key(user_id, job_id)
+        self._require_client()
+        upload = _Upload(self, key, content_type)
+        try:
+            size = await upload.send(_parts(chunks, self.part_size))
+        except BaseException as exc:
+            await upload.abort(exc)
+            raise
+        return await self._stored(key, size, content_type)
+
+    async def _stored(self, key: str, size: int, content_type: str) -> StoredVideo:
+        url = await self._url(key)
+        return StoredVideo(key=key, url=url, size_bytes=size, content_type=content_type)
+
+    async def _url(self, key: str) -> str:
+        if self.public_base_url:
+            return _public_url(self.public_base_url, key)
+        try:
+            url: str = await self._require_client().generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=self.presign_expiry_s,
+            )
+        except Exception as exc:
+            raise StorageError(f"cannot presign a URL for {key}: {_describe(exc)}") from exc
+        return url
+
+    async def open_read(self, key: str) -> AsyncIterator[bytes]:
+        response = await self._call("get_object", _checked_key(key))
+        async with response["Body"] as body:  # hands the connection back to the pool
+            while block := await self._read(body, key):
+                yield block
+
+    async def _read(self, body: Any, key: str) -> bytes:
+        try:
+            block: bytes = await body.read(_BLOCK_BYTES)
+        except Exception as exc:
+            raise StorageError(f"reading {key} from S3 failed: {_describe(exc)}") from exc
+        return block
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete_object", _checked_key(key))
+
+    async def exists(self, key: str) -> bool:
+        _checked_key(key)
+        try:
+            await self._call("head_object", key)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError):
+                code = str(cause.response.get("Error", {}).get("Code"))
+                if code in _MISSING_CODES:
+                    return False
+            raise
+        return True
+
+
+class _Upload:
+    """One video upload: a single PUT when it fits in one part, else a multipart upload
+    started on the first full part, then completed, or aborted on any failure."""
+
+    def __init__(self, store: S3Store, key: str, content_type: str) -> None:
+        self.store = store
+        self.key = key
+        self.content_type = content_type
+        self.upload_id: str | None = None
+        self.etags: list[dict[str, Any]] = []
+        self.size = 0
+
+    async def send(self, parts: AsyncGenerator[_Part, None]) -> int:
+        """Upload every part; returns the video's size in bytes."""
+        async with aclosing(parts):
+            async for part in parts:
+                if self.upload_id is None and part.size < self.store.part_size:
+                    await self._put(part.body)  # the last part is the first: one plain PUT
+                    return part.size
+                await self.add(part)
+                del part  # the next part's buffer replaces this one instead of joining it
+        await self.complete()
+        return self.size
+
+    async def _put(self, body: io.BytesIO | bytes) -> None:
+        await self.store._call("put_object", self.key, Body=body, ContentType=self.content_type)
+
+    async def add(self, part: _Part) -> None:
+        if self.upload_id is None:
+            created = await self.store._call(
+                "create_multipart_upload", self.key, ContentType=self.content_type
+            )
+            self.upload_id = str(created["UploadId"])
+        number = len(self.etags) + 1
+        uploaded = await self.store._call(
+            "upload_part", self.key, UploadId=self.upload_id, PartNumber=number, Body=part.body
+        )
+        self.etags.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+        self.size += part.size
+
+    async def complete(self) -> None:
+        if self.upload_id is None:  # an empty video
+            await self._put(b"")
+            return
+        await self.store._call(
+            "complete_multipart_upload",
+            self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": self.etags},
+        )
+        self.upload_id = None
+
+    async def abort(self, reason: BaseException) -> None:
+        """Abort an unfinished upload; if even that fails, say so on `reason`."""
+        if self.upload_id is None:
+            return
+        upload_id, self.upload_id = self.upload_id, None
+        try:
+            await self.store._call("abort_multipart_upload", self.key, UploadId=upload_id)
+        except StorageError as exc:
+            reason.add_note(f"and aborting the multipart upload {upload_id} failed: {exc}")
