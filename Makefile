@@ -15,7 +15,7 @@ run: $(BIN)/.installed
 	$(BIN)/python main.py serve
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check genqueue tests bench main.py
+	$(BIN)/ruff check .
 	$(BIN)/mypy genqueue
 
 test: lint

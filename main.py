@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 
 from genqueue.config import SECRET_FIELDS, Config, load_config
@@ -46,15 +47,14 @@ def ensure_api_keys(cfg: Config) -> Config:
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
         print(f"Generated an admin API key (stored in {path}; shown once):\n  {key}", flush=True)
-    import msgspec
 
     return msgspec.structs.replace(cfg, api_keys=f"{key}=admin:admin")
 
 
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
-
     from genqueue.http.app import create_app
+
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
@@ -87,11 +87,14 @@ def _client_settings(args: argparse.Namespace) -> tuple[str, str]:
 async def _call(method: str, url: str, key: str, body: Any = None) -> Any:
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        async with aiohttp.ClientSession() as session, session.request(
-            method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp,
+        ):
             data = await resp.json(content_type=None)
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         raise ClientError(f"cannot reach genqueue at {url}: {exc}", EXIT_UNREACHABLE) from exc
     if resp.status == 401:
         raise ClientError("the API key was refused (set GENQUEUE_KEY)", EXIT_AUTH)
@@ -104,9 +107,11 @@ async def _call(method: str, url: str, key: str, body: Any = None) -> Any:
 
 async def _submit(args: argparse.Namespace) -> int:
     url, key = _client_settings(args)
-    body: dict[str, Any] = {"prompt": args.prompt, "priority": args.priority,
-                            "parameters": {"duration": args.duration,
-                                           "aspectRatio": args.aspect_ratio}}
+    body: dict[str, Any] = {
+        "prompt": args.prompt,
+        "priority": args.priority,
+        "parameters": {"duration": args.duration, "aspectRatio": args.aspect_ratio},
+    }
     job = await _call("POST", f"{url}/api/generations", key, body)
     print(f"submitted {job['id']} ({job['status']})")
     if not args.wait:

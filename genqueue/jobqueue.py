@@ -232,7 +232,7 @@ class JobQueue:
         status: QueueStatus = await self._sys().ask_async(QueueActor, QUEUE_KEY, Status())
         return status
 
-    # -- internals ----------------------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------
 
     def _sys(self) -> ActorSystem:
         if self.system is None:

@@ -66,6 +66,9 @@ class QueueServices:
     publish: Callable[[Job], None]
     on_unexpected: Callable[[str, BaseException], None]
     queue_cls: Any = None
+    # Called inside the JobActor's turn on every status change; may write to the store
+    # (e.g. the webhook outbox) and returns the sequence number of its last write.
+    on_event: Callable[[Job], int | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -270,6 +273,10 @@ class JobActor(DurableActor):
         new = msgspec.structs.replace(job, status=status, updated_at=self.clock.now(), **changes)
         self.storage.put("record", new)
         self.job = new
+        if self.svc.on_event is not None and status != job.status:
+            # Same turn, same commit: a terminal job and its webhook are stored together.
+            seq = self.svc.on_event(new)
+            self.storage.last_seq = max(self.storage.last_seq, seq or 0)
         publish = self.svc.publish
         self.after_commit(lambda: publish(new))
 
