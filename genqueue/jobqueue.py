@@ -27,11 +27,13 @@ from genqueue.actors.job import JobActor, Processor, QueueServices
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit
 from genqueue.actors.queue import QueueActor
 from genqueue.actors.runtime import ActorSystem
+from genqueue.actors.webhook import WebhookOutbox, WebhookStats
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest, JobNotFound
 from genqueue.models import GenerationRequest, Job, QueueStatus, validate_request
 from genqueue.storage.state import StateStore
+from genqueue.webhooks import Delivery
 
 __all__ = ["JobQueue"]
 
@@ -81,6 +83,7 @@ class JobQueue:
         self._errors: list[BaseException] = []
         self.store: StateStore | None = None
         self.system: ActorSystem | None = None
+        self._webhooks: WebhookOutbox | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -96,22 +99,34 @@ class JobQueue:
         system.services = QueueServices(  # type: ignore[attr-defined]
             config=cfg,
             processor=self.processor,
-            publish=self._events.put,
+            publish=self._publish,
             on_unexpected=self._record_error,
             queue_cls=QueueActor,
         )
+        if cfg.webhook_target:  # the outbox: events stored in the job's turn, sent after
+            self._webhooks = WebhookOutbox(system, cfg)
+            system.services.on_event = self._webhooks.on_event  # type: ignore[attr-defined]
         system.register(QueueActor, JobActor)
+        for cls in (QueueActor, JobActor):
+            # Create the tables now: creating one flushes, and a first use could otherwise
+            # come from an after-commit callback on the committer thread (a deadlock).
+            self.store.namespace(cls.kind)
         self.system = system
         self._event_thread = threading.Thread(target=self._deliver_events, name="job-events")
         self._event_thread.daemon = True
         self._event_thread.start()
         system.start()
         system.get(QueueActor, QUEUE_KEY)  # activation recovers in-flight jobs
+        if self._webhooks is not None:
+            self._webhooks.start()  # sends what a previous run left pending
         return self
 
     def close(self) -> None:
         if self.system is not None:
             self.system.stop()
+        if self._webhooks is not None and self._loop is not None:
+            self._webhooks.close_on(self._loop)
+            self._webhooks = None
         if self.store is not None:
             self.store.close()
         self._events.put(None)
@@ -130,7 +145,15 @@ class JobQueue:
     # -- the API (threads) -------------------------------------------------------------------------
 
     def new_job(self, request: GenerationRequest | dict[str, Any] | bytes, user_id: str) -> Job:
+        return self._submission(request, user_id).job
+
+    def _submission(
+        self, request: GenerationRequest | dict[str, Any] | bytes, user_id: str
+    ) -> Submit:
         req = parse_request(request)
+        return Submit(self._job_from(req, user_id), client_id=req.id is not None)
+
+    def _job_from(self, req: GenerationRequest, user_id: str) -> Job:
         now = self.clock.now()
         job_id = req.id or uuid.uuid4().hex
         return Job(
@@ -150,8 +173,8 @@ class JobQueue:
         self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
     ) -> tuple[Job, bool]:
         """Submit; returns (job, created). `created` is False for a known client-chosen id."""
-        job = self.new_job(request, user_id)
-        result: tuple[Job, bool] = self._sys().ask(QueueActor, QUEUE_KEY, Submit(job))
+        submission = self._submission(request, user_id)
+        result: tuple[Job, bool] = self._sys().ask(QueueActor, QUEUE_KEY, submission)
         return result
 
     def submit(
@@ -204,8 +227,8 @@ class JobQueue:
     async def asubmit_detailed(
         self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
     ) -> tuple[Job, bool]:
-        job = self.new_job(request, user_id)
-        result: tuple[Job, bool] = await self._sys().ask_async(QueueActor, QUEUE_KEY, Submit(job))
+        submission = self._submission(request, user_id)
+        result: tuple[Job, bool] = await self._sys().ask_async(QueueActor, QUEUE_KEY, submission)
         return result
 
     async def asubmit(
@@ -232,12 +255,36 @@ class JobQueue:
         status: QueueStatus = await self._sys().ask_async(QueueActor, QUEUE_KEY, Status())
         return status
 
+    # -- webhooks (the outbox) ---------------------------------------------------------------
+
+    def webhook_stats(self) -> WebhookStats:
+        """Counters of the webhook outbox (all zero when no webhook target is configured)."""
+        return self._webhooks.stats() if self._webhooks is not None else WebhookStats()
+
+    async def awebhook_stats(self) -> WebhookStats:
+        return await self._webhooks.astats() if self._webhooks is not None else WebhookStats()
+
+    def dead_webhooks(self) -> list[Delivery]:
+        """Dead-lettered deliveries: kept until replayed."""
+        return self._webhooks.dead() if self._webhooks is not None else []
+
+    def replay_webhook(self, delivery_id: str) -> Delivery:
+        """Send a dead-lettered delivery again, with the same webhook-id."""
+        if self._webhooks is None:
+            raise InvalidRequest("no webhook target is configured", field="webhook_url")
+        return self._webhooks.replay(delivery_id)
+
     # -- internals ----------------------------------------------------------------------
 
     def _sys(self) -> ActorSystem:
         if self.system is None:
             raise RuntimeError("the JobQueue is not open")
         return self.system
+
+    def _publish(self, job: Job) -> None:
+        if self._webhooks is not None:
+            self._webhooks.published(job)
+        self._events.put(job)
 
     def _record_error(self, job_id: str, exc: BaseException) -> None:
         self._errors.append(exc)

@@ -131,7 +131,7 @@ def validate_request(req: GenerationRequest) -> None:
         _fail("prompt", "prompt must not be blank")
     if len(req.prompt) > MAX_PROMPT_CHARS:
         _fail("prompt", f"prompt is {len(req.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-    if req.id is not None and not JOB_ID.match(req.id):
+    if req.id is not None and not JOB_ID.fullmatch(req.id):
         _fail("id", "id must be 1-128 of letters, digits, '-', '_', '.', ':'")
     if not 0 <= req.priority <= 10:
         _fail("priority", f"priority must be an integer from 0 to 10, got {req.priority}")
@@ -146,5 +146,7 @@ def validate_request(req: GenerationRequest) -> None:
         )
     if p.resolution in ("1080p", "4k") and p.duration != 8:
         _fail("parameters.resolution", f"resolution {p.resolution} needs duration 8")
+    if p.seed is not None and not 0 <= p.seed <= 2**32 - 1:
+        _fail("parameters.seed", f"seed must be an integer from 0 to {2**32 - 1}")
     if p.negative_prompt is not None and len(p.negative_prompt) > MAX_PROMPT_CHARS:
         _fail("parameters.negativePrompt", "negativePrompt is too long")

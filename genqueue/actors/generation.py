@@ -85,7 +85,14 @@ class GenerationActor:
                     if exc.code != "operation_error" or not exc.retryable:
                         raise
                     if ckpt.starts > self.max_retries:
-                        raise
+                        # Retries spent: final, or the queue's retry would re-poll the
+                        # failed operation the checkpoint still names.
+                        raise ProviderError(
+                            f"{exc.message} (after {ckpt.starts} operations)",
+                            retryable=False,
+                            status=exc.status,
+                            code=exc.code,
+                        ) from exc
                     ckpt = msgspec.structs.replace(ckpt, operation=None)
                     await report(checkpoint=msgspec.to_builtins(ckpt))
             result = await self._store(job, op, report, t0)

@@ -166,8 +166,7 @@ class JobActor(DurableActor):
         was = job.status
         self._save(job, status="cancelled", error=reason, finished_at=self.clock.now())
         self.delete_alarm()
-        if was == "queued":
-            self._tell_queue(Remove(job.id, job.priority, job.seq))
+        self._tell_queue(Remove(job.id, job.priority, job.seq, job.user_id, was))
         self.passivate()
         return self._job()
 

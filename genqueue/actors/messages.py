@@ -32,6 +32,7 @@ class Msg(msgspec.Struct, frozen=True, tag=True):
 
 class Submit(Msg, frozen=True):
     job: Job
+    client_id: bool = True  # a client-chosen id may exist already: check (idempotency)
 
 
 class Finished(Msg, frozen=True):
@@ -54,11 +55,13 @@ class Requeue(Msg, frozen=True):
 
 
 class Remove(Msg, frozen=True):
-    """A queued job was cancelled."""
+    """A queued job, or one waiting to retry (`was`), was cancelled."""
 
     job_id: str
     priority: int
     seq: int
+    user_id: str = ""
+    was: str = "queued"
 
 
 class PauseDispatch(Msg, frozen=True):

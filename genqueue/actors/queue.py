@@ -112,17 +112,19 @@ class QueueActor(DurableActor):
 
     def receive(self, message: Any) -> Any:
         match message:
-            case Submit(job=job):
-                return self._submit(job)
+            case Submit(job=job, client_id=client_id):
+                return self._submit(job, client_id)
             case Finished():
                 return self._finished(message)
             case Requeue(job_id=job_id, user_id=user_id, priority=priority, seq=seq):
                 self.retry_wait = max(0, self.retry_wait - 1)
-                self._enqueue(Pending(job_id, user_id, priority, seq, self.clock.now()))
+                now = self.clock.now()
+                self._enqueue(Pending(job_id, user_id, priority, seq, now))
+                if self.cfg.dispatch == "immediate":  # like a submit: start at once
+                    self._start(self._pop_pending(priority, seq), now)
                 self._wake()
-            case Remove(job_id=job_id, priority=priority, seq=seq):
-                self._remove_pending(priority, seq, job_id)
-                self._count("cancelled")
+            case Remove():
+                self._removed(message)
             case PauseDispatch(until=until):
                 self._pause(until)
             case Status():
@@ -131,8 +133,8 @@ class QueueActor(DurableActor):
                 raise TypeError(f"QueueActor cannot handle {message!r}")
         return None
 
-    def _submit(self, job: Job) -> tuple[Job, bool]:
-        existing = JobActor.read(self.system, job.id)
+    def _submit(self, job: Job, client_id: bool) -> tuple[Job, bool]:
+        existing = JobActor.read(self.system, job.id) if client_id else None
         if existing is not None:
             return existing, False
         now = self.clock.now()
@@ -173,11 +175,25 @@ class QueueActor(DurableActor):
             self._count("retried")
         else:
             self._count(msg.status)
-            now = self.clock.now()
-            self.storage.put(f"finished/{int(now * 1000):015d}/{msg.job_id}", msg.user_id)
+            self._index_finished(msg.job_id, msg.user_id)
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
         self._save_meta()
         self._wake()
+
+    def _removed(self, msg: Remove) -> None:
+        """A job was cancelled before it was dispatched (queued) or while waiting to retry."""
+        if msg.was == "retry_wait":
+            self.retry_wait = max(0, self.retry_wait - 1)
+        else:
+            self._remove_pending(msg.priority, msg.seq, msg.job_id)
+        self._count("cancelled")
+        self._index_finished(msg.job_id, msg.user_id)
+        self._save_meta()
+
+    def _index_finished(self, job_id: str, user_id: str) -> None:
+        """Record a terminal job for retention."""
+        now = self.clock.now()
+        self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
     def _pause(self, until: float) -> None:
         self._count("rate_limit_hits")
@@ -215,7 +231,7 @@ class QueueActor(DurableActor):
 
     def _next_eligible(self) -> Pending | None:
         cap = self.cfg.max_per_user
-        for priority in sorted(self.pending, reverse=True):
+        for priority in sorted(self.pending):
             for entry in self.pending[priority]:
                 if not cap or self.per_user.get(entry.user_id, 0) < cap:
                     return entry

@@ -88,10 +88,10 @@ class ActorStorage:
         return self._ns.get(self._prefix + key, type)
 
     def put(self, key: str, value: Any) -> None:
-        self.last_seq = self._ns.put(self._prefix + key, value)
+        self.last_seq = max(self.last_seq, self._ns.put(self._prefix + key, value))
 
     def delete(self, key: str) -> None:
-        self.last_seq = self._ns.delete(self._prefix + key)
+        self.last_seq = max(self.last_seq, self._ns.delete(self._prefix + key))
 
     def list(self, prefix: str = "", type: Any = Any, **kw: Any) -> list[tuple[str, Any]]:
         n = len(self._prefix)
@@ -99,6 +99,35 @@ class ActorStorage:
             if kw.get(bound) is not None:
                 kw[bound] = self._prefix + kw[bound]
         return [(k[n:], v) for k, v in self._ns.list(self._prefix + prefix, type, **kw)]
+
+
+class AlarmTable:
+    """The stored alarms with an in-memory mirror: activation reads no disk for them."""
+
+    def __init__(self, ns: Namespace):
+        self._ns = ns
+        self._mirror: dict[str, AlarmRecord] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> list[tuple[str, AlarmRecord]]:
+        rows = self._ns.list("", AlarmRecord)
+        with self._lock:
+            self._mirror = dict(rows)
+        return rows
+
+    def get(self, address: str, type: Any = AlarmRecord) -> AlarmRecord | None:
+        with self._lock:
+            return self._mirror.get(address)
+
+    def put(self, address: str, record: AlarmRecord) -> int:
+        with self._lock:
+            self._mirror[address] = record
+            return self._ns.put(address, record)
+
+    def delete(self, address: str) -> int:
+        with self._lock:
+            self._mirror.pop(address, None)
+            return self._ns.delete(address)
 
 
 class DurableActor(pykka.ThreadingActor):
@@ -142,7 +171,7 @@ class DurableActor(pykka.ThreadingActor):
         if self._alarm is not None and self._alarm.at == at and _retry_count == 0:
             return
         self._alarm = AlarmRecord(at=at, retry_count=_retry_count)
-        self.storage.last_seq = self.system.alarms.put(self._alarm_key, self._alarm)
+        self.system.alarms.put(self._alarm_key, self._alarm)
         self._schedule_alarm()
 
     def get_alarm(self) -> float | None:
@@ -152,7 +181,7 @@ class DurableActor(pykka.ThreadingActor):
         if self._alarm is None:
             return
         self._alarm = None
-        self.storage.last_seq = self.system.alarms.delete(self._alarm_key)
+        self.system.alarms.delete(self._alarm_key)
         self._schedule_alarm()
 
     @property
@@ -179,7 +208,8 @@ class DurableActor(pykka.ThreadingActor):
         cls, key, system = type(self), self.key, self.system
 
         def back(outcome: Outcome) -> None:
-            system.tell_internal(cls, key, _TaskDone(token, on_done, outcome))
+            with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
+                system.tell_internal(cls, key, _TaskDone(token, on_done, outcome))
 
         loop = self.system.loop
         if loop is None:
@@ -193,14 +223,24 @@ class DurableActor(pykka.ThreadingActor):
     # -- pykka plumbing ------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        store = self.system.store
+        store.begin_turn()
         try:
             self._alarm = self.system.alarms.get(self._alarm_key, AlarmRecord)
             self.activate()
             self._schedule_alarm()
         except Exception:
+            store.discard_turn()
             log.exception("activation of %s/%s failed", self.kind, self.key)
             self.system.forget(type(self), self.key, self)
             raise
+        self._commit_turn()
+
+    def _commit_turn(self) -> None:
+        """Queue this turn's writes as one atomic batch (the reply waits for its commit)."""
+        seq = self.system.store.end_turn()
+        if seq:
+            self.storage.last_seq = seq
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Passivate):
@@ -208,6 +248,7 @@ class DurableActor(pykka.ThreadingActor):
             return None
         self.last_active = self.clock.now()
         reply: Reply | None = None
+        self.system.store.begin_turn()
         try:
             match message:
                 case _Call(body=body, reply=reply):
@@ -221,10 +262,14 @@ class DurableActor(pykka.ThreadingActor):
                 case _:
                     result = self.receive(message)
         except Exception as exc:
+            # A failed turn stores nothing; a failed tell restarts the actor from storage.
+            self.system.store.discard_turn()
+            self._deferred.clear()
             self._end_turn(reply, False, exc)
             if reply is None:
                 self._crash(exc)
             return None
+        self._commit_turn()
         self._end_turn(reply, True, result)
         return None
 
@@ -267,10 +312,14 @@ class DurableActor(pykka.ThreadingActor):
         try:
             self.alarm(AlarmInfo(retry_count=current.retry_count))
         except Exception as exc:
+            # Forget what the failed alarm wrote or queued; keep only its retry.
+            self.system.store.discard_turn()
+            self.system.store.begin_turn()
+            self._deferred.clear()
             self._retry_alarm(current, exc)
             return
         if self._alarm is None:
-            self.storage.last_seq = self.system.alarms.delete(self._alarm_key)
+            self.system.alarms.delete(self._alarm_key)
 
     def _retry_alarm(self, failed: AlarmRecord, exc: Exception) -> None:
         retries = failed.retry_count + 1
@@ -282,7 +331,7 @@ class DurableActor(pykka.ThreadingActor):
                 ALARM_MAX_RETRIES,
                 exc,
             )
-            self.storage.last_seq = self.system.alarms.delete(self._alarm_key)
+            self.system.alarms.delete(self._alarm_key)
             return
         delay = ALARM_FIRST_RETRY_S * 2 ** (retries - 1)
         log.warning(
@@ -325,7 +374,7 @@ class ActorSystem:
         self.clock: Clock = clock or RealClock()
         self.loop = loop  # the I/O loop, set before the first run_async
         self.idle_timeout_s = idle_timeout_s
-        self.alarms = store.namespace("alarms")
+        self.alarms = AlarmTable(store.namespace("alarms"))
         self.scheduler = Scheduler(self.clock)
         self.lock = threading.RLock()
         self.tasks: dict[int, asyncio.Task[Any]] = {}
@@ -343,7 +392,7 @@ class ActorSystem:
 
     def start(self) -> None:
         """Start the scheduler and re-arm every stored alarm (due ones fire now)."""
-        for address, rec in self.alarms.list("", AlarmRecord):
+        for address, rec in self.alarms.load():
             kind, _, key = address.partition("/")
             cls = self._kinds.get(kind)
             if cls is None:

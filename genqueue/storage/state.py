@@ -6,8 +6,11 @@ Each namespace is its own table (`key TEXT PRIMARY KEY, value BLOB`, sqlitedict'
 schema) reached through that same connection, so a prefix listing is a range scan
 of the primary-key index: it costs what it returns, not the size of the table.
 
-Writes are queued to the worker at once; a committer thread turns them into
-transactions. While one commit is on disk the next writes pile up, and the next
+A turn's writes are atomic: between `begin_turn()` and `end_turn()` a thread's
+writes are buffered, then queued to the worker together under the store's lock, and
+the committer only ever commits between whole batches (a crash never keeps half a
+turn). Outside a turn each write is its own batch. A committer thread turns queued
+writes into transactions. While one commit is on disk the next writes pile up, and the next
 commit covers them all (group commit). `after_commit(seq, fn)` and `flush(seq)`
 release an actor's reply only once every write up to `seq` is durable (the
 Durable Objects output gate). Values are encoded with msgspec's MessagePack,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import queue
 import re
 import threading
 from collections.abc import Callable
@@ -34,6 +38,7 @@ __all__ = ["Namespace", "StateStore", "SyncLevel"]
 T = TypeVar("T")
 SyncLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNC_CODES = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+_COMMIT = "--commit--"  # sqlitedict's commit request
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
@@ -81,6 +86,7 @@ class StateStore:
         self._failure: BaseException | None = None
         self._callbacks: list[tuple[int, int, Callable[[], None]]] = []
         self._cb_order = itertools.count()
+        self._local = threading.local()
         self._closing = False
         self._committer_idle = False
         self.commits = 0
@@ -107,7 +113,7 @@ class StateStore:
                 self._write_seq += 1
                 self._cv.notify_all()
                 ns = self._tables[name] = Namespace(self, name)
-        self.flush()
+        # No flush: later statements queue behind the CREATE on the same worker thread.
         return ns
 
     # -- raw operations (used by Namespace) ---------------------------------------------------
@@ -116,14 +122,53 @@ class StateStore:
         if self._failure is not None:
             raise StorageError(f"state store failed: {self._failure}") from self._failure
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+    def begin_turn(self) -> None:
+        """Buffer this thread's writes until `end_turn` (reads see them)."""
+        self._local.batch = {}
+
+    def discard_turn(self) -> None:
+        """Drop the writes of this thread's open turn (it failed)."""
+        if getattr(self._local, "batch", None) is not None:
+            self._local.batch = {}
+
+    def end_turn(self) -> int:
+        """Queue the turn's writes as one atomic batch; returns its sequence number (0: none)."""
+        batch: dict[tuple[str, str], tuple[str, tuple[Any, ...]]] | None = getattr(
+            self._local, "batch", None
+        )
+        self._local.batch = None
+        if not batch:
+            return 0
+        with self._cv:
+            self._check()
+            for sql, args in batch.values():
+                self._conn.execute(sql, args)
+            return self._queued()
+
+    def _queued(self) -> int:
+        self._write_seq += 1
+        if self._committer_idle:
+            self._cv.notify()
+        return self._write_seq
+
+    def _buffered(self, table: str, key: str) -> tuple[bool, bytes | None]:
+        """(found, value) of a write of this thread's open turn (value None: deleted)."""
+        batch = getattr(self._local, "batch", None)
+        if not batch or (table, key) not in batch:
+            return False, None
+        _, args = batch[(table, key)]
+        return True, args[1] if len(args) == 2 else None
+
+    def _write(self, table: str, key: str, sql: str, args: tuple[Any, ...]) -> int:
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            batch.pop((table, key), None)  # keep the order of the last write
+            batch[(table, key)] = (sql, args)
+            return 0
         with self._cv:
             self._check()
             self._conn.execute(sql, args)
-            self._write_seq += 1
-            if self._committer_idle:
-                self._cv.notify()
-            return self._write_seq
+            return self._queued()
 
     def _select(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         self._check()
@@ -178,7 +223,7 @@ class StateStore:
                     return
                 snap = self._write_seq
             try:
-                self._conn.commit(blocking=True)
+                self._commit()
             except BaseException as exc:  # disk full, read-only, I/O error
                 with self._cv:
                     self._failure = exc
@@ -188,6 +233,17 @@ class StateStore:
                     callback()
                 return
             self._complete(snap)
+
+    def _commit(self) -> None:
+        """Queue the commit under the lock (so it never splits a batch), wait for it outside."""
+        done: queue.Queue[Any] = queue.Queue()
+        with self._cv:
+            self._conn.execute(_COMMIT, None, done)
+        try:
+            done.get(timeout=120)  # sqlitedict answers once the commit ran
+        except queue.Empty:
+            raise StorageError("the SQLite worker did not finish a commit in 120 s") from None
+        self._conn.check_raise_error()
 
     def _complete(self, snap: int) -> None:
         due = []
@@ -230,15 +286,18 @@ class Namespace:
         self._list_sql = f'SELECT key, value FROM "{name}" WHERE key >= ? AND key < ? ORDER BY key'
 
     def get(self, key: str, type: type[T] | Any = Any) -> T | None:
+        found, value = self.store._buffered(self.name, key)
+        if found:
+            return None if value is None else _decoder(type).decode(value)
         rows = self.store._select(self._get_sql, (key,))
         return _decoder(type).decode(rows[0][0]) if rows else None
 
     def put(self, key: str, value: Any) -> int:
         """Queue the write; returns its sequence number for the output gate."""
-        return self.store._write(self._put_sql, (key, _ENCODER.encode(value)))
+        return self.store._write(self.name, key, self._put_sql, (key, _ENCODER.encode(value)))
 
     def delete(self, key: str) -> int:
-        return self.store._write(self._del_sql, (key,))
+        return self.store._write(self.name, key, self._del_sql, (key,))
 
     def list(
         self,

@@ -1,0 +1,179 @@
+"""Benchmark: many generations through the JobQueue and the GenerationActor, against the fake Veo.
+
+2,000 jobs, the fake answering after 2 s, `max_concurrency` 500: the ideal wall time is
+ceil(2000 / 500) x 2 s = 8 s. Measures the wall time (submit of the first job to the queue
+drained), peak threads (`threading.active_count()` sampled every 5 ms, the sampler included)
+and peak RSS (VmHWM). Goal: within 25% of the ideal, under 64 threads, under 400 MB.
+
+The fake Veo runs on its own loop thread (as a separate server would); the actor, its aiohttp
+session, the LocalStore (a temp folder) and the queue share a second one.
+
+Scale it with environment variables: GENQUEUE_BENCH_JOBS (2000), GENQUEUE_BENCH_CONCURRENCY
+(500), GENQUEUE_BENCH_LATENCY_S (2.0), GENQUEUE_BENCH_POLL_S (0.5), GENQUEUE_BENCH_VIDEO_BYTES
+(4096), GENQUEUE_BENCH_SYNCHRONOUS (FULL or NORMAL; FULL).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from genqueue import Config, JobQueue
+from genqueue.actors.bridge import LoopThread
+from genqueue.actors.generation import GenerationActor
+from genqueue.providers.fake_veo import FakeVeoServer
+from genqueue.providers.veo3 import Veo3Client
+from genqueue.storage.videos import LocalStore
+
+__all__ = ["main"]
+
+KEY = "bench-key"
+
+
+def _env(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
+
+
+class ThreadSampler:
+    """The most threads alive at once, sampled on a thread of its own."""
+
+    def __init__(self, period_s: float = 0.005):
+        self.period_s = period_s
+        self.peak = threading.active_count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="thread-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.peak = max(self.peak, threading.active_count())
+
+    def __enter__(self) -> ThreadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession()
+
+
+def run(
+    jobs: int, concurrency: int, latency_s: float, poll_s: float, video_bytes: int, sync: str
+) -> dict[str, Any]:
+    rss_before = _peak_rss_mb()
+    threads_before = threading.active_count()
+    server_loop, worker_loop = LoopThread("fake-veo"), LoopThread("genqueue-io")
+    server_loop.start()
+    worker_loop.start()
+    fake_server = FakeVeoServer(api_key=KEY, latency_s=latency_s, video_size=video_bytes)
+    fake = server_loop.run(fake_server.__aenter__())
+    with tempfile.TemporaryDirectory(prefix="genqueue-bench-") as tmp:
+        session: aiohttp.ClientSession = worker_loop.run(_session())
+        store = LocalStore(Path(tmp) / "media", "http://127.0.0.1:8787")
+        worker_loop.run(store.start())
+        client = Veo3Client(session, base_url=fake.base_url, api_key=KEY)
+        actor = GenerationActor(client, store, polling_interval_s=poll_s, max_retries=3)
+        config = Config(
+            data_dir=str(Path(tmp) / "data"),
+            max_concurrency=concurrency,
+            synchronous=sync,  # type: ignore[arg-type]
+            job_timeout_s=max(60.0, 30 * latency_s),
+        )
+        queue = JobQueue(config, actor, loop=worker_loop.loop)
+        statuses: dict[str, int] = {}
+        try:
+            with ThreadSampler() as sampler:
+                queue.open()
+                t0 = time.monotonic()
+                ids = [queue.submit({"prompt": f"bench video {i}"}).id for i in range(jobs)]
+                submitted_s = time.monotonic() - t0
+                queue.join(timeout_s=max(120.0, 20 * jobs * latency_s / concurrency))
+                wall_s = time.monotonic() - t0
+                for job_id in ids:
+                    status = queue.get(job_id).status
+                    statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            queue.close()
+            worker_loop.run(session.close())
+            worker_loop.stop()
+            server_loop.run(fake_server.__aexit__(None, None, None))
+            server_loop.stop()
+    ideal_s = math.ceil(jobs / concurrency) * latency_s
+    return {
+        "jobs": jobs,
+        "concurrency": concurrency,
+        "latency_s": latency_s,
+        "poll_s": poll_s,
+        "synchronous": sync,
+        "submit_s": submitted_s,
+        "wall_s": wall_s,
+        "ideal_s": ideal_s,
+        "threads_before": threads_before,
+        "peak_threads": sampler.peak,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": _peak_rss_mb(),
+        "statuses": statuses,
+        "starts": fake.starts,
+        "polls": fake.polls,
+        "downloads": fake.downloads,
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    over = 100 * (r["wall_s"] / r["ideal_s"] - 1)
+    rows = [
+        ("jobs / max_concurrency", f"{r['jobs']} / {r['concurrency']}", ""),
+        ("fake latency / poll interval", f"{r['latency_s']:g} s / {r['poll_s']:g} s", ""),
+        ("SQLite synchronous", r["synchronous"], ""),
+        ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items())), "all done"),
+        ("Veo starts / polls / downloads", f"{r['starts']} / {r['polls']} / {r['downloads']}", ""),
+        ("submit time (all jobs)", f"{r['submit_s']:.2f} s", ""),
+        ("wall time (first submit to drained)", f"{r['wall_s']:.2f} s", ""),
+        ("drain after the last submit", f"{r['wall_s'] - r['submit_s']:.2f} s", ""),
+        ("ideal", f"{r['ideal_s']:.2f} s", ""),
+        ("over ideal", f"{over:+.0f}%", "<= +25%"),
+        ("peak threads", f"{r['peak_threads']} (before: {r['threads_before']})", "< 64"),
+        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB (before: {r['rss_before_mb']:.0f} MB)", "< 400MB"),
+    ]
+    lines = ["| metric | value | goal |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    result = run(
+        jobs=int(_env("GENQUEUE_BENCH_JOBS", 2000)),
+        concurrency=int(_env("GENQUEUE_BENCH_CONCURRENCY", 500)),
+        latency_s=_env("GENQUEUE_BENCH_LATENCY_S", 2.0),
+        poll_s=_env("GENQUEUE_BENCH_POLL_S", 0.5),
+        video_bytes=int(_env("GENQUEUE_BENCH_VIDEO_BYTES", 4096)),
+        sync=os.environ.get("GENQUEUE_BENCH_SYNCHRONOUS", "FULL"),
+    )
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

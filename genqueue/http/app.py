@@ -1,0 +1,306 @@
+"""The HTTP API: `create_app(config)` and the routes of DESIGN.md "Public contract".
+
+The queue (and, unless one is passed in, the generation service) starts in a
+`cleanup_ctx` and stops after the server; handlers reach it through `web.AppKey`s
+and only ever await it (the `a*` methods), so no handler blocks the loop on an
+actor. Errors leave as `{"error": {"code", "message", "field"?}}` (see errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from genqueue.actors.job import JobActor, Processor
+from genqueue.actors.queue import ALL_USERS, INDEX_TOP
+from genqueue.clock import Clock
+from genqueue.config import Config
+from genqueue.http.auth import ApiKeys, Caller
+from genqueue.http.errors import ApiError, error_middleware
+from genqueue.http.metrics import CONTENT_TYPE, Metrics
+from genqueue.http.openapi import build_openapi
+from genqueue.http.sse import JobEvents, stream_job
+from genqueue.http.views import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_SEED,
+    STATUSES,
+    JobPage,
+    encode,
+    public_job,
+)
+from genqueue.jobqueue import JobQueue, parse_request
+from genqueue.models import JOB_ID, Job
+
+__all__ = ["EVENTS", "MAX_BODY_BYTES", "QUEUE", "create_app"]
+
+MAX_BODY_BYTES = 1024 * 1024
+QUEUE = web.AppKey("queue", JobQueue)
+EVENTS = web.AppKey("events", JobEvents)
+KEYS = web.AppKey("api_keys", ApiKeys)
+METRICS = web.AppKey("metrics", Metrics)
+OPENAPI = web.AppKey("openapi", bytes)
+VIDEO_ROOT = web.AppKey("video_root", Path)
+
+_CURSOR = re.compile(r"[0-9]{16}")
+_LIMIT = re.compile(r"[0-9]{1,3}")
+_SEGMENT = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9._:\-]{0,127}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_SCAN_BATCH = 100
+_MAX_SCAN = 1000  # index entries one page may read when filtering by status
+
+routes = web.RouteTableDef()
+
+
+def create_app(
+    config: Config,
+    *,
+    processor: Processor | None = None,
+    clock: Clock | None = None,
+    video_root: Path | None = None,
+) -> web.Application:
+    """The aiohttp application; the queue opens on startup and closes on cleanup."""
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[_count_responses, error_middleware]
+    )
+    app[KEYS] = ApiKeys.parse(config.api_keys)
+    app[METRICS] = Metrics()
+    app[OPENAPI] = encode(build_openapi())
+    app[VIDEO_ROOT] = video_root if video_root is not None else config.data_path / "videos"
+    app.cleanup_ctx.append(_lifecycle(config, processor, clock))
+    app.on_shutdown.append(_end_streams)
+    app.add_routes(routes)
+    return app
+
+
+def _lifecycle(
+    config: Config, processor: Processor | None, clock: Clock | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        async with contextlib.AsyncExitStack() as stack:
+            proc = processor
+            if proc is None:
+                from genqueue.actors.generation import GenerationService
+
+                service = GenerationService.from_config(config, clock=clock)
+                await service.start()
+                stack.push_async_callback(service.close)
+                proc = service
+            queue = JobQueue(config, proc, clock=clock, loop=loop)
+            # open/close wait on actor threads, which may need this loop: not on it.
+            await asyncio.to_thread(queue.open)
+            stack.push_async_callback(asyncio.to_thread, queue.close)
+            events = JobEvents(loop)
+            stack.callback(queue.subscribe(events.publish))
+            app[QUEUE] = queue
+            app[EVENTS] = events
+            yield
+
+    return lifecycle
+
+
+async def _end_streams(app: web.Application) -> None:
+    events = app.get(EVENTS)
+    if events is not None:
+        events.close()
+
+
+@web.middleware
+async def _count_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"  # bounded labels
+    request.app[METRICS].http_responses.labels(method, route, response.status).inc()
+    return response
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=encode(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _caller(request: web.Request) -> Caller:
+    return request.app[KEYS].authenticate(request.headers.get("Authorization"))
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "no such job")
+
+
+def _record(request: web.Request, caller: Caller) -> Job:
+    """The stored record of the path's job, if the caller may see it; else a 404."""
+    job_id = request.match_info["id"]
+    if not JOB_ID.fullmatch(job_id):
+        raise _not_found()
+    queue = request.app[QUEUE]
+    assert queue.system is not None
+    job = JobActor.read(queue.system, job_id)
+    if job is None or not caller.may_see(job.user_id):
+        raise _not_found()
+    return job
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@routes.post("/api/generations")
+async def submit(request: web.Request) -> web.Response:
+    caller = _caller(request)
+    req = parse_request(await request.read())
+    if req.id is not None and not JOB_ID.fullmatch(req.id):  # models' `$` lets "id\n" through
+        raise ApiError(400, "id must be 1-128 of letters, digits, '-', '_', '.', ':'", field="id")
+    seed = req.parameters.seed
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ApiError(400, f"seed must be from 0 to {MAX_SEED}", field="parameters.seed")
+    job, created = await request.app[QUEUE].asubmit_detailed(req, user_id=caller.user_id)
+    if not created and not caller.may_see(job.user_id):
+        raise ApiError(409, "this id is already taken", code="id_conflict", field="id")
+    location = {"Location": f"/api/generations/{job.id}"}
+    return _json(public_job(job), 202 if created else 200, location)
+
+
+@routes.get("/api/generations/{id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = _record(request, _caller(request))
+    if not job.terminal:
+        job = await request.app[QUEUE].aget(job.id)
+    return _json(public_job(job))
+
+
+@routes.delete("/api/generations/{id}")
+async def cancel_job(request: web.Request) -> web.Response:
+    job = _record(request, _caller(request))
+    if job.terminal:
+        raise ApiError(409, f"job {job.id} has already {job.status}", code="job_finished")
+    job = await request.app[QUEUE].acancel(job.id)
+    return _json(public_job(job), 200 if job.terminal else 202)
+
+
+@routes.get("/api/generations/{id}/events")
+async def job_events(request: web.Request) -> web.StreamResponse:
+    caller = _caller(request)
+    queue = request.app[QUEUE]
+
+    async def current() -> Job:
+        job = _record(request, caller)
+        return job if job.terminal else await queue.aget(job.id)
+
+    return await stream_job(request, request.app[EVENTS], current)
+
+
+@routes.get("/api/generations")
+async def list_jobs(request: web.Request) -> web.Response:
+    caller = _caller(request)
+    limit, statuses, cursor = _list_query(request)
+    prefix = f"{ALL_USERS}/" if caller.admin else f"{caller.user_id}/"
+    page = await asyncio.to_thread(_page, request.app[QUEUE], prefix, cursor, limit, statuses)
+    return _json(page)
+
+
+def _list_query(request: web.Request) -> tuple[int, frozenset[str] | None, int | None]:
+    query = request.query
+    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+    if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    statuses = None
+    if query.get("status"):
+        statuses = frozenset(s.strip() for s in query["status"].split(","))
+        if not statuses <= set(STATUSES):
+            raise ApiError(400, "status must be among " + ", ".join(STATUSES), field="status")
+    cursor = None
+    if "cursor" in query:
+        if not _CURSOR.fullmatch(query["cursor"]):
+            raise ApiError(400, "cursor must be a nextCursor this API returned", field="cursor")
+        cursor = int(query["cursor"])
+    return int(raw_limit), statuses, cursor
+
+
+def _page(
+    queue: JobQueue, prefix: str, cursor: int | None, limit: int, statuses: frozenset[str] | None
+) -> JobPage:
+    """A page of the job index after `cursor` (blocking reads: run in a worker thread)."""
+    assert queue.system is not None and queue.store is not None
+    index = queue.store.namespace("job_index")
+    after = -1 if cursor is None else cursor
+    items, scanned = [], 0
+    while after < INDEX_TOP - 1:
+        batch = index.list(prefix, start=f"{prefix}{after + 1:016d}", limit=_SCAN_BATCH)
+        for key, job_id in batch:
+            after = int(key[len(prefix) :])
+            scanned += 1
+            job = JobActor.read(queue.system, job_id)
+            if job is not None and (statuses is None or job.status in statuses):
+                items.append(public_job(job))
+            if len(items) == limit or scanned >= _MAX_SCAN:
+                more = index.list(prefix, start=f"{prefix}{after + 1:016d}", limit=1)
+                return JobPage(items, f"{after:016d}" if more else None)
+        if len(batch) < _SCAN_BATCH:
+            break
+    return JobPage(items, None)
+
+
+# -- the queue, health, metrics, the document ----------------------------------------------------
+
+
+@routes.get("/api/queue/status")
+async def queue_status(request: web.Request) -> web.Response:
+    _caller(request)
+    return _json(await request.app[QUEUE].astatus())
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    status = await request.app[QUEUE].astatus()
+    body = request.app[METRICS].render(status)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    queue = request.app[QUEUE]
+    if queue.system is None or queue.store is None or queue.store.failure is not None:
+        raise ApiError(503, "the state store has failed", code="storage_unavailable")
+    return _json({"status": "ok"})
+
+
+@routes.get("/api/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+# -- local videos -------------------------------------------------------------------------------
+
+
+@routes.get("/videos/{user}/{name}")
+async def video(request: web.Request) -> web.StreamResponse:
+    """A stored `.mp4` under the video folder: no dot-files, no way out of the folder."""
+    user, name = request.match_info["user"], request.match_info["name"]
+    if not (_SEGMENT.fullmatch(user) and _SEGMENT.fullmatch(name) and name.endswith(".mp4")):
+        raise ApiError(404, "no such video")
+    root = request.app[VIDEO_ROOT]
+    path = await asyncio.to_thread(_inside, root, root / user / name)
+    if path is None:
+        raise ApiError(404, "no such video")
+    return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
+
+
+def _inside(root: Path, path: Path) -> Path | None:
+    """`path` resolved, if it is a regular file inside `root` (symlinks included)."""
+    try:
+        resolved = path.resolve(strict=True)
+        inside = resolved.is_relative_to(root.resolve(strict=True)) and resolved.is_file()
+    except OSError:
+        return None
+    return resolved if inside else None

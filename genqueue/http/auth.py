@@ -1,0 +1,95 @@
+"""API keys: `Authorization: Bearer KEY` against `GENQUEUE_API_KEYS`, in constant time.
+
+`GENQUEUE_API_KEYS` is comma-separated `key=user_id`, with `:admin` appended for an
+admin key (`k1=alice,k2=ops:admin`). Keys are kept only as SHA-256 digests and
+compared with `hmac.compare_digest` against every configured key, so neither the
+answer's timing nor a log line tells anything about a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+import msgspec
+
+from genqueue.errors import ConfigError
+from genqueue.http.errors import ApiError
+
+__all__ = ["ApiKeys", "Caller"]
+
+# A user id becomes a storage prefix and a folder name: the job-id alphabet, not "*".
+_USER_ID = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9._:\-]{0,127}")
+_ADMIN = ":admin"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="genqueue"'}
+
+
+class Caller(msgspec.Struct, frozen=True):
+    """Who is calling: the user id its key maps to, and whether it may see everyone's jobs."""
+
+    user_id: str
+    admin: bool = False
+
+    def may_see(self, owner: str) -> bool:
+        return self.admin or owner == self.user_id
+
+
+class ApiKeys:
+    """The configured keys; `authenticate(header)` returns the Caller or raises a 401."""
+
+    def __init__(self, entries: list[tuple[bytes, Caller]]):
+        self._entries = entries
+
+    @classmethod
+    def parse(cls, spec: str) -> ApiKeys:
+        """Parse `key=user_id[:admin],...`; a ConfigError never quotes a key."""
+        entries: list[tuple[bytes, Caller]] = []
+        for n, item in enumerate((s.strip() for s in spec.split(",")), start=1):
+            if not item:
+                continue
+            key, sep, who = item.rpartition("=")
+            key = key.strip()
+            who = who.strip()
+            if not sep or not key:
+                raise ConfigError(f"api_keys: entry {n} is not key=user_id")
+            admin = who.endswith(_ADMIN)
+            user_id = who[: -len(_ADMIN)] if admin else who
+            if not _USER_ID.fullmatch(user_id):
+                raise ConfigError(
+                    f"api_keys: entry {n} has a bad user id (1-128 letters, digits, "
+                    "'-', '_', '.', ':'; not starting with '.')"
+                )
+            digest = _digest(key)
+            if any(hmac.compare_digest(digest, d) for d, _ in entries):
+                raise ConfigError(f"api_keys: entry {n} repeats an earlier key")
+            entries.append((digest, Caller(user_id, admin)))
+        return cls(entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def authenticate(self, header: str | None) -> Caller:
+        if not self._entries:
+            raise ApiError(
+                401,
+                "no API keys are configured on this server; set GENQUEUE_API_KEYS "
+                "(key=user_id, with :admin for an admin key)",
+                headers=_CHALLENGE,
+            )
+        scheme, _, token = (header or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing Authorization: Bearer <API key>", headers=_CHALLENGE)
+        digest = _digest(token)
+        found: Caller | None = None
+        for known, caller in self._entries:  # no early exit: the time does not depend on which
+            if hmac.compare_digest(digest, known):
+                found = caller
+        if found is None:
+            raise ApiError(401, "invalid API key", headers=_CHALLENGE)
+        return found
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()

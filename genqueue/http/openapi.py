@@ -1,0 +1,330 @@
+"""The OpenAPI 3.1 document served at `GET /api/openapi.json`.
+
+Response schemas are generated from the very Structs the handlers encode (msgspec),
+so they cannot drift; the request schema is written out here because its rules
+(lengths, enums, the resolution/duration rule) live in `validate_request`, not in
+the type. Every validation failure is a 400 with the error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from genqueue.http.errors import ALL_CODES, ErrorBody
+from genqueue.http.views import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_SEED,
+    STATUSES,
+    JobPage,
+    PublicJob,
+)
+from genqueue.models import MAX_PROMPT_CHARS, QueueStatus
+
+__all__ = ["build_openapi"]
+
+REF = "#/components/schemas/"
+_RENAMES = {"PublicJob": "Job", "PublicParams": "JobParameters", "PublicResult": "JobResult"}
+
+_TEXT = {"type": "string", "maxLength": MAX_PROMPT_CHARS}
+REQUEST_SCHEMA: dict[str, Any] = {
+    "title": "GenerationRequest",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {**_TEXT, "minLength": 1, "pattern": r"\S", "description": "Not blank."},
+        "id": {
+            "type": ["string", "null"],
+            "pattern": r"^[A-Za-z0-9._:\-]{1,128}$",
+            "description": "Client-chosen id: the same id again returns the same job (200).",
+        },
+        "parameters": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "duration": {"type": "integer", "enum": [4, 6, 8], "default": 8},
+                "aspectRatio": {"type": "string", "enum": ["16:9", "9:16"], "default": "16:9"},
+                "resolution": {
+                    "type": "string",
+                    "enum": ["720p", "1080p", "4k"],
+                    "default": "720p",
+                    "description": "1080p and 4k need duration 8.",
+                },
+                "negativePrompt": {"type": ["string", "null"], "maxLength": MAX_PROMPT_CHARS},
+                "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
+            },
+            "if": {
+                "required": ["resolution"],
+                "properties": {"resolution": {"enum": ["1080p", "4k"]}},
+            },
+            "then": {"properties": {"duration": {"const": 8}}},
+        },
+        "provider": {"type": "string", "default": "veo3"},
+        "model": {"type": ["string", "null"]},
+        "priority": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 10,
+            "default": 0,
+            "description": "Higher starts first.",
+        },
+    },
+}
+
+
+def _rename(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith(REF):
+                name = value[len(REF) :]
+                value = REF + _RENAMES.get(name, name)
+            out[key] = _rename(value)
+        return out
+    if isinstance(node, list):
+        return [_rename(v) for v in node]
+    return node
+
+
+def _schemas() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        [PublicJob, JobPage, ErrorBody, QueueStatus], ref_template=REF + "{name}"
+    )
+    schemas = {_RENAMES.get(k, k): _rename(v) for k, v in components.items()}
+    for name in _RENAMES.values():
+        schemas[name]["title"] = name
+    codes = schemas["ErrorDetail"]["properties"]["code"]
+    codes["description"] = "One of: " + ", ".join(ALL_CODES)
+    schemas["GenerationRequest"] = REQUEST_SCHEMA
+    return schemas
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF + name}}},
+    }
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json("ErrorBody", description)
+
+
+_ERRORS = {
+    "401": _err("Missing or unknown API key (or no keys configured)."),
+    "default": _err("Any other error, in the same shape."),
+}
+_JOB_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
+}
+_PUBLIC: dict[str, Any] = {"security": []}
+
+
+def _paths() -> dict[str, Any]:
+    job = _json("Job", "The job.")
+    not_found = _err("No such job, or it belongs to another user.")
+    return {
+        "/api/generations": {
+            "post": {
+                "operationId": "submitGeneration",
+                "summary": "Submit a video generation; acknowledged once durably stored.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": REF + "GenerationRequest"}}
+                    },
+                },
+                "responses": {
+                    "202": _json("Job", "Accepted and queued."),
+                    "200": _json("Job", "A job with this client-chosen id already existed."),
+                    "400": _err("Not JSON (invalid_json) or invalid; `field` names the input."),
+                    "409": _err("The client-chosen id is taken by another user (id_conflict)."),
+                    "413": _err("The body is larger than 1 MB."),
+                    "503": _err("The state store refuses writes (storage_unavailable)."),
+                    **_ERRORS,
+                },
+            },
+            "get": {
+                "operationId": "listGenerations",
+                "summary": "The caller's jobs (an admin's: everyone's), newest first.",
+                "description": "A page may hold fewer than `limit` items when filtering; "
+                "continue with `cursor=nextCursor` while `nextCursor` is not null.",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "Comma-separated statuses to keep, among: "
+                        + ", ".join(STATUSES),
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": r"^[0-9]{16}$"},
+                    },
+                ],
+                "responses": {
+                    "200": _json("JobPage", "A page of jobs."),
+                    "400": _err("A bad status, limit or cursor; `field` names it."),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/api/generations/{id}": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "getGeneration",
+                "responses": {"200": job, "404": not_found, **_ERRORS},
+            },
+            "delete": {
+                "operationId": "cancelGeneration",
+                "summary": "Cancel a job that has not finished.",
+                "responses": {
+                    "200": _json("Job", "Cancelled."),
+                    "202": _json("Job", "Running: cancellation is under way."),
+                    "404": not_found,
+                    "409": _err("The job has already finished (job_finished)."),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/api/generations/{id}/events": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "generationEvents",
+                "summary": "Server-Sent Events: `status` and `progress`, each with the job "
+                "as data; the stream ends after the terminal status.",
+                "responses": {
+                    "200": {
+                        "description": "An event stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "404": not_found,
+                    **_ERRORS,
+                },
+            },
+        },
+        "/api/queue/status": {
+            "get": {
+                "operationId": "queueStatus",
+                "responses": {"200": _json("QueueStatus", "The queue's figures."), **_ERRORS},
+            }
+        },
+        "/metrics": {
+            "get": {
+                **_PUBLIC,
+                "operationId": "metrics",
+                "summary": "The queue's figures in the Prometheus text format.",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "default": _ERRORS["default"],
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                **_PUBLIC,
+                "operationId": "health",
+                "responses": {
+                    "200": {
+                        "description": "Serving.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["status"],
+                                    "properties": {"status": {"const": "ok"}},
+                                }
+                            }
+                        },
+                    },
+                    "503": _err("The state store has failed."),
+                    "default": _ERRORS["default"],
+                },
+            }
+        },
+        "/api/openapi.json": {
+            "get": {
+                **_PUBLIC,
+                "operationId": "openapi",
+                "responses": {
+                    "200": {
+                        "description": "This document.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "default": _ERRORS["default"],
+                },
+            }
+        },
+        "/videos/{userId}/{fileName}": {
+            "get": {
+                **_PUBLIC,
+                "operationId": "video",
+                "summary": "A finished video from local storage (supports Range).",
+                "parameters": [
+                    {
+                        "name": "userId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "fileName",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": r"\.mp4$"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The video.",
+                        "content": {
+                            "video/mp4": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    "404": _err("No such video."),
+                    "default": _ERRORS["default"],
+                },
+            }
+        },
+    }
+
+
+def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
+    """The document, as a dict ready to encode."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "genqueue",
+            "version": version,
+            "description": "A durable job queue for AI video generation. Errors are "
+            '`{"error": {"code", "message", "field"?}}`; every validation error is a 400.',
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key."}
+            },
+        },
+    }

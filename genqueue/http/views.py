@@ -1,0 +1,115 @@
+"""What the API shows of a job: the public JSON shape, without internal fields.
+
+A stored `Job` carries internals (`checkpoint`, `seq`, the provider's operation); the
+public form lists exactly the fields of DESIGN.md, every one present (absent values are
+`null`), with ISO-8601 UTC times.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, get_args
+
+import msgspec
+
+from genqueue.models import Job, JobStatus
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_SEED",
+    "STATUSES",
+    "JobPage",
+    "PublicJob",
+    "encode",
+    "iso_utc",
+    "public_job",
+]
+
+STATUSES: tuple[str, ...] = get_args(JobStatus)
+DEFAULT_LIMIT = 20  # jobs per page of GET /api/generations
+MAX_LIMIT = 100
+MAX_SEED = 2**32 - 1  # Veo's seed is a uint32
+
+DateTime = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+
+
+class PublicParams(msgspec.Struct, rename="camel"):
+    """Video parameters, every one spelled out."""
+
+    duration: int
+    aspect_ratio: str
+    resolution: str
+    negative_prompt: str | None
+    seed: int | None
+
+
+class PublicResult(msgspec.Struct, rename="camel"):
+    """The finished video."""
+
+    video_url: str
+    duration: float | None
+    processing_time: float | None
+
+
+class PublicJob(msgspec.Struct, rename="camel"):
+    """A job as `GET /api/generations/{id}` shows it."""
+
+    id: str
+    user_id: str
+    status: JobStatus
+    progress: int
+    attempts: int
+    prompt: str
+    parameters: PublicParams
+    provider: str
+    model: str | None
+    priority: int
+    queue_position: int | None
+    result: PublicResult | None
+    error: str | None
+    created_at: DateTime
+    updated_at: DateTime
+
+
+class JobPage(msgspec.Struct, rename="camel"):
+    """One page of `GET /api/generations`, newest first; follow `nextCursor` while not null."""
+
+    items: list[PublicJob]
+    next_cursor: str | None
+
+
+def iso_utc(ts: float) -> str:
+    """Unix seconds as `2026-01-02T03:04:05.678Z`."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def public_job(job: Job) -> PublicJob:
+    p, r = job.parameters, job.result
+    return PublicJob(
+        id=job.id,
+        user_id=job.user_id,
+        status=job.status,
+        progress=job.progress,
+        attempts=job.attempts,
+        prompt=job.prompt,
+        parameters=PublicParams(
+            p.duration, p.aspect_ratio, p.resolution, p.negative_prompt, p.seed
+        ),
+        provider=job.provider,
+        model=job.model,
+        priority=job.priority,
+        queue_position=job.queue_position if job.status == "queued" else None,
+        result=None if r is None else PublicResult(r.video_url, r.duration, r.processing_time),
+        error=job.error,
+        created_at=iso_utc(job.created_at),
+        updated_at=iso_utc(job.updated_at),
+    )
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode(value: object) -> bytes:
+    """JSON bytes of a Struct (or of plain data)."""
+    return _ENCODER.encode(value)
