@@ -53,8 +53,8 @@ def ensure_api_keys(cfg: Config) -> Config:
 
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
-    from genqueue.http.app import create_app
 
+    from genqueue.http.app import create_app
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
