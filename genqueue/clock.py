@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -79,7 +80,10 @@ class ManualClock:
                 due.append(heapq.heappop(self._sleepers))
             listeners = list(self._listeners)
         for _, _, loop, fut in due:
-            loop.call_soon_threadsafe(_resolve, fut)
+            if fut.done() or loop.is_closed():
+                continue  # a cancelled sleeper, or one whose loop is gone
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, fut)
         for callback in listeners:
             callback()
 

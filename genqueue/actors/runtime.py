@@ -413,6 +413,15 @@ class ActorSystem:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=10)
         self.scheduler.stop()
+        self._cancel_all_tasks()
+
+    def _cancel_all_tasks(self) -> None:
+        """Stop the coroutines actors started: their work is resumable from storage."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self.tasks.values())])
 
     # -- activation ----------------------------------------------------------------------------
 
