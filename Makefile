@@ -22,7 +22,7 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench state generation
+	$(BIN)/python -m bench state queue generation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

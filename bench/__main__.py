@@ -11,6 +11,7 @@ import sys
 BENCHES: dict[str, str] = {
     "state": "bench.state_bench:main",
     "generation": "bench.generation_bench:main",
+    "queue": "bench.queue_bench:main",
 }
 
 

@@ -231,7 +231,7 @@ class QueueActor(DurableActor):
 
     def _next_eligible(self) -> Pending | None:
         cap = self.cfg.max_per_user
-        for priority in sorted(self.pending):
+        for priority in sorted(self.pending, reverse=True):
             for entry in self.pending[priority]:
                 if not cap or self.per_user.get(entry.user_id, 0) < cap:
                     return entry

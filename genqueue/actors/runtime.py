@@ -135,6 +135,7 @@ class DurableActor(pykka.ThreadingActor):
 
     kind: ClassVar[str] = "actor"
     passivate_when_idle: ClassVar[bool] = True
+    idle_timeout_s: ClassVar[float | None] = None  # None: the system's idle_timeout_s
 
     def __init__(self, system: ActorSystem, key: str):
         super().__init__()
@@ -201,11 +202,20 @@ class DurableActor(pykka.ThreadingActor):
         """Run `fn` once this turn's writes are durable (for messages that depend on them)."""
         self._deferred.append(fn)
 
-    def run_async(self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Outcome], None]) -> int:
-        """Run `coro` on the I/O loop; `on_done(outcome)` later runs as a turn of this actor."""
+    def run_async(
+        self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Outcome], None] | str
+    ) -> int:
+        """Run `coro` on the I/O loop; `on_done(outcome)` later runs as a turn of this actor.
+
+        With a callable, the actor stays live until the outcome arrives. With the name of a
+        method, the actor may passivate meanwhile: the outcome activates a new instance
+        (a thousand coroutines in flight then cost no threads).
+        """
         token = self.system.next_token()
-        self._tasks[token] = on_done
+        if not isinstance(on_done, str):
+            self._tasks[token] = on_done
         cls, key, system = type(self), self.key, self.system
+        system.own_task(cls, key, token)
 
         def back(outcome: Outcome) -> None:
             with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
@@ -219,6 +229,10 @@ class DurableActor(pykka.ThreadingActor):
 
     def cancel_async(self, token: int) -> None:
         self.system.cancel_task(token)
+
+    def async_tokens(self) -> set[int]:
+        """Coroutines started by this id (by any instance) whose outcome has not arrived."""
+        return self.system.owned_tasks(type(self), self.key)
 
     # -- pykka plumbing ------------------------------------------------------------------------
 
@@ -258,7 +272,9 @@ class DurableActor(pykka.ThreadingActor):
                     result = None
                 case _TaskDone(token=token, on_done=on_done, outcome=outcome):
                     self._tasks.pop(token, None)
-                    result = on_done(outcome)
+                    self.system.disown_task(type(self), self.key, token)
+                    handler = getattr(self, on_done) if isinstance(on_done, str) else on_done
+                    result = handler(outcome)
                 case _:
                     result = self.receive(message)
         except Exception as exc:
@@ -378,6 +394,7 @@ class ActorSystem:
         self.scheduler = Scheduler(self.clock)
         self.lock = threading.RLock()
         self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self._owned: dict[tuple[type[DurableActor], str], set[int]] = {}
         self._live: dict[tuple[type[DurableActor], str], pykka.ActorRef[Any]] = {}
         self._actors: dict[tuple[type[DurableActor], str], DurableActor] = {}
         self._kinds: dict[str, type[DurableActor]] = {}
@@ -510,18 +527,40 @@ class ActorSystem:
 
         loop.call_soon_threadsafe(cancel)
 
+    def own_task(self, cls: type[DurableActor], key: str, token: int) -> None:
+        with self.lock:
+            self._owned.setdefault((cls, key), set()).add(token)
+
+    def disown_task(self, cls: type[DurableActor], key: str, token: int) -> None:
+        with self.lock:
+            tokens = self._owned.get((cls, key))
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._owned[(cls, key)]
+
+    def owned_tasks(self, cls: type[DurableActor], key: str) -> set[int]:
+        with self.lock:
+            return set(self._owned.get((cls, key), ()))
+
+    def _idle_timeout(self, cls: type[DurableActor]) -> float:
+        return cls.idle_timeout_s if cls.idle_timeout_s is not None else self.idle_timeout_s
+
     def _schedule_sweep(self) -> None:
-        period = max(self.idle_timeout_s / 2, 0.001)
-        self.scheduler.call_at(self.clock.now() + period, self._sweep)
+        shortest = min(
+            [self._idle_timeout(c) for c in self._kinds.values()] + [self.idle_timeout_s]
+        )
+        self.scheduler.call_at(self.clock.now() + max(shortest / 2, 0.001), self._sweep)
 
     def _sweep(self) -> None:
-        """Ask every actor idle for longer than `idle_timeout_s` to passivate."""
-        cutoff = self.clock.now() - self.idle_timeout_s
+        """Ask every actor idle for longer than its idle timeout to passivate."""
+        now = self.clock.now()
         with self.lock:
             if self._stopped:
                 return
             for (cls, key), ref in list(self._live.items()):
                 actor = self._actors.get((cls, key))
+                cutoff = now - self._idle_timeout(cls)
                 if cls.passivate_when_idle and actor is not None and actor.last_active <= cutoff:
                     ref.tell(_Passivate(idle_before=cutoff))
         self._schedule_sweep()

@@ -1,0 +1,305 @@
+"""Queue benchmark: genqueue's dispatch modes beside Huey (SqliteHuey), in one run.
+
+With an instant (no-op) processor, for each dispatch mode and for Huey:
+- throughput: N jobs submitted from several threads, then drained; jobs completed per
+  second from the first submit to the last completion (every acknowledgement durable:
+  genqueue at its default `synchronous=FULL`; Huey's SQLite at its default, also FULL);
+- dispatch latency: jobs submitted at a steady 200/s from one thread; the time from
+  the submit call returning to the processor (task) being called, p50 and p99.
+
+Huey runs its consumer with thread workers (its best setting is picked by a short
+calibration over 1, 2, 4 and 8 workers) and its default polling (`initial_delay` 0.1 s).
+Prints a markdown table; asserts nothing.
+
+    python -m bench queue                      (through the dispatcher: settings by env)
+    GENQUEUE_BENCH_JOBS=2000 GENQUEUE_BENCH_LATENCY_JOBS=200 python -m bench queue
+    python -m bench.queue_bench [--jobs N] [--latency-jobs M] [--rate R] [--threads T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genqueue import Config, Job, JobQueue, JobResult
+
+MODES = ("alarm", "immediate", "cron")
+MAX_CONCURRENCY = 64
+CRON_INTERVAL_S = 0.05
+HUEY_WORKER_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass
+class Row:
+    name: str
+    setting: str
+    jobs: int = 0
+    drain_s: float = 0.0
+    submit_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    early: int = 0  # called before the submit call had returned (latency counted as 0)
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.drain_s if self.drain_s else 0.0
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def submit_from_threads(n: int, threads: int, submit_one: Callable[[int], None]) -> float:
+    """Call `submit_one(i)` for i in range(n) from `threads` threads; returns the time taken."""
+    chunks = [range(t, n, threads) for t in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def worker(chunk: range) -> None:
+        start.wait()
+        for i in chunk:
+            submit_one(i)
+
+    pool = [threading.Thread(target=worker, args=(c,)) for c in chunks]
+    for t in pool:
+        t.start()
+    t0 = time.perf_counter()
+    start.wait()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def paced(n: int, rate: float, submit_one: Callable[[int], float]) -> dict[int, float]:
+    """Submit n jobs at `rate` per second from this thread; returns index -> ack time."""
+    acked: dict[int, float] = {}
+    t0 = time.perf_counter()
+    for i in range(n):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        acked[i] = submit_one(i)
+    return acked
+
+
+def percentiles(acked: dict[int, float], called: dict[int, float]) -> tuple[float, float, int]:
+    lat = [called[i] - acked[i] for i in acked if i in called]
+    early = sum(1 for x in lat if x < 0)
+    ms = sorted(max(0.0, x) * 1000 for x in lat)
+    if len(ms) < 2:
+        return (ms[0] if ms else float("nan")), (ms[0] if ms else float("nan")), early
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return q[49], q[98], early
+
+
+class Counter:
+    """Counts completions; `wait(n)` returns once n are done."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.n = 0
+        self.called: dict[int, float] = {}
+
+    def hit(self, index: int | None = None) -> None:
+        now = time.perf_counter()
+        with self.cv:
+            self.n += 1
+            if index is not None:
+                self.called[index] = now
+            self.cv.notify_all()
+
+    def wait(self, n: int, timeout_s: float = 300) -> None:
+        with self.cv:
+            if not self.cv.wait_for(lambda: self.n >= n, timeout_s):
+                raise TimeoutError(f"only {self.n} of {n} done after {timeout_s} s")
+
+
+# -- genqueue ---------------------------------------------------------------------------------
+
+
+def genqueue_config(root: Path, mode: str) -> Config:
+    return Config(
+        data_dir=str(root),
+        dispatch=mode,  # type: ignore[arg-type]
+        max_concurrency=MAX_CONCURRENCY,
+        cron_interval_s=CRON_INTERVAL_S,
+    )
+
+
+def genqueue_throughput(mode: str, n: int, threads: int) -> Row:
+    async def instant(job: Job, report: Any) -> JobResult:
+        return JobResult(video_url="memory://x")
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        JobQueue(genqueue_config(Path(tmp), mode), instant) as q,
+    ):
+        t0 = time.perf_counter()
+        submit_s = submit_from_threads(n, threads, lambda i: q.submit({"prompt": f"job {i}"}))
+        q.join(timeout_s=600)
+        drain_s = time.perf_counter() - t0
+        done = q.status().completed
+    setting = f"max_concurrency {MAX_CONCURRENCY}" + (
+        f", pass every {CRON_INTERVAL_S:g} s" if mode == "cron" else ""
+    )
+    return Row(f"genqueue {mode}", setting, done, drain_s, submit_s)
+
+
+def genqueue_latency(mode: str, n: int, rate: float) -> tuple[float, float, int]:
+    counter = Counter()
+
+    async def instant(job: Job, report: Any) -> JobResult:
+        counter.hit(int(job.id.rsplit("-", 1)[1]))
+        return JobResult(video_url="memory://x")
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        JobQueue(genqueue_config(Path(tmp), mode), instant) as q,
+    ):
+
+        def submit(i: int) -> float:
+            q.submit({"prompt": "latency", "id": f"lat-{i}"})
+            return time.perf_counter()
+
+        acked = paced(n, rate, submit)
+        counter.wait(n)
+        q.join(timeout_s=60)
+    return percentiles(acked, counter.called)
+
+
+# -- Huey -------------------------------------------------------------------------------------
+
+
+class HueyRig:
+    """A SqliteHuey on a file, a no-op task that counts, and a thread-worker consumer."""
+
+    def __init__(self, root: Path, workers: int):
+        from huey import SqliteHuey
+
+        self.huey = SqliteHuey("bench", filename=str(root / "huey.db"), immediate=False)
+        self.counter = Counter()
+        counter = self.counter
+
+        @self.huey.task()
+        def noop(index: int | None = None) -> None:
+            counter.hit(index)
+
+        self.noop = noop
+        self.consumer = self.huey.create_consumer(
+            workers=workers, worker_type="thread", periodic=False
+        )
+
+    def __enter__(self) -> HueyRig:
+        # Consumer.start() installs signal handlers: put ours back afterwards.
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        self.consumer.start()
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.consumer.stop(graceful=True)
+        self.huey.storage.close()
+
+
+def huey_throughput(n: int, threads: int, workers: int) -> Row:
+    with tempfile.TemporaryDirectory() as tmp, HueyRig(Path(tmp), workers) as rig:
+        t0 = time.perf_counter()
+        submit_s = submit_from_threads(n, threads, lambda i: rig.noop())
+        rig.counter.wait(n)
+        drain_s = time.perf_counter() - t0
+    return Row("Huey SqliteHuey", f"{workers} thread workers", n, drain_s, submit_s)
+
+
+def huey_latency(n: int, rate: float, workers: int) -> tuple[float, float, int]:
+    with tempfile.TemporaryDirectory() as tmp, HueyRig(Path(tmp), workers) as rig:
+
+        def submit(i: int) -> float:
+            rig.noop(i)
+            return time.perf_counter()
+
+        acked = paced(n, rate, submit)
+        rig.counter.wait(n)
+        return percentiles(acked, rig.counter.called)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m bench.queue_bench", description=__doc__)
+    p.add_argument("--jobs", type=int, default=int(env("GENQUEUE_BENCH_JOBS", "10000")))
+    p.add_argument(
+        "--latency-jobs", type=int, default=int(env("GENQUEUE_BENCH_LATENCY_JOBS", "1000"))
+    )
+    p.add_argument("--rate", type=float, default=200.0, help="submits per second (latency)")
+    p.add_argument("--threads", type=int, default=8, help="submitting threads (throughput)")
+    args, _ = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x:,.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    logging.getLogger("huey").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    n, m = args.jobs, args.latency_jobs
+
+    calibration_n = max(200, min(2000, n // 5))
+    best = max(
+        HUEY_WORKER_CHOICES,
+        key=lambda w: huey_throughput(calibration_n, args.threads, w).rate,
+    )
+    huey = huey_throughput(n, args.threads, best)
+    huey.p50_ms, huey.p99_ms, huey.early = huey_latency(m, args.rate, best)
+
+    rows: list[Row] = []
+    for mode in MODES:
+        row = genqueue_throughput(mode, n, args.threads)
+        row.p50_ms, row.p99_ms, row.early = genqueue_latency(mode, m, args.rate)
+        rows.append(row)
+    rows.append(huey)
+
+    print(
+        f"\n### Queue benchmark: {n:,} no-op jobs from {args.threads} threads; "
+        f"latency over {m:,} jobs at {args.rate:g}/s\n"
+    )
+    print(
+        "| queue | setting | jobs | submit s | drain s | completed/s | vs Huey "
+        "| dispatch p50 ms | p99 ms | p99 / Huey |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = r.rate / huey.rate if huey.rate else float("nan")
+        p99_ratio = (r.p99_ms / huey.p99_ms) if (r.p99_ms is not None and huey.p99_ms) else None
+        print(
+            f"| {r.name} | {r.setting} | {r.jobs:,} | {fmt(r.submit_s, 2)} | "
+            f"{fmt(r.drain_s, 2)} | {fmt(r.rate, 0)} | {ratio:.2f}x | {fmt(r.p50_ms, 2)} | "
+            f"{fmt(r.p99_ms, 2)} | {fmt(p99_ratio, 3)} |"
+        )
+    early = {r.name: r.early for r in rows if r.early}
+    if early:
+        print(f"\nCalled before `submit` returned (counted as 0 ms): {early}")
+    print(
+        f"\nHuey's best worker setting by calibration over {calibration_n:,} tasks: {best} "
+        f"thread workers. Total run {time.perf_counter() - started:.0f} s."
+    )
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

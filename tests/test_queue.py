@@ -1,0 +1,550 @@
+"""The job queue through its embeddable API: order, caps, rate limits, dispatch modes,
+retention, idempotency, cancellation, retries, recovery and the state machine.
+
+Time-dependent behaviour runs on a ManualClock that the test advances; tests wait on
+processor calls and job events (see helpers_queue.py), never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers_queue import (
+    QueueFactory,
+    Recorder,
+    Watcher,
+    poll_until,
+    queue_alarm_at,
+    queue_factory,
+    request,
+)
+
+from genqueue import IllegalTransition, InvalidRequest, JobNotFound, JobQueue, ProviderError
+from genqueue.actors.runtime import AlarmRecord
+from genqueue.clock import ManualClock
+
+
+@pytest.fixture
+def queues(tmp_path: Path) -> Iterator[QueueFactory]:
+    with queue_factory(tmp_path) as factory:
+        yield factory
+
+
+def job_alarm_at(q: JobQueue, job_id: str) -> float | None:
+    assert q.system is not None
+    rec = q.system.alarms.get(f"job/{job_id}", AlarmRecord)
+    return None if rec is None else rec.at
+
+
+def retryable(message: str = "provider unavailable") -> ProviderError:
+    return ProviderError(message, retryable=True, status=503)
+
+
+# -- order ----------------------------------------------------------------------------------
+
+
+def test_fifo_within_a_priority_and_priority_across_them_over_1000_jobs(queues):
+    rng = random.Random(1234)
+    rec = Recorder()
+    rec.script["blocker"] = ["hold"]
+    q = queues.open(rec, max_concurrency=1)
+    q.submit(request(id="blocker", priority=10))
+    rec.wait_running("blocker")  # everything below queues up behind it
+
+    priorities = [rng.randint(0, 10) for _ in range(1000)]
+    ids = [f"job-{i:04d}" for i in range(1000)]
+    for job_id, priority in zip(ids, priorities, strict=True):
+        job = q.submit(request(id=job_id, priority=priority))
+        assert job.status == "queued"
+    st = q.status()
+    assert st.queued == 1000
+    assert sum(st.queued_by_priority.values()) == 1000
+
+    rec.release("blocker")
+    q.join(timeout_s=60)
+
+    expected = sorted(range(1000), key=lambda i: (-priorities[i], i))
+    assert rec.order() == ["blocker"] + [ids[i] for i in expected]
+    assert rec.max_running == 1
+    assert q.status().completed == 1001
+
+
+def test_queued_jobs_keep_their_order_across_a_restart(queues):
+    rec = Recorder()
+    rec.script["blocker"] = ["hold"]
+    q = queues.open(rec, max_concurrency=1)
+    q.submit(request(id="blocker"))
+    rec.wait_running("blocker")
+    order = ["p5-a", "p0-a", "p5-b", "p9-a", "p0-b"]
+    for job_id in order:
+        q.submit(request(id=job_id, priority=int(job_id[1])))
+    queues.close(q)
+
+    rec2 = Recorder()
+    q2 = queues.open(rec2, max_concurrency=1)
+    q2.join(timeout_s=20)
+    # the job that was processing is resumed first (it holds the only slot), then by priority
+    assert rec2.order() == ["blocker", "p9-a", "p5-a", "p5-b", "p0-a", "p0-b"]
+
+
+# -- rate limit and 429 -----------------------------------------------------------------------
+
+
+def test_rate_limit_holds_over_a_manual_clock_minute(queues):
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    q = queues.open(rec, clock=clock, rate_limit_per_minute=5, max_concurrency=50)
+    ids = [q.submit(request(prompt=f"job {i}")).id for i in range(12)]
+
+    rec.wait_calls(5)
+    poll_until(lambda: q.status().completed == 5, "the first five to complete")
+    poll_until(lambda: queue_alarm_at(q) == t0 + 60, "the queue to wait for the next token")
+    assert [c.at for c in rec.calls] == [t0] * 5
+    assert q.status().queued == 7
+
+    clock.advance(30)  # tokens come back 60 s after they were spent, not before
+    poll_until(lambda: queue_alarm_at(q) == t0 + 60, "the queue to wait again")
+    assert len(rec.calls) == 5
+
+    clock.advance(30)
+    rec.wait_calls(10)
+    poll_until(lambda: queue_alarm_at(q) == t0 + 120, "the queue to wait for the third minute")
+    clock.advance(60)
+    rec.wait_calls(12)
+    q.join(timeout_s=20)
+
+    times = [c.at for c in rec.calls]
+    assert times == [t0] * 5 + [t0 + 60] * 5 + [t0 + 120] * 2
+    for t in times:  # a sliding window: never more than 5 starts in any 60 s
+        assert sum(1 for u in times if t <= u < t + 60) <= 5
+    assert sorted(c.job_id for c in rec.calls) == sorted(ids)
+
+
+def test_a_429_pauses_dispatch_for_every_job_until_retry_after(queues):
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    rec.script["a"] = [
+        ProviderError("too many requests", retryable=True, status=429, retry_after_s=30)
+    ]
+    w = None
+    q = queues.open(rec, clock=clock, max_concurrency=4, retry_backoff_s=2)
+    w = Watcher(q)
+    q.submit(request(id="a"))
+    w.wait_status("a", "retry_wait")
+    poll_until(lambda: q.status().paused_until == t0 + 30, "dispatch to pause")
+
+    q.submit(request(id="b"))
+    q.submit(request(id="c", priority=10))
+    poll_until(lambda: queue_alarm_at(q) == t0 + 30, "the queue to wait out the pause")
+    assert rec.order() == ["a"]
+
+    clock.advance(10)  # a's own backoff (2 s) is over, but dispatch is still paused
+    w.wait_status("a", "queued")
+    poll_until(lambda: q.status().queued == 3, "a to be requeued")
+    poll_until(lambda: queue_alarm_at(q) == t0 + 30, "the queue to stay paused")
+    assert rec.order() == ["a"]
+
+    clock.advance(20)
+    rec.wait_calls(4)
+    q.join(timeout_s=20)
+    assert [c.at for c in rec.calls[1:]] == [t0 + 30] * 3
+    assert sorted(rec.order()[1:]) == ["a", "b", "c"]
+    st = q.status()
+    assert (st.completed, st.retried, st.rate_limit_hits, st.paused_until) == (3, 1, 1, None)
+
+
+# -- dispatch modes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["alarm", "immediate", "cron"])
+def test_each_dispatch_mode_processes_the_same_100_jobs(queues, mode):
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    q = queues.open(rec, clock=clock, dispatch=mode, max_concurrency=10, cron_interval_s=10)
+    ids = [q.submit(request(id=f"job-{i:03d}", priority=i % 3)).id for i in range(100)]
+
+    if mode == "cron":
+        assert rec.calls == []  # nothing starts before the first pass
+        passes = 0
+        while len(rec.calls) < 100:
+            before = len(rec.calls)
+            clock.advance(10)
+            passes += 1
+            rec.wait_calls(before + 10)  # one pass starts up to max_concurrency jobs
+            poll_until(lambda: q.status().in_flight == 0, "the pass's jobs to finish")
+            assert len(rec.calls) == before + 10
+        assert passes == 10
+        assert {c.at for c in rec.calls} == {t0 + 10 * k for k in range(1, 11)}
+    q.join(timeout_s=30)
+
+    assert sorted(rec.order()) == ids  # each job processed exactly once
+    assert all(q.get(i).status == "completed" for i in ids)
+    st = q.status()
+    assert (st.submitted, st.completed, st.queued, st.in_flight) == (100, 100, 0, 0)
+
+
+def test_immediate_mode_starts_on_submit_without_a_cap(queues):
+    rec = Recorder(hold_all=True)
+    q = queues.open(rec, dispatch="immediate", max_concurrency=1)
+    ids = [q.submit(request()).id for _ in range(3)]
+    rec.wait_running(*ids)
+    rec.release(*ids)
+    q.join(timeout_s=20)
+    assert rec.max_running == 3
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def test_retention_removes_only_finished_jobs_older_than_the_window(queues):
+    clock = ManualClock()
+    rec = Recorder(clock)
+    rec.script["old-failed"] = [ProviderError("blocked by the safety filter", retryable=False)]
+    rec.script["running"] = ["hold"]
+    q = queues.open(
+        rec,
+        clock=clock,
+        retention_days=1,
+        retention_interval_s=3600,
+        max_per_user=1,
+        job_timeout_s=10 * 86400,  # "running" stays processing across the days skipped
+    )
+    w = Watcher(q)
+    for job_id in ("old-a", "old-b", "old-failed"):
+        q.submit(request(id=job_id), user_id=job_id)
+    q.submit(request(id="running"), user_id="holder")
+    rec.wait_running("running")
+    q.submit(request(id="old-cancelled"), user_id="holder")  # waits behind the user's cap
+    q.cancel("old-cancelled")
+    for job_id in ("old-a", "old-b", "old-failed"):
+        w.wait_status(job_id, "completed", "failed")
+
+    def counted(completed: int, failed: int, cancelled: int) -> None:
+        # the queue indexes a job for retention when it counts its end, at its own time:
+        # wait for that before moving the clock
+        want = (completed, failed, cancelled)
+        poll_until(
+            lambda: (lambda s: (s.completed, s.failed, s.cancelled))(q.status()) == want,
+            f"the queue to count {want}",
+        )
+
+    counted(2, 1, 1)
+    clock.advance(12 * 3600)  # a retention pass runs here: nothing is old enough yet
+    q.submit(request(id="young"), user_id="young")
+    w.wait_status("young", "completed")
+    counted(3, 1, 1)
+    assert q.get("old-a").status == "completed"
+
+    clock.advance(13 * 3600)  # the t0 jobs are now 25 h old, "young" 13 h
+    old = ("old-a", "old-b", "old-failed", "old-cancelled")
+
+    def gone(job_id: str) -> bool:
+        try:
+            q.get(job_id)
+        except JobNotFound:
+            return True
+        return False
+
+    poll_until(lambda: all(gone(j) for j in old), "retention to remove the old jobs")
+    st = q.status()  # a barrier: the retention turn is over
+    assert q.get("young").status == "completed"
+    assert q.get("running").status == "processing"  # unfinished jobs are never removed
+    assert (st.completed, st.failed, st.cancelled) == (3, 1, 1)  # counters are kept
+    with pytest.raises(JobNotFound):
+        q.cancel("old-a")
+    rec.release("running")
+    q.join(timeout_s=20)
+
+
+# -- submission --------------------------------------------------------------------------------
+
+
+def test_idempotent_submission_returns_the_same_job_and_queues_nothing(queues):
+    rec = Recorder()
+    q = queues.open(rec)
+    first, created = q.submit_detailed(request(id="client-1", prompt="first"))
+    again, created_again = q.submit_detailed(request(id="client-1", prompt="second"))
+    assert (created, created_again) == (True, False)
+    assert again.id == first.id
+    assert again.prompt == "first"
+    assert again.created_at == first.created_at
+    q.join(timeout_s=20)
+    done, created_after = q.submit_detailed(request(id="client-1"))
+    assert not created_after
+    assert done.status == "completed"
+
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def racer() -> None:
+        barrier.wait()
+        results.append(q.submit_detailed(request(id="client-2"))[1])
+
+    threads = [threading.Thread(target=racer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert sorted(results) == [False] * 7 + [True]
+    q.join(timeout_s=20)
+    assert rec.order() == ["client-1", "client-2"]
+    assert q.status().submitted == 2
+
+
+def test_invalid_requests_are_refused_and_store_nothing(queues):
+    q = queues.open(Recorder())
+    with pytest.raises(InvalidRequest) as err:
+        q.submit(request(prompt="   "))
+    assert err.value.field == "prompt"
+    with pytest.raises(InvalidRequest):
+        q.submit(request(priority=11))
+    with pytest.raises(InvalidRequest):
+        q.submit({"prompt": "x", "unknown": 1})
+    assert q.status().submitted == 0
+
+
+# -- cancellation -------------------------------------------------------------------------------
+
+
+def test_cancelling_a_queued_job_removes_it_at_once_and_it_never_runs(queues):
+    rec = Recorder()
+    rec.script["blocker"] = ["hold"]
+    q = queues.open(rec, max_concurrency=1)
+    q.submit(request(id="blocker"))
+    rec.wait_running("blocker")
+    q.submit(request(id="victim"))
+    q.submit(request(id="after"))
+    assert q.status().queued == 2
+
+    job = q.cancel("victim", reason="user changed their mind")
+    assert job.status == "cancelled"
+    assert job.error == "user changed their mind"
+    assert q.status().queued == 1  # removed at once, not when it reaches the head
+
+    rec.release("blocker")
+    q.join(timeout_s=20)
+    assert rec.order() == ["blocker", "after"]
+    assert q.get("victim").status == "cancelled"
+    assert q.status().cancelled == 1
+
+
+def test_cancelling_a_processing_job_cancels_its_coroutine(queues):
+    rec = Recorder()
+    rec.script["long"] = ["hold"]
+    q = queues.open(rec, max_concurrency=1)
+    w = Watcher(q)
+    q.submit(request(id="long"))
+    q.submit(request(id="next"))
+    rec.wait_running("long")
+
+    q.cancel("long")
+    job = w.wait_status("long", "cancelled")
+    assert job.error == "cancelled by request"
+    assert rec.cancelled == ["long"]
+    q.join(timeout_s=20)  # the freed slot goes to the next job
+    assert rec.order() == ["long", "next"]
+    assert w.terminal_events["long"] == ["cancelled"]
+    assert q.status().cancelled == 1
+
+
+def test_cancelling_a_job_waiting_to_retry(queues):
+    clock = ManualClock()
+    rec = Recorder(clock)
+    rec.script["flaky"] = [retryable()]
+    q = queues.open(rec, clock=clock, retry_backoff_s=2)
+    w = Watcher(q)
+    q.submit(request(id="flaky"))
+    w.wait_status("flaky", "retry_wait")
+    assert q.cancel("flaky").status == "cancelled"
+    q.join(timeout_s=10)  # nothing is left waiting to retry
+    clock.advance(10)  # the backoff alarm is gone or does nothing
+    q.join(timeout_s=10)
+    assert rec.order() == ["flaky"]
+    assert q.get("flaky").status == "cancelled"
+
+
+def test_illegal_transitions_are_refused(queues):
+    rec = Recorder()
+    q = queues.open(rec)
+    w = Watcher(q)
+    q.submit(request(id="done"))
+    w.wait_status("done", "completed")
+    with pytest.raises(IllegalTransition):
+        q.cancel("done")
+    assert q.get("done").status == "completed"
+
+    rec.script["gone"] = ["hold"]
+    q.submit(request(id="gone"))
+    rec.wait_running("gone")
+    q.cancel("gone")
+    w.wait_status("gone", "cancelled")
+    with pytest.raises(IllegalTransition):
+        q.cancel("gone")
+    with pytest.raises(JobNotFound):
+        q.cancel("no-such-job")
+    with pytest.raises(JobNotFound):
+        q.get("no-such-job")
+    q.join(timeout_s=10)
+    assert w.terminal_events == {"done": ["completed"], "gone": ["cancelled"]}
+
+
+# -- retries, failures, the watchdog ----------------------------------------------------------
+
+
+def test_a_retryable_error_retries_with_backoff_then_completes(queues):
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    rec.script["flaky"] = [retryable(), retryable(), "ok"]
+    q = queues.open(rec, clock=clock, retry_backoff_s=2, max_attempts=3)
+    w = Watcher(q)
+    q.submit(request(id="flaky"))
+
+    job = w.wait_status("flaky", "retry_wait")
+    assert (job.attempts, job.error) == (1, "provider unavailable")
+    assert job_alarm_at(q, "flaky") == t0 + 2  # the first backoff
+    clock.advance(2)
+    rec.wait_calls(2)
+    poll_until(lambda: job_alarm_at(q, "flaky") == t0 + 2 + 4, "the doubled backoff")
+    assert q.get("flaky").status == "retry_wait"
+    clock.advance(4)
+    rec.wait_calls(3)
+    q.join(timeout_s=20)
+
+    assert [(c.attempt, c.at) for c in rec.calls] == [(1, t0), (2, t0 + 2), (3, t0 + 6)]
+    job = q.get("flaky")
+    assert (job.status, job.attempts, job.result is not None) == ("completed", 3, True)
+    assert q.status().retried == 2
+
+
+def test_a_permanent_error_fails_with_its_message(queues):
+    rec = Recorder()
+    rec.script["bad"] = [ProviderError("blocked by the safety filter", retryable=False, status=400)]
+    rec.script["tired"] = [retryable("upstream 503"), retryable("upstream 503 again")]
+    q = queues.open(rec, max_attempts=2, retry_backoff_s=0.001)
+    q.submit(request(id="bad"))
+    q.submit(request(id="tired"))
+    q.join(timeout_s=20)  # expected failures are not bugs: join does not raise
+
+    bad = q.get("bad")
+    assert (bad.status, bad.error, bad.attempts) == ("failed", "blocked by the safety filter", 1)
+    tired = q.get("tired")
+    assert (tired.status, tired.error, tired.attempts) == ("failed", "upstream 503 again", 2)
+    assert q.status().failed == 2
+
+
+def test_a_processor_bug_reraises_from_join(queues):
+    rec = Recorder()
+    rec.script["buggy"] = [ZeroDivisionError("division by zero in the processor")]
+    q = queues.open(rec)
+    q.submit(request(id="buggy"))
+    with pytest.raises(ZeroDivisionError, match="in the processor"):
+        q.join(timeout_s=20)
+    job = q.get("buggy")
+    assert job.status == "failed"
+    assert "ZeroDivisionError" in (job.error or "")
+    q.join(timeout_s=5)  # reported once
+
+
+def test_the_watchdog_retries_a_job_stuck_past_its_timeout(queues):
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    rec.script["stuck"] = ["hold", "ok"]
+    q = queues.open(rec, clock=clock, job_timeout_s=30, retry_backoff_s=2)
+    w = Watcher(q)
+    q.submit(request(id="stuck"))
+    rec.wait_running("stuck")
+    poll_until(lambda: job_alarm_at(q, "stuck") == t0 + 30, "the watchdog alarm")
+
+    clock.advance(30)
+    job = w.wait_status("stuck", "retry_wait")
+    assert job.error == "timed out after 30 s"
+    assert rec.cancelled == ["stuck"]
+    clock.advance(2)
+    q.join(timeout_s=20)
+    assert q.get("stuck").status == "completed"
+    assert [c.at for c in rec.calls] == [t0, t0 + 32]
+
+
+def test_a_retry_in_immediate_mode_is_dispatched(queues):
+    clock = ManualClock()
+    rec = Recorder(clock)
+    rec.script["flaky"] = [retryable()]
+    q = queues.open(rec, clock=clock, dispatch="immediate", retry_backoff_s=2)
+    w = Watcher(q)
+    q.submit(request(id="flaky"))
+    w.wait_status("flaky", "retry_wait")
+    clock.advance(2)
+    q.join(timeout_s=10)
+    assert q.get("flaky").status == "completed"
+
+
+# -- recovery ------------------------------------------------------------------------------------
+
+
+def test_a_job_processing_at_restart_resumes_with_its_checkpoint(queues):
+    rec = Recorder(hold_all=True)
+    rec.checkpoint = {"operation": "operations/abc-123", "polls": 4}
+    q = queues.open(rec, max_concurrency=1)
+    w = Watcher(q)
+    q.submit(request(id="resume-me"))
+    q.submit(request(id="waiting"))
+    job = w.wait_status("resume-me", "processing")
+    with w.cv:
+        w.cv.wait_for(lambda: w.latest["resume-me"].checkpoint is not None, 20)
+    assert w.latest["resume-me"].progress == 50
+    queues.close(q)  # the process goes away while the job is processing
+
+    rec2 = Recorder()
+    q2 = queues.open(rec2, max_concurrency=1)
+    q2.join(timeout_s=20)
+    first = rec2.calls[0]
+    assert first.job_id == "resume-me"
+    assert first.checkpoint == {"operation": "operations/abc-123", "polls": 4}
+    assert first.attempt == job.attempts == 1  # resumed, not a new attempt
+    assert rec2.order() == ["resume-me", "waiting"]
+    assert q2.get("resume-me").status == "completed"
+
+
+# -- the asyncio API -----------------------------------------------------------------------------
+
+
+def test_the_async_api_never_blocks_the_callers_loop(queues):
+    rec = Recorder()
+    rec.script["held"] = ["hold"]
+    q = queues.open(rec)
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        t = asyncio.create_task(ticker())
+        job, created = await q.asubmit_detailed(request(id="async-1"))
+        assert created and job.status == "queued"
+        held = await q.asubmit(request(id="held"))
+        await asyncio.to_thread(rec.wait_running, held.id)
+        assert (await q.aget(held.id)).status == "processing"
+        cancelled = await q.acancel(held.id)
+        assert cancelled.id == held.id
+        await asyncio.to_thread(q.join, 20)
+        assert (await q.aget("async-1")).status == "completed"
+        st = await q.astatus()
+        assert (st.completed, st.cancelled) == (1, 1)
+        assert ticks > 0
+        t.cancel()
+
+    asyncio.run(main())
