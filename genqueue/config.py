@@ -35,6 +35,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retention_days: float = 7.0
     retention_interval_s: float = 3600.0
     idle_timeout_s: float = 60.0
+    live_actors_soft_cap: int = 1024  # above it, a job waiting on its coroutine is passivated
     max_attempts: int = 3
     retry_backoff_s: float = 2.0
     job_timeout_s: float = 900.0

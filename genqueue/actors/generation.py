@@ -38,6 +38,7 @@ __all__ = ["GenerationActor", "GenerationCheckpoint", "GenerationService"]
 log = logging.getLogger("genqueue.generation")
 T = TypeVar("T")
 EXPECTED_S = 60.0  # progress estimate: Veo usually takes 11 s to a few minutes
+PROGRESS_STEP = 5  # percentage points between progress reports
 
 
 class GenerationCheckpoint(msgspec.Struct, omit_defaults=True):
@@ -146,6 +147,7 @@ class GenerationActor:
     ) -> Operation:
         assert ckpt.operation is not None
         started = ckpt.started_at or self.clock.now()
+        reported = 0
         while True:
             op = await self._retry("poll", lambda: self.client.poll(ckpt.operation or ""))
             if op.done:
@@ -157,7 +159,10 @@ class GenerationActor:
                     retryable=False,
                     code="timeout",
                 )
-            await report(progress=min(90, 5 + int(85 * elapsed / EXPECTED_S)))
+            progress = min(90, 5 + int(85 * elapsed / EXPECTED_S))
+            if progress >= reported + PROGRESS_STEP:  # each report is a durable write
+                await report(progress=progress)
+                reported = progress
             await self.clock.sleep(self.polling_interval_s)
 
     async def _store(self, job: Job, op: Operation, report: ReportFn, t0: float) -> JobResult:

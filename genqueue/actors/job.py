@@ -34,6 +34,7 @@ from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
 from genqueue.config import Config
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
 from genqueue.models import Job, JobResult
+from genqueue.storage.state import Namespace
 
 __all__ = ["JobActor", "Processor", "QueueServices", "ReportFn"]
 
@@ -68,7 +69,7 @@ class QueueServices:
     queue_cls: Any = None
     # Called inside the JobActor's turn on every status change; may write to the store
     # (e.g. the webhook outbox) and returns the sequence number of its last write.
-    on_event: Callable[[Job], int | None] | None = None
+    on_event: Callable[[Job, bool], int | None] | None = None  # (job, is a progress event)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,13 +83,13 @@ def services(system: ActorSystem) -> QueueServices:
 
 class JobActor(DurableActor):
     kind = "job"
+    hosted = True  # one per job: turns on shared shard threads, not a thread each
+    cache_keys = 100_000  # activation reads a recent job's record from memory, not SQLite
 
     def __init__(self, system: ActorSystem, key: str):
         super().__init__(system, key)
         self.svc = services(system)
         self.job: Job | None = None
-        self._task: int | None = None
-        self._cancel_reason: str | None = None
 
     def activate(self) -> None:
         self.job = self.storage.get("record", Job)
@@ -131,7 +132,7 @@ class JobActor(DurableActor):
 
     def _recover(self) -> Job:
         job = self._job()
-        if job.status == "processing" and self._task is None:
+        if job.status == "processing" and not self.async_tokens():
             log.info("resuming job %s after restart", job.id, extra={"job_id": job.id})
             self._run()
         elif job.status == "queued":
@@ -151,16 +152,18 @@ class JobActor(DurableActor):
             changes["checkpoint"] = checkpoint
         if changes:
             self._save(job, status="processing", **changes)
+        self._maybe_step_aside()
 
     def _cancel(self, reason: str) -> Job:
         job = self._job()
         if job.terminal:
             raise IllegalTransition(f"job {job.id} is already {job.status}")
         if job.status == "processing":
-            self._cancel_reason = reason
-            if self._task is not None:
-                self.cancel_async(self._task)
-            else:
+            tokens = self.async_tokens()
+            self.storage.put("cancel", reason)  # the outcome may reach another instance
+            for token in tokens:
+                self.cancel_async(token)
+            if not tokens:
                 self._end("cancelled", error=reason)
             return self._job()
         was = job.status
@@ -175,7 +178,9 @@ class JobActor(DurableActor):
     def _run(self) -> None:
         job = self._job()
         self.set_alarm(self.clock.now() + self.svc.config.job_timeout_s)
-        self._task = self.run_async(self.svc.processor(job, self._reporter(job.id)), self._finished)
+        # By method name: the outcome may find this job's actor passivated and activate it.
+        self.run_async(self.svc.processor(job, self._reporter(job.id)), "_finished")
+        self._maybe_step_aside()
 
     def _reporter(self, job_id: str) -> ReportFn:
         system = self.system
@@ -186,13 +191,13 @@ class JobActor(DurableActor):
         return report
 
     def _finished(self, outcome: Outcome) -> None:
-        self._task = None
         job = self._job()
         if job.status != "processing":
             return
         if outcome.cancelled:
-            if self._cancel_reason is not None:
-                self._end("cancelled", error=self._cancel_reason)
+            reason = self.storage.get("cancel", str)
+            if reason is not None:
+                self._end("cancelled", error=reason)
             else:
                 self._fail_or_retry(
                     job, f"timed out after {self.svc.config.job_timeout_s:g} s", True
@@ -238,6 +243,8 @@ class JobActor(DurableActor):
             progress=100 if status == "completed" else job.progress,
         )
         self.delete_alarm()
+        if status == "cancelled":
+            self.storage.delete("cancel")
         wait = (job.started_at or now) - (job.queued_at or job.created_at)
         self._tell_queue(Finished(job.id, job.user_id, status, wait, now - (job.started_at or now)))
         self.passivate()
@@ -252,15 +259,18 @@ class JobActor(DurableActor):
             self.passivate()
         elif job.status == "processing":
             log.warning("job %s passed its timeout", job.id, extra={"job_id": job.id})
-            if self._task is not None:
-                self.cancel_async(self._task)  # ends as a timeout in _finished
-            else:
+            tokens = self.async_tokens()
+            for token in tokens:
+                self.cancel_async(token)  # ends as a timeout in _finished
+            if not tokens:
                 self._fail_or_retry(job, "timed out", True)
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def busy(self) -> bool:
-        return super().busy() or (self.job is not None and self.job.status == "processing")
+    def _maybe_step_aside(self) -> None:
+        """While its coroutine runs a job needs no thread: passivate when many actors are live."""
+        if self.system.live_count() > self.svc.config.live_actors_soft_cap:
+            self.passivate()
 
     def _job(self) -> Job:
         assert self.job is not None
@@ -272,9 +282,10 @@ class JobActor(DurableActor):
         new = msgspec.structs.replace(job, status=status, updated_at=self.clock.now(), **changes)
         self.storage.put("record", new)
         self.job = new
-        if self.svc.on_event is not None and status != job.status:
+        progressed = status == job.status and new.progress != job.progress
+        if self.svc.on_event is not None and (status != job.status or progressed):
             # Same turn, same commit: a terminal job and its webhook are stored together.
-            seq = self.svc.on_event(new)
+            seq = self.svc.on_event(new, progressed)
             self.storage.last_seq = max(self.storage.last_seq, seq or 0)
         publish = self.svc.publish
         self.after_commit(lambda: publish(new))
@@ -286,12 +297,16 @@ class JobActor(DurableActor):
     @staticmethod
     def create(system: ActorSystem, job: Job) -> int:
         """Store a new job's first record (in the submitting queue turn); returns the write seq."""
-        return system.store.namespace(JobActor.kind).put(f"{job.id}/record", job)
+        return JobActor.table(system).put(f"{job.id}/record", job)
 
     @staticmethod
     def read(system: ActorSystem, job_id: str) -> Job | None:
         """A job's stored record, without activating its actor."""
-        return system.store.namespace(JobActor.kind).get(f"{job_id}/record", Job)
+        return JobActor.table(system).get(f"{job_id}/record", Job)
+
+    @staticmethod
+    def table(system: ActorSystem) -> Namespace:
+        return system.store.namespace(JobActor.kind, cache=JobActor.cache_keys)
 
 
 def _as_result(value: Any) -> JobResult:

@@ -296,7 +296,7 @@ class QueueActor(DurableActor):
     def _retention(self, now: float) -> None:
         cutoff = now - self.cfg.retention_days * 86400
         end = f"finished/{int(cutoff * 1000):015d}"
-        jobs = self.system.store.namespace(JobActor.kind)
+        jobs = JobActor.table(self.system)
         removed = 0
         for key, _ in self.storage.list("finished/", end=end, limit=10_000):
             job_id = key.rsplit("/", 1)[1]

@@ -24,6 +24,7 @@ import msgspec
 import pykka
 
 from genqueue.actors.bridge import Outcome, Reply, SyncWaiter, future_reply, spawn
+from genqueue.actors.hosting import Activate, HostedRef, Shard, shard_of
 from genqueue.actors.scheduler import Scheduler
 from genqueue.clock import Clock, RealClock
 from genqueue.storage.state import Namespace, StateStore
@@ -135,6 +136,8 @@ class DurableActor(pykka.ThreadingActor):
 
     kind: ClassVar[str] = "actor"
     passivate_when_idle: ClassVar[bool] = True
+    hosted: ClassVar[bool] = False  # True: turns run on a shared shard thread (hosting.py)
+    cache_keys: ClassVar[int] = 0  # > 0: recent writes of this kind are read from memory
     idle_timeout_s: ClassVar[float | None] = None  # None: the system's idle_timeout_s
 
     def __init__(self, system: ActorSystem, key: str):
@@ -142,12 +145,14 @@ class DurableActor(pykka.ThreadingActor):
         self.system = system
         self.key = key
         self.clock = system.clock
-        self.storage = ActorStorage(system.store.namespace(self.kind), key)
+        self.storage = ActorStorage(system.store.namespace(self.kind, cache=self.cache_keys), key)
         self._alarm: AlarmRecord | None = None
         self._alarm_handle: int | None = None
         self._deferred: list[Callable[[], None]] = []
         self._tasks: dict[int, Callable[[Outcome], None]] = {}
         self.last_active = self.clock.now()
+        self.hosted_alive = True
+        self.hosted_pending = 0  # messages queued at its shard (changed under system.lock)
         system._actors[(type(self), key)] = self
 
     # -- hooks for subclasses -------------------------------------------------------------
@@ -317,7 +322,20 @@ class DurableActor(pykka.ThreadingActor):
         )
         with self.system.lock:
             self.system.forget(type(self), self.key, self)
-        self.stop()
+        self._deactivate()
+
+    def _deactivate(self) -> None:
+        if self.hosted:
+            self.hosted_alive = False
+        else:
+            self.stop()
+
+    def hosted_start(self) -> None:
+        """A hosted actor's on_start, run on its shard thread before its first message."""
+        try:
+            self.on_start()
+        except Exception:
+            self.hosted_alive = False
 
     def _fire_alarm(self, at: float) -> None:
         current = self._alarm
@@ -362,13 +380,14 @@ class DurableActor(pykka.ThreadingActor):
 
     def _maybe_passivate(self, idle_before: float | None) -> None:
         with self.system.lock:
-            if not self.actor_inbox.empty() or self.busy():
+            queued = self.hosted_pending if self.hosted else not self.actor_inbox.empty()
+            if queued or self.busy():
                 return
             if idle_before is not None and self.last_active > idle_before:
                 return
             self.system.forget(type(self), self.key, self)
         # A pending alarm stays stored and scheduled by address: it wakes a new instance.
-        self.stop()
+        self._deactivate()
 
     def passivate(self) -> None:
         """Stop this actor at the end of the turn if nothing else is queued for it."""
@@ -385,6 +404,7 @@ class ActorSystem:
         clock: Clock | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         idle_timeout_s: float = 60.0,
+        shards: int = 8,
     ):
         self.store = store
         self.clock: Clock = clock or RealClock()
@@ -395,6 +415,9 @@ class ActorSystem:
         self.lock = threading.RLock()
         self.tasks: dict[int, asyncio.Task[Any]] = {}
         self._owned: dict[tuple[type[DurableActor], str], set[int]] = {}
+        self._activating: dict[tuple[type[DurableActor], str], threading.Event] = {}
+        self.shards = shards
+        self._shards: list[pykka.ActorRef[Shard]] = []
         self._live: dict[tuple[type[DurableActor], str], pykka.ActorRef[Any]] = {}
         self._actors: dict[tuple[type[DurableActor], str], DurableActor] = {}
         self._kinds: dict[str, type[DurableActor]] = {}
@@ -426,7 +449,7 @@ class ActorSystem:
             refs = list(self._live.values())
             self._live.clear()
             self._actors.clear()
-        for ref in refs:
+        for ref in [*refs, *self._shards]:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=10)
         self.scheduler.stop()
@@ -443,18 +466,56 @@ class ActorSystem:
     # -- activation ----------------------------------------------------------------------------
 
     def get(self, cls: type[A], key: str) -> pykka.ActorRef[A]:
-        """The one live instance for `key`, activated from storage if needed."""
+        """The one live instance for `key`, activated from storage if needed.
+
+        The thread that finds no instance starts one outside the system lock (a thread start
+        costs ~0.4 ms); others asking for the same key meanwhile wait for that one.
+        """
         if "/" in key:
             raise ValueError(f"actor key {key!r} may not contain '/'")
+        if cls.hosted:
+            return self._get_hosted(cls, key)  # type: ignore[return-value]
+        while True:
+            with self.lock:
+                ref = self._live.get((cls, key))
+                if ref is not None and ref.is_alive():
+                    return ref
+                if self._stopped:
+                    raise pykka.ActorDeadError("the actor system is stopped")
+                pending = self._activating.get((cls, key))
+                leader = pending is None
+                if pending is None:
+                    pending = self._activating[(cls, key)] = threading.Event()
+            if not leader:
+                pending.wait(30)
+                continue
+            ref = None
+            try:
+                ref = cls.start(self, key)
+            finally:
+                with self.lock:
+                    del self._activating[(cls, key)]
+                    if ref is not None:
+                        self._live[(cls, key)] = ref
+                pending.set()
+            return ref
+
+    def _get_hosted(self, cls: type[DurableActor], key: str) -> HostedRef:
+        """Activation of a hosted actor: build the object, let its shard run on_start first."""
         with self.lock:
             ref = self._live.get((cls, key))
             if ref is not None and ref.is_alive():
-                return ref
+                return ref  # type: ignore[return-value]
             if self._stopped:
                 raise pykka.ActorDeadError("the actor system is stopped")
-            ref = cls.start(self, key)
-            self._live[(cls, key)] = ref
-            return ref
+            if not self._shards:
+                self._shards = [Shard.start(self) for _ in range(self.shards)]
+            shard = self._shards[shard_of(key, self.shards)]
+            actor = cls(self, key)
+            shard.tell(Activate(actor))
+            hosted = HostedRef(shard, actor)
+            self._live[(cls, key)] = hosted  # type: ignore[assignment]
+            return hosted
 
     def forget(self, cls: type[DurableActor], key: str, actor: DurableActor) -> None:
         with self.lock:
@@ -476,14 +537,19 @@ class ActorSystem:
     def tell_internal(
         self, cls: type[DurableActor], key: str, message: Any, *, activate: bool = True
     ) -> None:
-        with self.lock:
-            if not activate:
-                ref = self._live.get((cls, key))
-                if ref is None:
-                    return
-            else:
+        while True:
+            if activate:
                 ref = self.get(cls, key)
-            ref.tell(message)
+            with self.lock:
+                live = self._live.get((cls, key))
+                if not activate:
+                    if live is None:
+                        return
+                    ref = live
+                # Under the lock that passivation takes: the instance has not decided to stop.
+                if live is ref:
+                    ref.tell(message)
+                    return
 
     def ask(self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0) -> Any:
         """Send `message` and wait (in a plain thread) for the gated reply."""

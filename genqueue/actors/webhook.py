@@ -487,13 +487,16 @@ class WebhookOutbox:
         system.services.extra["webhooks"] = self  # type: ignore[attr-defined]
         system.register(WebhookActor)
 
-    def on_event(self, job: Job) -> int | None:
+    def on_event(self, job: Job, progress_event: bool = False) -> int | None:
         """QueueServices.on_event: store the job's event in its own turn."""
-        return record_event(self.system.store, job, self.config, self.system.clock)
+        return record_event(
+            self.system.store, job, self.config, self.system.clock, progress_event=progress_event
+        )
 
     def published(self, job: Job) -> None:
         """After the job's turn committed: wake the actor if that turn stored an event."""
-        if _event_name(job, self.config, False) is not None:
+        progress = self.config.webhook_events_progress and job.status == "processing"
+        if progress or _event_name(job, self.config, False) is not None:
             self.system.tell(WebhookActor, KEY, Wake(job.id))
 
     def start(self) -> None:

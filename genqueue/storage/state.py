@@ -24,6 +24,7 @@ import itertools
 import queue
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -97,10 +98,16 @@ class StateStore:
 
     # -- namespaces -------------------------------------------------------------------------
 
-    def namespace(self, name: str) -> Namespace:
-        """The table `name`, created on first use."""
+    def namespace(self, name: str, *, cache: int = 0) -> Namespace:
+        """The table `name`, created on first use.
+
+        `cache` > 0 keeps the values of the last `cache` keys written in memory (write-through,
+        in write order with the SQLite queue), so reads of recent writes skip the worker thread.
+        """
         ns = self._tables.get(name)
         if ns is not None:
+            if cache and ns.cache is None:
+                ns.cache = _WriteCache(cache)
             return ns
         if not _TABLE_NAME.match(name):
             raise ValueError(f"namespace name {name!r} must be an identifier")
@@ -113,6 +120,8 @@ class StateStore:
                 self._write_seq += 1
                 self._cv.notify_all()
                 ns = self._tables[name] = Namespace(self, name)
+                if cache:
+                    ns.cache = _WriteCache(cache)
         # No flush: later statements queue behind the CREATE on the same worker thread.
         return ns
 
@@ -141,8 +150,9 @@ class StateStore:
             return 0
         with self._cv:
             self._check()
-            for sql, args in batch.values():
+            for (table, key), (sql, args) in batch.items():
                 self._conn.execute(sql, args)
+                self._cached(table, key, args)
             return self._queued()
 
     def _queued(self) -> int:
@@ -168,7 +178,14 @@ class StateStore:
         with self._cv:
             self._check()
             self._conn.execute(sql, args)
+            self._cached(table, key, args)
             return self._queued()
+
+    def _cached(self, table: str, key: str, args: tuple[Any, ...]) -> None:
+        """Mirror a queued write into the table's write cache (lock held)."""
+        cache = self._tables[table].cache if table in self._tables else None
+        if cache is not None:
+            cache.put(key, args[1] if len(args) == 2 else None)
 
     def _select(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         self._check()
@@ -274,12 +291,35 @@ class StateStore:
             self._db.close(force=True)
 
 
+class _WriteCache:
+    """The latest encoded value (None: deleted) of recently written keys, bounded LRU."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._values: OrderedDict[str, bytes | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, value: bytes | None) -> None:
+        with self._lock:
+            self._values[key] = value
+            self._values.move_to_end(key)
+            if len(self._values) > self._size:
+                self._values.popitem(last=False)
+
+    def get(self, key: str) -> tuple[bool, bytes | None]:
+        with self._lock:
+            if key in self._values:
+                return True, self._values[key]
+        return False, None
+
+
 class Namespace:
     """One table: `get / put / delete / list(prefix)` on msgspec-encoded values."""
 
     def __init__(self, store: StateStore, name: str):
         self.store = store
         self.name = name
+        self.cache: _WriteCache | None = None
         self._get_sql = f'SELECT value FROM "{name}" WHERE key = ?'
         self._put_sql = f'REPLACE INTO "{name}" (key, value) VALUES (?, ?)'
         self._del_sql = f'DELETE FROM "{name}" WHERE key = ?'
@@ -287,6 +327,8 @@ class Namespace:
 
     def get(self, key: str, type: type[T] | Any = Any) -> T | None:
         found, value = self.store._buffered(self.name, key)
+        if not found and self.cache is not None:
+            found, value = self.cache.get(key)
         if found:
             return None if value is None else _decoder(type).decode(value)
         rows = self.store._select(self._get_sql, (key,))

@@ -1,0 +1,74 @@
+"""Hosted actors: many durable actors of one kind served by a few shard threads.
+
+A pykka thread per actor costs ~0.4 ms to start and ~22 KiB, and wake-ups slow down
+as threads pile up (measured-facts.md). Actors of a `hosted` kind (the JobActor: one
+per job) are plain objects whose turns run on one of a fixed set of shard threads,
+chosen by key: each instance still sees its messages one at a time and in order,
+activation costs microseconds, and live threads stay constant however many jobs are
+in flight. Singletons (the QueueActor, the WebhookActor) keep a thread of their own.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pykka
+
+if TYPE_CHECKING:
+    from genqueue.actors.runtime import ActorSystem, DurableActor
+
+__all__ = ["Activate", "Envelope", "HostedRef", "Shard", "shard_of"]
+
+
+class Activate(msgspec.Struct, frozen=True):
+    actor: Any  # DurableActor
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    actor: Any  # DurableActor
+    message: Any
+
+
+def shard_of(key: str, shards: int) -> int:
+    return zlib.crc32(key.encode()) % shards
+
+
+class Shard(pykka.ThreadingActor):
+    """One thread running the turns of the hosted actors whose keys hash to it."""
+
+    def __init__(self, system: ActorSystem):
+        super().__init__()
+        self.system = system
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Activate(actor=actor):
+                actor.hosted_start()
+            case Envelope(actor=actor, message=inner):
+                with self.system.lock:
+                    actor.hosted_pending -= 1
+                if actor.hosted_alive:
+                    actor.on_receive(inner)
+        return None
+
+
+class HostedRef:
+    """What `ActorSystem.get` returns for a hosted actor: `tell` goes through its shard."""
+
+    def __init__(self, shard: pykka.ActorRef[Shard], actor: DurableActor):
+        self._shard = shard
+        self.actor = actor
+        self.actor_urn = actor.actor_urn
+
+    def tell(self, message: Any) -> None:
+        """Called with the system lock held (ActorSystem.tell_internal)."""
+        self.actor.hosted_pending += 1
+        self._shard.tell(Envelope(self.actor, message))
+
+    def is_alive(self) -> bool:
+        return bool(self.actor.hosted_alive)
+
+    def stop(self, block: bool = True, timeout: float | None = None) -> None:
+        self.actor.hosted_alive = False
