@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import queue
 import re
 import threading
@@ -35,6 +36,8 @@ from sqlitedict import SqliteDict
 from genqueue.errors import StorageError
 
 __all__ = ["Namespace", "StateStore", "SyncLevel"]
+
+log = logging.getLogger("genqueue.state")
 
 T = TypeVar("T")
 SyncLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -94,7 +97,12 @@ class StateStore:
         self._committer = threading.Thread(
             target=self._commit_loop, name="state-committer", daemon=True
         )
+        self._releasing = 0  # batches of callbacks handed over but not yet run
+        self._released: queue.Queue[list[Callable[[], None]] | None] = queue.Queue()
+        self._releaser = threading.Thread(target=self._release_loop, name="state-releaser")
+        self._releaser.daemon = True
         self._committer.start()
+        self._releaser.start()
 
     # -- namespaces -------------------------------------------------------------------------
 
@@ -209,11 +217,14 @@ class StateStore:
     def after_commit(self, seq: int, callback: Callable[[], None]) -> None:
         """Run `callback` once every write up to `seq` is durable (now, if it already is).
 
-        The callback runs on the committer thread (or the caller's): it must be quick.
+        Callbacks run on the releaser thread, in sequence order (or on the caller's thread
+        when nothing is waiting to be released): they must be quick.
         """
         with self._cv:
-            if seq > self._durable_seq and self._failure is None:
+            if self._failure is None and (seq > self._durable_seq or self._releasing):
                 heapq.heappush(self._callbacks, (seq, next(self._cb_order), callback))
+                if seq <= self._durable_seq:
+                    self._hand_over(self._durable_seq)
                 return
         callback()
 
@@ -245,9 +256,9 @@ class StateStore:
                 with self._cv:
                     self._failure = exc
                     due, self._callbacks = self._callbacks, []
+                    self._releasing += 1
                     self._cv.notify_all()
-                for _, _, callback in due:
-                    callback()
+                self._released.put([cb for _, _, cb in due])
                 return
             self._complete(snap)
 
@@ -263,14 +274,33 @@ class StateStore:
         self._conn.check_raise_error()
 
     def _complete(self, snap: int) -> None:
-        due = []
         with self._cv:
             self._durable_seq = snap
             self.commits += 1
-            while self._callbacks and self._callbacks[0][0] <= snap:
-                due.append(heapq.heappop(self._callbacks)[2])
-        for callback in due:
-            callback()
+            self._hand_over(snap)
+
+    def _hand_over(self, durable: int) -> None:
+        """Pass the callbacks now durable to the releaser (lock held): the committer goes on
+        with the next commit at once instead of running them."""
+        due = []
+        while self._callbacks and self._callbacks[0][0] <= durable:
+            due.append(heapq.heappop(self._callbacks)[2])
+        if due:
+            self._releasing += 1
+            self._released.put(due)
+
+    def _release_loop(self) -> None:
+        while True:
+            due = self._released.get()
+            if due is None:
+                return
+            for callback in due:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("an after-commit callback failed")
+            with self._cv:
+                self._releasing -= 1
 
     @property
     def failure(self) -> BaseException | None:
@@ -285,6 +315,8 @@ class StateStore:
             self._closing = True
             self._cv.notify_all()
         self._committer.join(timeout=30)
+        self._released.put(None)
+        self._releaser.join(timeout=30)
         if self._failure is None:
             self._db.close()
         else:
