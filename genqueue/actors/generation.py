@@ -83,7 +83,10 @@ class GenerationActor:
                     op = await self._poll_until_done(job, ckpt, report)
                     break
                 except ProviderError as exc:
-                    if exc.code != "operation_error" or not exc.retryable:
+                    # A failed operation that may be retried, or one the provider no longer
+                    # knows (expired, or the fake restarted): start anew within the budget.
+                    lost = exc.code == "operation_not_found"
+                    if not lost and (exc.code != "operation_error" or not exc.retryable):
                         raise
                     if ckpt.starts > self.max_retries:
                         # Retries spent: final, or the queue's retry would re-poll the
