@@ -3,34 +3,45 @@
     python main.py serve [--host H] [--port N] [--data-dir D] [--config FILE]
     python main.py submit "PROMPT" [--duration 8] [--aspect-ratio 16:9] [--priority 0] [--wait]
     python main.py status
-    python main.py jobs [--status S]
+    python main.py jobs [--status S[,S...]] [--limit N]
     python main.py fake-veo --port N
 
 Client commands talk to GENQUEUE_URL (default http://127.0.0.1:8787) with the key in
 GENQUEUE_KEY, or the admin key that `serve` stored in the data directory.
 Exit codes: 0 ok, 1 the job failed or was cancelled, 2 bad usage or input,
-3 server unreachable, 4 key refused.
+3 server unreachable (or answering 5xx), 4 key refused, 5 `serve` could not start
+(the port is taken, or another server uses the data directory), 130 interrupted.
+`serve` exits 0 after SIGTERM or SIGINT: it stops accepting, lets the actors finish
+their turn and leaves jobs in flight to be resumed by the next start.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import os
 import secrets
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import msgspec
 import orjson
+from yarl import URL
 
 from genqueue.config import SECRET_FIELDS, Config, load_config
 from genqueue.errors import ConfigError
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
+EXIT_CANNOT_SERVE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 5, 130, 141
 KEY_FILE = "admin_key"
+LOCK_FILE = "serve.lock"
+POLL_S = 0.5  # how often `submit --wait` looks at the job
 
 
 def ensure_api_keys(cfg: Config) -> Config:
@@ -40,6 +51,8 @@ def ensure_api_keys(cfg: Config) -> Config:
     path = Path(cfg.data_dir) / KEY_FILE
     if path.exists():
         key = path.read_text().strip()
+        if not key:
+            raise CannotServe(f"{path} is empty: delete it to have a new admin key made")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         key = "gq_" + secrets.token_urlsafe(24)
@@ -51,6 +64,57 @@ def ensure_api_keys(cfg: Config) -> Config:
     return msgspec.structs.replace(cfg, api_keys=f"{key}=admin:admin")
 
 
+class CannotServe(Exception):
+    """`serve` cannot start: the port is taken, or the data directory is in use or unusable."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[IO[str]]:
+    """Hold an exclusive lock on the data directory: one server per directory.
+
+    Two servers on one directory would each recover the other's jobs in flight and run
+    them twice; the lock goes with the process, however it ends.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        f = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the server's life)
+    except OSError as exc:
+        raise CannotServe(f"cannot use the data directory {data_dir}: {exc}") from exc
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CannotServe(
+                f"another genqueue server is using the data directory {data_dir}"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield f
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is opened (so a taken port costs nothing)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CannotServe(f"cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise CannotServe(f"cannot listen on {host}:{port}: {reason}") from exc
+    return sock
+
+
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -58,10 +122,18 @@ def serve(args: argparse.Namespace) -> int:
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
-    cfg = ensure_api_keys(cfg)
-    setup_logging(cfg.log_level, secrets=[str(getattr(cfg, f)) for f in SECRET_FIELDS])
-    print(f"genqueue serving on http://{cfg.host}:{cfg.port} (data in {cfg.data_dir})", flush=True)
-    web.run_app(create_app(cfg), host=cfg.host, port=cfg.port, print=None, shutdown_timeout=10)
+    try:
+        with data_dir_lock(Path(cfg.data_dir)), listen(cfg.host, cfg.port) as sock:
+            cfg = ensure_api_keys(cfg)
+            setup_logging(cfg.log_level, secrets=[str(getattr(cfg, f)) for f in SECRET_FIELDS])
+            url = f"http://{cfg.host}:{cfg.port}"
+            print(f"genqueue serving on {url} (data in {cfg.data_dir})", flush=True)
+            # SIGTERM and SIGINT end run_app gracefully; it returns once all is closed.
+            web.run_app(create_app(cfg), sock=sock, print=None, shutdown_timeout=10)
+    except CannotServe as exc:
+        print(f"genqueue: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
+    print("genqueue stopped", flush=True)
     return EXIT_OK
 
 
@@ -77,32 +149,83 @@ class ClientError(Exception):
 def _client_settings(args: argparse.Namespace) -> tuple[str, str]:
     cfg = load_config(args.config, data_dir=args.data_dir)
     url = os.environ.get("GENQUEUE_URL") or f"http://{cfg.host}:{cfg.port}"
-    key = os.environ.get("GENQUEUE_KEY", "")
+    try:
+        parsed = URL(url)
+        valid = parsed.scheme in ("http", "https") and bool(parsed.host)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ClientError(f"GENQUEUE_URL is not an http(s) URL: {url!r}", EXIT_USAGE)
+    key = os.environ.get("GENQUEUE_KEY", "").strip()
     key_file = Path(cfg.data_dir) / KEY_FILE
-    if not key and key_file.exists():
+    if not key and key_file.is_file():
         key = key_file.read_text().strip()
     return url.rstrip("/"), key
 
 
-async def _call(method: str, url: str, key: str, body: Any = None) -> Any:
-    headers = {"Authorization": f"Bearer {key}"}
+async def _call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    key: str,
+    body: Any = None,
+    params: dict[str, str] | None = None,
+) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
-            ) as resp,
-        ):
-            data = await resp.json(content_type=None)
-    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-        raise ClientError(f"cannot reach genqueue at {url}: {exc}", EXIT_UNREACHABLE) from exc
+        async with session.request(method, url, json=body, params=params, headers=headers) as resp:
+            raw = await resp.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ClientError(f"cannot reach genqueue at {url}: {reason}", EXIT_UNREACHABLE) from exc
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    err = err if isinstance(err, dict) else {}
+    message = err.get("message") or raw.decode("utf-8", "replace")[:200].strip() or resp.reason
     if resp.status == 401:
-        raise ClientError("the API key was refused (set GENQUEUE_KEY)", EXIT_AUTH)
+        hint = "set GENQUEUE_KEY" if key else "no API key: set GENQUEUE_KEY"
+        raise ClientError(f"the API key was refused: {message} ({hint})", EXIT_AUTH)
+    if resp.status >= 500:
+        raise ClientError(f"genqueue answered {resp.status}: {message}", EXIT_UNREACHABLE)
     if resp.status >= 400:
-        err = (data or {}).get("error", {})
         field = f" (field {err['field']})" if err.get("field") else ""
-        raise ClientError(f"error {resp.status}: {err.get('message', data)}{field}", EXIT_USAGE)
+        raise ClientError(f"error {resp.status}: {message}{field}", EXIT_USAGE)
+    if data is None:
+        raise ClientError(f"genqueue at {url} did not answer JSON", EXIT_UNREACHABLE)
     return data
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+
+class Progress:
+    """`submit --wait`'s progress: a bar redrawn in place on a terminal, else a line per change."""
+
+    def __init__(self, out: IO[str]):
+        self.out = out
+        self.tty = out.isatty()
+        self.last: tuple[str, int] | None = None
+
+    def show(self, status: str, progress: int) -> None:
+        if (status, progress) == self.last:
+            return
+        self.last = (status, progress)
+        bar = "#" * (max(0, min(progress, 100)) // 5)
+        line = f"[{bar:<20}] {progress:3d}% {status:<10}"
+        if self.tty:
+            self.out.write("\r" + line)
+        else:
+            self.out.write(line.rstrip() + "\n")
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.tty and self.last is not None:
+            self.out.write("\n")
+            self.out.flush()
 
 
 async def _submit(args: argparse.Namespace) -> int:
@@ -112,40 +235,60 @@ async def _submit(args: argparse.Namespace) -> int:
         "priority": args.priority,
         "parameters": {"duration": args.duration, "aspectRatio": args.aspect_ratio},
     }
-    job = await _call("POST", f"{url}/api/generations", key, body)
-    print(f"submitted {job['id']} ({job['status']})")
-    if not args.wait:
-        return EXIT_OK
-    while job["status"] not in ("completed", "failed", "cancelled"):
-        bar = "#" * (job.get("progress", 0) // 5)
-        print(f"\r[{bar:<20}] {job.get('progress', 0):3d}% {job['status']:<10}", end="", flush=True)
-        await asyncio.sleep(1.0)
-        job = await _call("GET", f"{url}/api/generations/{job['id']}", key)
-    print(f"\r[{'#' * 20}] {job['status']}" + " " * 12)
+    async with _session() as session:
+        job = await _call(session, "POST", f"{url}/api/generations", key, body)
+        print(f"submitted {job['id']} ({job['status']})", flush=True)
+        if not args.wait:
+            return EXIT_OK
+        progress = Progress(sys.stdout)
+        try:
+            while job["status"] not in ("completed", "failed", "cancelled"):
+                progress.show(job["status"], int(job.get("progress") or 0))
+                await asyncio.sleep(POLL_S)
+                job = await _call(session, "GET", f"{url}/api/generations/{job['id']}", key)
+            progress.show(job["status"], int(job.get("progress") or 0))
+        finally:
+            progress.end()
     if job["status"] == "completed":
         print(job["result"]["videoUrl"])
         return EXIT_OK
-    print(f"job {job['status']}: {job.get('error')}", file=sys.stderr)
+    print(f"job {job['id']} {job['status']}: {job.get('error')}", file=sys.stderr)
     return EXIT_JOB_FAILED
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value == value else "nan"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
 
 
 async def _status(args: argparse.Namespace) -> int:
     url, key = _client_settings(args)
-    st = await _call("GET", f"{url}/api/queue/status", key)
+    async with _session() as session:
+        st = await _call(session, "GET", f"{url}/api/queue/status", key)
     width = max(len(k) for k in st)
     for k, v in st.items():
-        shown = orjson.dumps(v).decode() if isinstance(v, dict | list) else v
-        print(f"{k:<{width}}  {shown}")
+        print(f"{k:<{width}}  {_shown(v)}")
     return EXIT_OK
 
 
 async def _jobs(args: argparse.Namespace) -> int:
     url, key = _client_settings(args)
-    query = f"?status={args.status}" if args.status else ""
-    page = await _call("GET", f"{url}/api/generations{query}", key)
+    params = {"limit": str(args.limit)}
+    if args.status:
+        params["status"] = args.status
+    async with _session() as session:
+        page = await _call(session, "GET", f"{url}/api/generations", key, params=params)
     print(f"{'id':<34} {'status':<11} {'progress':>8}  prompt")
     for job in page["items"]:
-        print(f"{job['id']:<34} {job['status']:<11} {job['progress']:>7}%  {job['prompt'][:40]}")
+        prompt = " ".join(job["prompt"].split())[:40]
+        print(f"{job['id']:<34} {job['status']:<11} {job['progress']:>7}%  {prompt}")
+    if page.get("nextCursor"):
+        print(f"(the newest {len(page['items'])}; --limit shows up to 100)")
     return EXIT_OK
 
 
@@ -165,7 +308,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--aspect-ratio", default="16:9")
     sp.add_argument("--priority", type=int, default=0)
     sp.add_argument("--wait", action="store_true")
-    sub.choices["jobs"].add_argument("--status")
+    jp = sub.choices["jobs"]
+    jp.add_argument("--status", help="comma-separated: queued, processing, completed, ...")
+    jp.add_argument("--limit", type=int, default=20, help="how many, newest first (1-100)")
     f = sub.add_parser("fake-veo", help="run the fake Veo server")
     f.add_argument("--host", default="127.0.0.1")
     f.add_argument("--port", type=int, default=8788)
@@ -181,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fake-veo":
             from genqueue.providers.fake_veo import serve_fake_veo
 
-            serve_fake_veo(args.host, args.port, latency_s=args.latency_s)
+            try:
+                serve_fake_veo(args.host, args.port, latency_s=args.latency_s)
+            except OSError as exc:
+                print(f"fake Veo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+                return EXIT_CANNOT_SERVE
             return EXIT_OK
         run = {"submit": _submit, "status": _status, "jobs": _jobs}[args.command]
         return asyncio.run(run(args))
@@ -189,8 +338,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as exc:
-        print(exc, file=sys.stderr)
+        print(f"genqueue: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `main.py status | head`: the reader left; stay quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

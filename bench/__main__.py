@@ -12,6 +12,8 @@ BENCHES: dict[str, str] = {
     "state": "bench.state_bench:main",
     "generation": "bench.generation_bench:main",
     "queue": "bench.queue_bench:main",
+    "webhook": "bench.webhook_bench:main",
+    "http": "bench.http_bench:main",
 }
 
 

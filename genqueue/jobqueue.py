@@ -27,7 +27,7 @@ from genqueue.actors.job import JobActor, Processor, QueueServices
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit
 from genqueue.actors.queue import QueueActor
 from genqueue.actors.runtime import ActorSystem
-from genqueue.actors.webhook import WebhookOutbox, WebhookStats
+from genqueue.actors.webhook import DeadLetters, DeliveryNotFound, WebhookOutbox, WebhookStats
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest, JobNotFound
@@ -196,6 +196,12 @@ class JobQueue:
         return job
 
     def status(self) -> QueueStatus:
+        """The queue's figures, with the webhook outbox's counters in `webhooks`."""
+        return msgspec.structs.replace(
+            self._queue_status(), webhooks=self.webhook_stats().as_status()
+        )
+
+    def _queue_status(self) -> QueueStatus:
         status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
         return status
 
@@ -210,7 +216,7 @@ class JobQueue:
         while True:
             if self._errors:
                 raise self._errors.pop(0)
-            st = self.status()
+            st = self._queue_status()
             if st.queued == 0 and st.in_flight == 0 and st.retry_wait == 0:
                 return
             remaining = deadline - time.monotonic()
@@ -252,8 +258,12 @@ class JobQueue:
         return job
 
     async def astatus(self) -> QueueStatus:
-        status: QueueStatus = await self._sys().ask_async(QueueActor, QUEUE_KEY, Status())
-        return status
+        status: QueueStatus
+        webhooks: WebhookStats
+        status, webhooks = await asyncio.gather(
+            self._sys().ask_async(QueueActor, QUEUE_KEY, Status()), self.awebhook_stats()
+        )
+        return msgspec.structs.replace(status, webhooks=webhooks.as_status())
 
     # -- webhooks (the outbox) ---------------------------------------------------------------
 
@@ -273,6 +283,19 @@ class JobQueue:
         if self._webhooks is None:
             raise InvalidRequest("no webhook target is configured", field="webhook_url")
         return self._webhooks.replay(delivery_id)
+
+    async def adead_webhooks(self, *, limit: int = 100, after: str | None = None) -> DeadLetters:
+        """A page of dead-lettered deliveries; pass `next_after` as `after` for the next one."""
+        if self._webhooks is None:
+            return DeadLetters([])
+        return await self._webhooks.apage_dead(limit, after)
+
+    async def areplay_webhook(self, delivery_id: str) -> Delivery:
+        """Send a dead-lettered delivery again. DeliveryNotFound for an unknown id (or no
+        webhook target), DeliveryNotDead for one still pending."""
+        if self._webhooks is None:
+            raise DeliveryNotFound("no webhook target is configured")
+        return await self._webhooks.areplay(delivery_id)
 
     # -- internals ----------------------------------------------------------------------
 

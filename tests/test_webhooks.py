@@ -331,3 +331,84 @@ def test_sigkill_with_deliveries_pending_then_restart_delivers_all(
     wait_stats(q, lambda s: s.sent >= n and s.pending == 0, "all delivered after restart")
     delivered = {h.webhook_id for h in rx.snapshot() if h.status == 200}
     assert delivered == {delivery_id(job_id, TERMINAL_SEQ) for job_id in done}
+
+
+async def reports_30_then_60(job: Job, report: Any) -> JobResult:
+    await report(progress=30)
+    await report(progress=30)  # unchanged: no event
+    await report(progress=60)
+    return JobResult(video_url=f"https://cdn.example/{job.id}.mp4", duration=8)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_events_arrive_in_order_before_completed(
+    queues: QueueFactory, rx: Receiver, enabled: bool
+) -> None:
+    clock = ManualClock(time.time())
+    q = queues.open(
+        reports_30_then_60,
+        clock=clock,
+        webhook_url=rx.url,
+        webhook_secret=SECRET_A,
+        webhook_events_progress=enabled,
+    )
+    submit(q, "job-prog")
+    wanted = 3 if enabled else 1
+    wait_stats(q, lambda s: s.sent == wanted and s.pending == 0, f"{wanted} sent")
+    hits = rx.snapshot()
+    payloads = [Webhook(SECRET_A).verify(h.body, h.headers) for h in hits]
+    expected = [("generation.progress", 30), ("generation.progress", 60)] if enabled else []
+    expected.append(("generation.completed", None))
+    assert [(p["event"], p.get("progress")) for p in payloads] == expected
+    assert all(p["jobId"] == "job-prog" and p["status"] for p in payloads)
+    assert len({h.webhook_id for h in hits}) == len(hits)  # one webhook-id per event
+    assert hits[-1].webhook_id == delivery_id("job-prog", TERMINAL_SEQ)
+    assert [p["status"] for p in payloads[:-1]] == ["processing"] * (len(payloads) - 1)
+
+
+def test_a_failed_progress_event_holds_back_the_later_ones(
+    queues: QueueFactory, rx: Receiver
+) -> None:
+    clock = ManualClock(time.time())
+    failed: list[int] = []
+
+    def answer(payload: dict[str, Any]) -> int | None:
+        if payload["event"] == "generation.progress" and not failed:
+            failed.append(payload["progress"])
+            return 503
+        return None
+
+    rx.answer = answer
+    q = queues.open(
+        reports_30_then_60,
+        clock=clock,
+        webhook_url=rx.url,
+        webhook_retry_s="0,1",
+        webhook_events_progress=True,
+    )
+    submit(q, "job-hold")
+    # 60 and completed are stored, but wait behind the progress event that failed.
+    wait_stats(q, lambda s: s.failed_attempts == 1 and s.pending == 3, "progress 30 failed")
+    assert len(rx.snapshot()) == 1
+    clock.advance(1.2)
+    wait_stats(q, lambda s: s.sent == 3 and s.pending == 0, "all three sent")
+    seen = [(h.event, json.loads(h.body).get("progress"), h.status) for h in rx.snapshot()]
+    assert seen == [
+        ("generation.progress", 30, 503),
+        ("generation.progress", 30, 200),
+        ("generation.progress", 60, 200),
+        ("generation.completed", None, 200),
+    ]
+
+
+def test_many_jobs_each_delivered_exactly_once(queues: QueueFactory, rx: Receiver) -> None:
+    """Events and outcomes are handed over in batches: none lost, none sent twice."""
+    n = 300
+    q = open_queue(queues, rx, ManualClock(time.time()), max_concurrency=32)
+    for i in range(n):
+        submit(q, f"many-{i:03d}")
+    stats = wait_stats(q, lambda s: s.sent == n and s.pending == 0, f"{n} sent")
+    assert (stats.failed_attempts, stats.in_flight, stats.oldest_pending_age_s) == (0, 0, None)
+    ids = [h.webhook_id for h in rx.snapshot()]
+    assert len(ids) == n
+    assert set(ids) == {delivery_id(f"many-{i:03d}", TERMINAL_SEQ) for i in range(n)}

@@ -11,21 +11,28 @@ Keys in the `webhook` table (all under the actor's key, `main/`):
 - `d/{job_id}/{seq:07d}`: a dead-lettered Delivery.
 - `stats`: the persisted counters. Delivered events are deleted (only counted), so
   start-up reads pending deliveries only.
+
+Hand-offs are batched both ways, so a busy outbox takes many events and many outcomes per
+turn: committed job turns append their jobs to the outbox's hand-off list (one `Fresh`
+message while it is non-empty), and attempts run on the I/O loop (`_Courier`), which
+appends their outcomes to a list and sends one `Sent` message while it is non-empty.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import heapq
 import logging
 import random
+import threading
 from typing import Any
 
 import aiohttp
 import msgspec
+import pykka
 
-from genqueue.actors.bridge import Outcome
 from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
 from genqueue.clock import Clock
 from genqueue.config import Config
@@ -34,6 +41,7 @@ from genqueue.models import Job
 from genqueue.storage.state import StateStore
 from genqueue.webhooks import (
     Delivery,
+    DeliveryState,
     EventName,
     RetrySchedule,
     SendOutcome,
@@ -48,16 +56,25 @@ from genqueue.webhooks import (
 )
 
 __all__ = [
+    "DeadLetters",
+    "DeliveryNotDead",
     "DeliveryNotFound",
+    "DeliveryPage",
+    "Fresh",
     "GetWebhookStats",
     "ListDead",
+    "PageDead",
+    "PublicDelivery",
     "Replay",
+    "Sent",
     "Wake",
     "WebhookActor",
     "WebhookClient",
     "WebhookOutbox",
     "WebhookStats",
+    "build_delivery",
     "event_seq",
+    "public_delivery",
     "record_event",
 ]
 
@@ -75,7 +92,11 @@ _TERMINAL_EVENTS: dict[str, EventName] = {
 
 
 class DeliveryNotFound(GenqueueError):
-    """No dead-lettered webhook delivery has this id."""
+    """No dead-lettered or pending webhook delivery has this id (delivered ones are not kept)."""
+
+
+class DeliveryNotDead(GenqueueError):
+    """The delivery exists but is still pending: only a dead-lettered one can be replayed."""
 
 
 # -- messages (frozen, tagged) ------------------------------------------------------------
@@ -87,6 +108,14 @@ class Wake(msgspec.Struct, frozen=True, tag=True):
     job_id: str | None = None
 
 
+class Fresh(msgspec.Struct, frozen=True, tag=True):
+    """Committed job turns stored events: take them from the outbox's hand-off list."""
+
+
+class Sent(msgspec.Struct, frozen=True, tag=True):
+    """Attempts ended: take their outcomes from the courier."""
+
+
 class GetWebhookStats(msgspec.Struct, frozen=True, tag=True):
     """Ask for the counters (a WebhookStats)."""
 
@@ -95,13 +124,28 @@ class ListDead(msgspec.Struct, frozen=True, tag=True):
     """Ask for the dead-lettered deliveries, oldest job event first."""
 
 
+class PageDead(msgspec.Struct, frozen=True, tag=True):
+    """Ask for up to `limit` dead-lettered deliveries after the cursor `after` (a DeadLetters),
+    in job id order, then each job's events in order."""
+
+    limit: int
+    after: str | None = None
+
+
+class DeadLetters(msgspec.Struct, frozen=True):
+    """A page of dead-lettered deliveries; `next_after` continues it (None: the end)."""
+
+    deliveries: list[Delivery]
+    next_after: str | None = None
+
+
 class Replay(msgspec.Struct, frozen=True, tag=True):
     """Send a dead-lettered delivery again (same webhook-id, a fresh schedule)."""
 
     delivery_id: str
 
 
-class WebhookStats(msgspec.Struct, frozen=True):
+class WebhookStats(msgspec.Struct, frozen=True, rename="camel"):
     """Counters for the status endpoint. `dead` counts dead-letterings ever;
     `dead_letters` is how many are stored now (replay takes one out)."""
 
@@ -113,6 +157,46 @@ class WebhookStats(msgspec.Struct, frozen=True):
     pending: int = 0
     in_flight: int = 0
     oldest_pending_age_s: float | None = None
+
+    def as_status(self) -> dict[str, Any]:
+        """The `webhooks` figures of QueueStatus: `{sent, failedAttempts, ...}`."""
+        figures: dict[str, Any] = msgspec.to_builtins(self)
+        return figures
+
+
+class PublicDelivery(msgspec.Struct, frozen=True, rename="camel"):
+    """A webhook delivery as the HTTP API shows it; `payload` is the body that is sent."""
+
+    id: str
+    job_id: str
+    event: EventName
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    created_at: str
+    payload: WebhookEvent
+
+
+class DeliveryPage(msgspec.Struct, frozen=True, rename="camel"):
+    """`GET /api/webhooks/dead`: continue with `cursor=nextCursor` while it is not null."""
+
+    items: list[PublicDelivery]
+    next_cursor: str | None
+
+
+def public_delivery(delivery: Delivery) -> PublicDelivery:
+    return PublicDelivery(
+        id=delivery.id,
+        job_id=delivery.job_id,
+        event=delivery.event.event,
+        state=delivery.state,
+        attempts=delivery.attempts,
+        last_status=delivery.last_status,
+        last_error=delivery.last_error,
+        created_at=iso_timestamp(delivery.created_at),
+        payload=delivery.event,
+    )
 
 
 class _Counters(msgspec.Struct):
@@ -179,20 +263,31 @@ def dead_key(job_id: str, seq: int) -> str:
     return f"d/{job_id}/{seq:07d}"
 
 
+def build_delivery(job: Job, config: Config, *, progress_event: bool = False) -> Delivery | None:
+    """The Delivery of the event `job`'s new state raises, if it is enabled, else None.
+
+    A function of the record alone (the event is dated by `job.updated_at`), so the
+    WebhookActor rebuilds the very bytes `record_event` stored without reading them.
+    """
+    name = _event_name(job, config, progress_event)
+    seq = event_seq(job, progress_event=progress_event)
+    if name is None or seq is None:
+        return None
+    return new_delivery(_event(job, name, job.updated_at), seq=seq, now_s=job.updated_at)
+
+
 def record_event(
     store: StateStore, job: Job, config: Config, clock: Clock, *, progress_event: bool = False
 ) -> int | None:
     """Store the Delivery for `job`'s new state, if it raises an enabled event.
 
     Called inside the JobActor's turn; returns the write's sequence number (for the gate).
+    `clock` is unused (the record dates the event); kept for callers.
     """
-    name = _event_name(job, config, progress_event)
-    seq = event_seq(job, progress_event=progress_event)
-    if name is None or seq is None:
+    delivery = build_delivery(job, config, progress_event=progress_event)
+    if delivery is None:
         return None
-    now = clock.now()
-    delivery = new_delivery(_event(job, name, now), seq=seq, now_s=now)
-    return store.namespace(KIND).put(f"{KEY}/{pending_key(job.id, seq)}", delivery)
+    return store.namespace(KIND).put(f"{KEY}/{pending_key(job.id, delivery.seq)}", delivery)
 
 
 # -- the HTTP client (lives on the I/O loop) ----------------------------------------------
@@ -225,7 +320,70 @@ class WebhookClient:
             self._session = None
 
 
+# -- the courier (attempts on the I/O loop, outcomes back in batches) ---------------------------
+
+_Done = tuple[str, int, SendOutcome]  # job id, seq, what the attempt came to
+
+
+class _Courier:
+    """Runs attempts on the I/O loop; hands their outcomes to the actor in batches.
+
+    An outcome is appended to a list; only the first one into an empty list sends the
+    actor a `Sent`, whose turn takes them all. Shared by the actor's instances (it lives
+    on the WebhookOutbox), so an outcome that outlives an instance reaches the next one.
+    """
+
+    def __init__(self, system: ActorSystem, client: WebhookClient):
+        self.system = system
+        self.client = client
+        self._lock = threading.Lock()
+        self._done: list[_Done] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, batch: list[tuple[Delivery, float]]) -> None:
+        """From the actor's thread: attempt each (delivery, now) on the loop."""
+        loop = self.system.loop
+        if loop is None:
+            raise RuntimeError("the actor system has no I/O loop")
+        loop.call_soon_threadsafe(self._start, batch)
+
+    def _start(self, batch: list[tuple[Delivery, float]]) -> None:
+        loop = asyncio.get_running_loop()
+        for delivery, now in batch:
+            task = loop.create_task(self._attempt(delivery, now))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _attempt(self, delivery: Delivery, now: float) -> None:
+        try:
+            outcome = await self.client.send(delivery, now)
+        except asyncio.CancelledError:
+            raise  # shutting down: the delivery stays pending in the store
+        except Exception as exc:  # send() classifies network errors; this is anything else
+            outcome = SendOutcome(
+                ok=False, status=None, retryable=True, error=repr(exc), duration_ms=0.0
+            )
+        with self._lock:
+            first = not self._done
+            self._done.append((delivery.job_id, delivery.seq, outcome))
+        if first:
+            with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
+                self.system.tell(WebhookActor, KEY, Sent())
+
+    def take(self) -> list[_Done]:
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def cancel(self) -> None:
+        """On the loop: stop the attempts under way (their deliveries stay pending)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+
 # -- the actor ---------------------------------------------------------------------------------
+
+RECENT = 8192  # finished (delivered or dead) deliveries remembered, so a late hand-off is no resend
 
 
 class WebhookActor(DurableActor):
@@ -238,13 +396,18 @@ class WebhookActor(DurableActor):
         super().__init__(system, key)
         outbox = system.services.extra["webhooks"]  # type: ignore[attr-defined]
         assert isinstance(outbox, WebhookOutbox)
-        self.client = outbox.client
+        self.outbox = outbox
+        self.config = outbox.config
+        self.courier = outbox.courier
         self.schedule: RetrySchedule = parse_retry_s(outbox.config.webhook_retry_s)
         self.rng = random.Random(outbox.seed)
         self.counters = _Counters()
         self.pending: dict[str, list[Delivery]] = {}  # job id -> its deliveries, by seq
         self.in_flight: dict[str, int] = {}  # job id -> seq being sent
         self._due: list[tuple[float, str, int]] = []  # heap of (at, job id, seq) heads
+        self._known: set[tuple[str, int]] = set()  # (job id, seq) of every pending delivery
+        self._ages: list[tuple[float, str, int]] = []  # heap of (created, job id, seq), lazy
+        self._recent: dict[tuple[str, int], None] = {}  # finished lately, oldest first
 
     def activate(self) -> None:
         self.counters = self.storage.get("stats", _Counters) or _Counters()
@@ -258,6 +421,16 @@ class WebhookActor(DurableActor):
 
     def receive(self, message: Any) -> Any:
         match message:
+            case Fresh():
+                self._take_fresh()
+                self._pump()
+                return None
+            case Sent():
+                for job_id, seq, outcome in self.courier.take():
+                    self._on_outcome(job_id, seq, outcome)
+                self.storage.put("stats", self.counters)  # once per batch, same commit
+                self._pump()
+                return None
             case Wake(job_id=job_id):
                 prefix = f"p/{job_id}/" if job_id is not None else "p/"
                 for _, delivery in self.storage.list(prefix, Delivery):
@@ -268,6 +441,8 @@ class WebhookActor(DurableActor):
                 return self._stats()
             case ListDead():
                 return [d for _, d in self.storage.list("d/", Delivery)]
+            case PageDead(limit=limit, after=after):
+                return self._page_dead(limit, after)
             case Replay(delivery_id=delivery_id):
                 return self._replay(delivery_id)
         raise TypeError(f"WebhookActor cannot handle {message!r}")
@@ -275,16 +450,33 @@ class WebhookActor(DurableActor):
     def alarm(self, info: AlarmInfo) -> None:
         self._pump()
 
+    def _take_fresh(self) -> None:
+        """Learn the events committed job turns stored: a terminal job's is rebuilt from
+        its record (no read); a running job's (started, progress) are read from the store."""
+        for job in self.outbox.take_fresh():
+            delivery = build_delivery(job, self.config) if job.terminal else None
+            if delivery is None:
+                for _, stored in self.storage.list(f"p/{job.id}/", Delivery):
+                    self._add(stored)
+            elif (job.id, delivery.seq) not in self._recent:
+                self._add(delivery)
+
     # -- the pending set ----------------------------------------------------------------------
 
     def _add(self, delivery: Delivery) -> None:
         """Know about `delivery` (ignored if already known); make it due if it is a head."""
-        queue = self.pending.setdefault(delivery.job_id, [])
-        seqs = [d.seq for d in queue]
-        i = bisect.bisect_left(seqs, delivery.seq)
-        if i < len(queue) and queue[i].seq == delivery.seq:
+        ident = (delivery.job_id, delivery.seq)
+        if ident in self._known:
             return
+        queue = self.pending.setdefault(delivery.job_id, [])
+        i = bisect.bisect_left([d.seq for d in queue], delivery.seq)
         queue.insert(i, delivery)
+        self._known.add(ident)
+        self._recent.pop(ident, None)
+        heapq.heappush(self._ages, (delivery.created_at, delivery.job_id, delivery.seq))
+        if len(self._ages) > 2 * len(self._known) + 1024:  # mostly stale entries: rebuild
+            self._ages = [(d.created_at, d.job_id, d.seq) for q in self.pending.values() for d in q]
+            heapq.heapify(self._ages)
         if i == 0:
             self._push(delivery)
 
@@ -315,6 +507,10 @@ class WebhookActor(DurableActor):
     def _remove(self, job_id: str, seq: int) -> None:
         queue = self.pending.get(job_id, [])
         self.pending[job_id] = queue = [d for d in queue if d.seq != seq]
+        self._known.discard((job_id, seq))
+        self._recent[(job_id, seq)] = None
+        if len(self._recent) > RECENT:
+            del self._recent[next(iter(self._recent))]
         if not queue:
             del self.pending[job_id]
         elif job_id not in self.in_flight:
@@ -325,6 +521,7 @@ class WebhookActor(DurableActor):
     def _pump(self) -> None:
         """Send every due head (up to MAX_IN_FLIGHT); set the alarm for the next one."""
         now = self.clock.now()
+        batch: list[tuple[Delivery, float]] = []
         while self._due and len(self.in_flight) < MAX_IN_FLIGHT:
             entry = self._due[0]
             if not self._valid(entry):
@@ -335,7 +532,10 @@ class WebhookActor(DurableActor):
             heapq.heappop(self._due)
             head = self._head(entry[1])
             assert head is not None
-            self._dispatch(head, now)
+            self.in_flight[head.job_id] = head.seq
+            batch.append((head, now))
+        if batch:
+            self.courier.start(batch)
         while self._due and not self._valid(self._due[0]):
             heapq.heappop(self._due)
         if self._due and self._due[0][0] > now:
@@ -343,28 +543,13 @@ class WebhookActor(DurableActor):
         else:
             self.delete_alarm()  # nothing waits, or an outcome will pump again
 
-    def _dispatch(self, delivery: Delivery, now: float) -> None:
-        self.in_flight[delivery.job_id] = delivery.seq
-        job_id, seq = delivery.job_id, delivery.seq
-
-        def done(outcome: Outcome) -> None:
-            self._on_outcome(job_id, seq, outcome)
-
-        self.run_async(self.client.send(delivery, now), done)
-
-    def _on_outcome(self, job_id: str, seq: int, outcome: Outcome) -> None:
-        self.in_flight.pop(job_id, None)
+    def _on_outcome(self, job_id: str, seq: int, result: SendOutcome) -> None:
+        """Record one attempt's end (the caller stores the counters and pumps)."""
+        if self.in_flight.get(job_id) == seq:
+            del self.in_flight[job_id]
         delivery = next((d for d in self.pending.get(job_id, []) if d.seq == seq), None)
-        if delivery is None or outcome.cancelled:  # shutting down: it stays pending
-            self._pump()
+        if delivery is None:
             return
-        result: SendOutcome = (
-            outcome.value
-            if outcome.error is None
-            else SendOutcome(
-                ok=False, status=None, retryable=True, error=repr(outcome.error), duration_ms=0.0
-            )
-        )
         now = self.clock.now()
         sent = msgspec.structs.replace(
             delivery,
@@ -383,8 +568,6 @@ class WebhookActor(DurableActor):
                 self._dead(sent)
             else:
                 self._retry(sent, now + delay)
-        self.storage.put("stats", self.counters)
-        self._pump()
 
     def _delivered(self, delivery: Delivery, now: float) -> None:
         self.counters.sent += 1
@@ -436,7 +619,9 @@ class WebhookActor(DurableActor):
     # -- inspection and replay -------------------------------------------------------------
 
     def _stats(self) -> WebhookStats:
-        created = [d.created_at for q in self.pending.values() for d in q]
+        ages = self._ages
+        while ages and (ages[0][1], ages[0][2]) not in self._known:
+            heapq.heappop(ages)  # delivered or dead since it was pushed
         c = self.counters
         return WebhookStats(
             sent=c.sent,
@@ -444,14 +629,24 @@ class WebhookActor(DurableActor):
             retries=c.retries,
             dead=c.dead,
             dead_letters=c.dead_letters,
-            pending=len(created),
+            pending=len(self._known),
             in_flight=len(self.in_flight),
-            oldest_pending_age_s=self.clock.now() - min(created) if created else None,
+            oldest_pending_age_s=self.clock.now() - ages[0][0] if ages else None,
         )
+
+    def _page_dead(self, limit: int, after: str | None) -> DeadLetters:
+        start = "d/" if after is None else f"d/{after}"
+        rows = self.storage.list("d/", Delivery, start=start, limit=limit + 2)
+        rows = [(key[2:], d) for key, d in rows if after is None or key[2:] > after]
+        page = rows[:limit]
+        more = len(rows) > limit
+        return DeadLetters([d for _, d in page], page[-1][0] if more and page else None)
 
     def _replay(self, delivery_id: str) -> Delivery:
         found = [d for _, d in self.storage.list("d/", Delivery) if d.id == delivery_id]
         if not found:
+            if any(d.id == delivery_id for q in self.pending.values() for d in q):
+                raise DeliveryNotDead(f"webhook delivery {delivery_id} is pending, not dead")
             raise DeliveryNotFound(f"no dead-lettered webhook delivery {delivery_id}")
         dead = found[0]
         now = self.clock.now()
@@ -483,6 +678,9 @@ class WebhookOutbox:
         self.config = config
         self.seed = seed
         self.client = WebhookClient(config)
+        self.courier = _Courier(system, self.client)
+        self._lock = threading.Lock()
+        self._fresh: list[Job] = []  # jobs whose committed turn stored an event
         system.store.namespace(KIND)  # create the table now: a first use flushes
         system.services.extra["webhooks"] = self  # type: ignore[attr-defined]
         system.register(WebhookActor)
@@ -494,10 +692,22 @@ class WebhookOutbox:
         )
 
     def published(self, job: Job) -> None:
-        """After the job's turn committed: wake the actor if that turn stored an event."""
+        """After the job's turn committed: hand the job to the actor if that turn may have
+        stored an event (one `Fresh` message while the hand-off list is non-empty)."""
         progress = self.config.webhook_events_progress and job.status == "processing"
-        if progress or _event_name(job, self.config, False) is not None:
-            self.system.tell(WebhookActor, KEY, Wake(job.id))
+        if not progress and _event_name(job, self.config, False) is None:
+            return
+        with self._lock:
+            first = not self._fresh
+            self._fresh.append(job)
+        if first:
+            self.system.tell(WebhookActor, KEY, Fresh())
+
+    def take_fresh(self) -> list[Job]:
+        """The actor's side of the hand-off: every job handed over so far."""
+        with self._lock:
+            fresh, self._fresh = self._fresh, []
+        return fresh
 
     def start(self) -> None:
         """Activate the outbox: it reads every pending delivery and sends the due ones."""
@@ -512,9 +722,15 @@ class WebhookOutbox:
         except RuntimeError:
             running = None
         if running is loop:  # called from the loop itself: cannot wait for it here
+            self.courier.cancel()
             loop.create_task(self.client.close())
             return
-        asyncio.run_coroutine_threadsafe(self.client.close(), loop).result(timeout_s)
+
+        async def close() -> None:
+            self.courier.cancel()
+            await self.client.close()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout_s)
 
     def stats(self) -> WebhookStats:
         result: WebhookStats = self.system.ask(WebhookActor, KEY, GetWebhookStats())
@@ -530,4 +746,12 @@ class WebhookOutbox:
 
     def replay(self, delivery_id: str) -> Delivery:
         result: Delivery = self.system.ask(WebhookActor, KEY, Replay(delivery_id))
+        return result
+
+    async def apage_dead(self, limit: int, after: str | None = None) -> DeadLetters:
+        result: DeadLetters = await self.system.ask_async(WebhookActor, KEY, PageDead(limit, after))
+        return result
+
+    async def areplay(self, delivery_id: str) -> Delivery:
+        result: Delivery = await self.system.ask_async(WebhookActor, KEY, Replay(delivery_id))
         return result

@@ -19,9 +19,17 @@ from aiohttp.typedefs import Handler
 
 from genqueue.actors.job import JobActor, Processor
 from genqueue.actors.queue import ALL_USERS, INDEX_TOP
+from genqueue.actors.webhook import (
+    DeliveryNotDead,
+    DeliveryNotFound,
+    DeliveryPage,
+    public_delivery,
+)
 from genqueue.clock import Clock
 from genqueue.config import Config
 from genqueue.http.auth import ApiKeys, Caller
+from genqueue.http.body import parse_body
+from genqueue.http.dashboard import add_dashboard
 from genqueue.http.errors import ApiError, error_middleware
 from genqueue.http.metrics import CONTENT_TYPE, Metrics
 from genqueue.http.openapi import build_openapi
@@ -35,7 +43,7 @@ from genqueue.http.views import (
     encode,
     public_job,
 )
-from genqueue.jobqueue import JobQueue, parse_request
+from genqueue.jobqueue import JobQueue
 from genqueue.models import JOB_ID, Job
 
 __all__ = ["EVENTS", "MAX_BODY_BYTES", "QUEUE", "create_app"]
@@ -51,6 +59,8 @@ VIDEO_ROOT = web.AppKey("video_root", Path)
 _CURSOR = re.compile(r"[0-9]{16}")
 _LIMIT = re.compile(r"[0-9]{1,3}")
 _SEGMENT = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9._:\-]{0,127}")
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_DEAD_CURSOR = re.compile(r"[A-Za-z0-9._:\-]{1,128}/[0-9]{7}")  # a dead letter's key
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SCAN_BATCH = 100
 _MAX_SCAN = 1000  # index entries one page may read when filtering by status
@@ -76,6 +86,7 @@ def create_app(
     app.cleanup_ctx.append(_lifecycle(config, processor, clock))
     app.on_shutdown.append(_end_streams)
     app.add_routes(routes)
+    add_dashboard(app, authenticate=_caller, queue=QUEUE, events=EVENTS, page=_page)
     return app
 
 
@@ -158,7 +169,7 @@ def _record(request: web.Request, caller: Caller) -> Job:
 @routes.post("/api/generations")
 async def submit(request: web.Request) -> web.Response:
     caller = _caller(request)
-    req = parse_request(await request.read())
+    req = parse_body(await request.read())
     if req.id is not None and not JOB_ID.fullmatch(req.id):  # models' `$` lets "id\n" through
         raise ApiError(400, "id must be 1-128 of letters, digits, '-', '_', '.', ':'", field="id")
     seed = req.parameters.seed
@@ -216,7 +227,7 @@ def _list_query(request: web.Request) -> tuple[int, frozenset[str] | None, int |
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
     statuses = None
     if query.get("status"):
-        statuses = frozenset(s.strip() for s in query["status"].split(","))
+        statuses = frozenset(query["status"].split(","))  # exactly as the document says
         if not statuses <= set(STATUSES):
             raise ApiError(400, "status must be among " + ", ".join(STATUSES), field="status")
     cursor = None
@@ -278,6 +289,43 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/api/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+# -- webhooks (admin only) ------------------------------------------------------------------------
+
+
+def _admin(request: web.Request) -> None:
+    if not _caller(request).admin:
+        raise ApiError(403, "this route needs an admin API key")
+
+
+@routes.get("/api/webhooks/dead")
+async def dead_webhooks(request: web.Request) -> web.Response:
+    _admin(request)
+    raw_limit = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    cursor = request.query.get("cursor")
+    if cursor is not None and not _DEAD_CURSOR.fullmatch(cursor):
+        raise ApiError(400, "cursor must be a nextCursor this API returned", field="cursor")
+    page = await request.app[QUEUE].adead_webhooks(limit=int(raw_limit), after=cursor)
+    items = [public_delivery(d) for d in page.deliveries]
+    return _json(DeliveryPage(items, page.next_after))
+
+
+@routes.post("/api/webhooks/{deliveryId}/replay")
+async def replay_webhook(request: web.Request) -> web.Response:
+    _admin(request)
+    delivery_id = request.match_info["deliveryId"]
+    try:
+        if not _DELIVERY_ID.fullmatch(delivery_id):
+            raise DeliveryNotFound(delivery_id)
+        delivery = await request.app[QUEUE].areplay_webhook(delivery_id)
+    except DeliveryNotFound:
+        raise ApiError(404, "no dead-lettered or pending webhook delivery has this id") from None
+    except DeliveryNotDead:
+        raise ApiError(409, "this delivery is pending, not dead-lettered") from None
+    return _json(public_delivery(delivery), 202)
 
 
 # -- local videos -------------------------------------------------------------------------------

@@ -47,6 +47,23 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "rate_limit_hits": ("rate_limit_hits", "Times the provider's rate limit paused dispatch."),
 }
 _FINISHED = ("completed", "failed", "cancelled")
+# QueueStatus.webhooks key -> (metric name, help): the outbox's persisted counters ...
+_WEBHOOK_COUNTERS: dict[str, tuple[str, str]] = {
+    "sent": ("webhooks_sent", "Webhook deliveries the receiver accepted (2xx)."),
+    "failedAttempts": ("webhooks_failed_attempts", "Webhook attempts that failed."),
+    "retries": ("webhooks_retries", "Webhook deliveries scheduled for another attempt."),
+    "dead": ("webhooks_dead", "Webhook deliveries dead-lettered."),
+}
+# ... and its current state (None becomes NaN).
+_WEBHOOK_GAUGES: dict[str, tuple[str, str]] = {
+    "pending": ("webhooks_pending", "Webhook deliveries waiting to be sent or retried."),
+    "inFlight": ("webhooks_in_flight", "Webhook attempts under way now."),
+    "deadLetters": ("webhooks_dead_letters", "Dead-lettered deliveries kept (not replayed)."),
+    "oldestPendingAgeS": (
+        "webhooks_oldest_pending_age_seconds",
+        "Age of the oldest pending webhook delivery.",
+    ),
+}
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
 
 
@@ -93,7 +110,20 @@ class QueueCollector(Collector):
             value=0 if st.paused_until is None else 1,
         )
         yield from _numbers(P + "provider_", st.provider, "Provider figure")
-        yield from _numbers(P + "webhooks_", st.webhooks, "Webhook figure")
+        yield from _webhooks(st.webhooks)
+
+
+def _webhooks(values: Mapping[str, Any]) -> Iterator[Metric]:
+    """The outbox's figures with their types and units; unknown numbers as plain gauges."""
+    for key, (name, doc) in _WEBHOOK_COUNTERS.items():
+        if key in values:
+            yield CounterMetricFamily(P + name, doc, value=_num(values[key]))
+    for key, (name, doc) in _WEBHOOK_GAUGES.items():
+        if key in values:
+            yield GaugeMetricFamily(P + name, doc, value=_num(values[key]))
+    known = _WEBHOOK_COUNTERS.keys() | _WEBHOOK_GAUGES.keys()
+    rest = {k: v for k, v in values.items() if k not in known}
+    yield from _numbers(P + "webhooks_", rest, "Webhook figure")
 
 
 def _numbers(prefix: str, values: Mapping[str, Any], doc: str) -> Iterator[Metric]:

@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 
+from genqueue.actors.webhook import DeliveryPage, WebhookStats
+from genqueue.http.dashboard import QUEUE_EVERY_S, EventSnapshot
 from genqueue.http.errors import ALL_CODES, ErrorBody
 from genqueue.http.views import (
     DEFAULT_LIMIT,
@@ -26,7 +28,12 @@ from genqueue.models import MAX_PROMPT_CHARS, QueueStatus
 __all__ = ["build_openapi"]
 
 REF = "#/components/schemas/"
-_RENAMES = {"PublicJob": "Job", "PublicParams": "JobParameters", "PublicResult": "JobResult"}
+_RENAMES = {
+    "PublicJob": "Job",
+    "PublicParams": "JobParameters",
+    "PublicResult": "JobResult",
+    "PublicDelivery": "WebhookDelivery",
+}
 
 _TEXT = {"type": "string", "maxLength": MAX_PROMPT_CHARS}
 REQUEST_SCHEMA: dict[str, Any] = {
@@ -91,7 +98,8 @@ def _rename(node: Any) -> Any:
 
 def _schemas() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [PublicJob, JobPage, ErrorBody, QueueStatus], ref_template=REF + "{name}"
+        [PublicJob, JobPage, ErrorBody, QueueStatus, DeliveryPage, WebhookStats, EventSnapshot],
+        ref_template=REF + "{name}",
     )
     schemas = {_RENAMES.get(k, k): _rename(v) for k, v in components.items()}
     for name in _RENAMES.values():
@@ -99,6 +107,7 @@ def _schemas() -> dict[str, Any]:
     codes = schemas["ErrorDetail"]["properties"]["code"]
     codes["description"] = "One of: " + ", ".join(ALL_CODES)
     schemas["GenerationRequest"] = REQUEST_SCHEMA
+    schemas["QueueStatus"]["properties"]["webhooks"] = {"$ref": REF + "WebhookStats"}
     return schemas
 
 
@@ -124,6 +133,22 @@ _JOB_ID = {
     "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
 }
 _PUBLIC: dict[str, Any] = {"security": []}
+_ONE_STATUS = "(" + "|".join(STATUSES) + ")"
+_STATUS_LIST = f"^({_ONE_STATUS}(,{_ONE_STATUS})*)?$"
+# One Server-Sent Event (OpenAPI 3.1: the schema of a text/event-stream describes an event).
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": REF + "Job"},
+        },
+    },
+}
 
 
 def _paths() -> dict[str, Any]:
@@ -159,9 +184,10 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "status",
                         "in": "query",
-                        "description": "Comma-separated statuses to keep, among: "
-                        + ", ".join(STATUSES),
-                        "schema": {"type": "string"},
+                        "description": "Comma-separated statuses to keep (no spaces), among: "
+                        + ", ".join(STATUSES)
+                        + ". Empty: every status.",
+                        "schema": {"type": "string", "pattern": _STATUS_LIST},
                     },
                     {
                         "name": "limit",
@@ -213,18 +239,75 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "An event stream.",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                     },
                     "404": not_found,
                     **_ERRORS,
                 },
             },
         },
+        **_dashboard_paths(),
         "/api/queue/status": {
             "get": {
                 "operationId": "queueStatus",
                 "responses": {"200": _json("QueueStatus", "The queue's figures."), **_ERRORS},
             }
+        },
+        "/api/webhooks/dead": {
+            "get": {
+                "operationId": "listDeadWebhooks",
+                "summary": "Dead-lettered webhook deliveries (admin only), by job id.",
+                "description": "Continue with `cursor=nextCursor` while it is not null.",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "pattern": r"^[A-Za-z0-9._:\-]{1,128}/[0-9]{7}$",
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json("DeliveryPage", "A page of dead-lettered deliveries."),
+                    "400": _err("A bad limit or cursor; `field` names it."),
+                    "403": _err("The API key is not an admin key."),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/api/webhooks/{deliveryId}/replay": {
+            "parameters": [
+                {
+                    "name": "deliveryId",
+                    "in": "path",
+                    "required": True,
+                    "description": "The `webhook-id` of the delivery (`msg_...`).",
+                    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_\-]{1,128}$"},
+                }
+            ],
+            "post": {
+                "operationId": "replayWebhook",
+                "summary": "Send a dead-lettered delivery again (admin only): the same "
+                "`webhook-id` and body, a fresh retry schedule.",
+                "responses": {
+                    "202": _json("WebhookDelivery", "Pending again; it is sent at once."),
+                    "403": _err("The API key is not an admin key."),
+                    "404": _err("No dead-lettered or pending delivery has this id."),
+                    "409": _err("The delivery is pending, not dead-lettered."),
+                    **_ERRORS,
+                },
+            },
         },
         "/metrics": {
             "get": {
@@ -303,6 +386,72 @@ def _paths() -> dict[str, Any]:
                     },
                     "404": _err("No such video."),
                     "default": _ERRORS["default"],
+                },
+            }
+        },
+    }
+
+
+def _feed_event(event: str, schema: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": event},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": REF + schema},
+            },
+        },
+    }
+
+
+def _dashboard_paths() -> dict[str, Any]:
+    """`GET /` (the live dashboard) and its feed `GET /api/events` (see dashboard.py)."""
+    return {
+        "/": {
+            "get": {
+                **_PUBLIC,
+                "operationId": "dashboard",
+                "summary": "The live dashboard: one HTML page (it asks for an API key).",
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "default": _ERRORS["default"],
+                },
+            }
+        },
+        "/api/events": {
+            "get": {
+                "operationId": "events",
+                "summary": "Every change the caller may see (an admin: all jobs; a user: "
+                "its own) and the queue's figures.",
+                "description": "With `Accept: text/event-stream`, Server-Sent Events: "
+                "`snapshot` first (the queue's figures and the newest jobs), then `job` "
+                "with the whole job on each change (changes arriving together are "
+                f"coalesced, newest per job) and `queue` every {QUEUE_EVERY_S:g} s; the "
+                "stream ends only when the server stops. Without that Accept header: the "
+                "snapshot alone, as JSON.",
+                "responses": {
+                    "200": {
+                        "description": "The snapshot, or the event stream.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": REF + "EventSnapshot"}},
+                            "text/event-stream": {
+                                "schema": {
+                                    "oneOf": [
+                                        _feed_event("snapshot", "EventSnapshot"),
+                                        _feed_event("job", "Job"),
+                                        _feed_event("queue", "QueueStatus"),
+                                    ]
+                                }
+                            },
+                        },
+                    },
+                    **_ERRORS,
                 },
             }
         },
