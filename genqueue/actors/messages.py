@@ -20,6 +20,7 @@ __all__ = [
     "Start",
     "Status",
     "Submit",
+    "SubmitMany",
 ]
 
 
@@ -33,6 +34,12 @@ class Msg(msgspec.Struct, frozen=True, tag=True):
 class Submit(Msg, frozen=True):
     job: Job
     client_id: bool = True  # a client-chosen id may exist already: check (idempotency)
+
+
+class SubmitMany(Msg, frozen=True):
+    """Submissions that arrived together: one turn, one commit, one answer each."""
+
+    submissions: tuple[Submit, ...]
 
 
 class Finished(Msg, frozen=True):

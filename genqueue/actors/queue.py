@@ -31,6 +31,7 @@ from genqueue.actors.messages import (
     Start,
     Status,
     Submit,
+    SubmitMany,
 )
 from genqueue.actors.ratelimit import RateWindow
 from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
@@ -114,6 +115,8 @@ class QueueActor(DurableActor):
         match message:
             case Submit(job=job, client_id=client_id):
                 return self._submit(job, client_id)
+            case SubmitMany(submissions=submissions):
+                return [self._submit(sub.job, sub.client_id) for sub in submissions]
             case Finished():
                 return self._finished(message)
             case Requeue(job_id=job_id, user_id=user_id, priority=priority, seq=seq):
@@ -248,8 +251,18 @@ class QueueActor(DurableActor):
         self.after_commit(lambda: system.tell(JobActor, job_id, Start(wait)))
 
     def _wake(self) -> None:
-        if self.cfg.dispatch == "alarm":
-            self.set_alarm(self.clock.now())
+        """Set the alarm to now, unless a dispatch now could start nothing anyway."""
+        if self.cfg.dispatch != "alarm":
+            return
+        now = self.clock.now()
+        due = self.get_alarm()
+        if due is not None and due <= now:
+            return  # already due
+        if len(self.in_flight) >= self.cfg.max_concurrency:
+            return  # a finishing job wakes the queue
+        at = max(now, self.meta.paused_until, self.rate.next_token_at(now))
+        if due is None or due > at:
+            self.set_alarm(at)  # now, or the end of a pause, or the next token's time
 
     # -- pending bookkeeping ---------------------------------------------------------------------
 
