@@ -80,12 +80,19 @@ def spawn(
     on_done: Callable[[Outcome], None],
     tasks: dict[int, asyncio.Task[Any]],
     token: int,
+    cancelled: set[int] | None = None,
 ) -> None:
-    """From any thread: run `coro` on `loop`; `on_done(Outcome)` runs on the loop after."""
+    """From any thread: run `coro` on `loop`; `on_done(Outcome)` runs on the loop after.
+
+    A token found in `cancelled` (cancelled before it started) starts cancelled.
+    """
 
     def start() -> None:
         task = loop.create_task(coro)
         tasks[token] = task
+        if cancelled is not None and token in cancelled:
+            cancelled.discard(token)
+            task.cancel()
 
         def done(t: asyncio.Task[Any]) -> None:
             tasks.pop(token, None)

@@ -229,7 +229,10 @@ class DurableActor(pykka.ThreadingActor):
         loop = self.system.loop
         if loop is None:
             raise RuntimeError("the actor system has no I/O loop")
-        spawn(loop, coro, back, self.system.tasks, token)
+        tasks, cancelled = system.tasks, system.cancelled_early
+        # An external effect is output too: it starts once this turn's writes are durable
+        # (a job is stored as processing before its processor calls the provider).
+        self.after_commit(lambda: spawn(loop, coro, back, tasks, token, cancelled))
         return token
 
     def cancel_async(self, token: int) -> None:
@@ -414,6 +417,7 @@ class ActorSystem:
         self.scheduler = Scheduler(self.clock)
         self.lock = threading.RLock()
         self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self.cancelled_early: set[int] = set()  # touched on the I/O loop only
         self._owned: dict[tuple[type[DurableActor], str], set[int]] = {}
         self._activating: dict[tuple[type[DurableActor], str], threading.Event] = {}
         self.shards = shards
@@ -590,6 +594,8 @@ class ActorSystem:
             task = self.tasks.get(token)
             if task is not None:
                 task.cancel()
+            else:  # not started yet (it waits for its turn's commit): start it cancelled
+                self.cancelled_early.add(token)
 
         loop.call_soon_threadsafe(cancel)
 
