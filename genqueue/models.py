@@ -28,6 +28,12 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_PROMPT_CHARS = 4000
 JOB_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Whitespace as JSON Schema's (ECMA-262) `\S` sees it, so the API and its OpenAPI agree on
+# "blank" (Python's str.strip() also strips the \x1c-\x1f separators).
+_BLANK = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 
 
 class GenerationParams(
@@ -127,7 +133,7 @@ def _fail(field: str, message: str) -> None:
 
 def validate_request(req: GenerationRequest) -> None:
     """Check what msgspec's types cannot: ranges, enums and cross-field rules."""
-    if not req.prompt.strip():
+    if not req.prompt.strip(_BLANK):
         _fail("prompt", "prompt must not be blank")
     if len(req.prompt) > MAX_PROMPT_CHARS:
         _fail("prompt", f"prompt is {len(req.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
