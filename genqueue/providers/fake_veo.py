@@ -6,7 +6,7 @@ google/models/{m}:predictLongRunning` and `…:fetchPredictOperation`. Operation
 `latency_s` after they start, in the time of an injected clock. It serves a small valid MP4
 (built here, streamed in chunks), counts what it was asked, and lets a test inject faults.
 Prompt markers: "[unsafe]" → safety block, "[op-error:N]" → operation fails with gRPC code N,
-"[bad-request]" → 400.
+"[bad-request]" → 400. `GET /_fake/stats` shows the counters and operations (read-only).
 """
 
 from __future__ import annotations
@@ -314,6 +314,7 @@ class FakeVeo:
                 web.get("/v1beta/files/{action}", self._download),
                 web.post(vertex, self._vertex_call),
                 web.get("/media/{file}", self._media),
+                web.get("/_fake/stats", self._stats),
             ]
         )
         return app
@@ -500,6 +501,23 @@ class FakeVeo:
                 for fid in op.file_ids
             ]
         return result | {"raiMediaFilteredCount": 0, "videos": videos}
+
+    # -- counters for a test in another process ---------------------------------------------
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """`GET /_fake/stats`, read-only: the counters and every operation started."""
+        operations = [
+            {
+                "name": op.name,
+                "prompt": op.prompt,
+                "startedAt": op.started_at,
+                "polls": op.polls,
+                "downloads": op.downloads,
+            }
+            for op in self.operations.values()
+        ]
+        counters = {"starts": self.starts, "polls": self.polls, "downloads": self.downloads}
+        return web.json_response(counters | {"operations": operations})
 
     # -- download -------------------------------------------------------------------------
 
