@@ -90,6 +90,7 @@ class StateStore:
         self._failure: BaseException | None = None
         self._callbacks: list[tuple[int, int, Callable[[], None]]] = []
         self._cb_order = itertools.count()
+        self._waiters: list[tuple[int, int, threading.Lock]] = []  # flush() callers
         self._local = threading.local()
         self._closing = False
         self._committer_idle = False
@@ -236,7 +237,11 @@ class StateStore:
             return
         done = threading.Lock()
         done.acquire()
-        self.after_commit(target, done.release)
+        with self._cv:
+            if target <= self._durable_seq or self._failure is not None:
+                done.release()
+            else:  # released by the committer itself: no hop through the releaser
+                heapq.heappush(self._waiters, (target, next(self._cb_order), done))
         if not done.acquire(timeout=timeout_s):
             raise StorageError(f"commit did not finish within {timeout_s} s")
         self._check()
@@ -255,6 +260,9 @@ class StateStore:
             except BaseException as exc:  # disk full, read-only, I/O error
                 with self._cv:
                     self._failure = exc
+                    for _, _, waiter in self._waiters:
+                        waiter.release()
+                    self._waiters = []
                     due, self._callbacks = self._callbacks, []
                     self._releasing += 1
                     self._cv.notify_all()
@@ -277,6 +285,8 @@ class StateStore:
         with self._cv:
             self._durable_seq = snap
             self.commits += 1
+            while self._waiters and self._waiters[0][0] <= snap:
+                heapq.heappop(self._waiters)[2].release()
             self._hand_over(snap)
 
     def _hand_over(self, durable: int) -> None:
