@@ -315,6 +315,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--host", default="127.0.0.1")
     f.add_argument("--port", type=int, default=8788)
     f.add_argument("--latency-s", type=float, default=3.0)
+    f.add_argument("--video-size", type=int, default=256 * 1024, help="bytes per video")
+    f.add_argument("--api-key", help="require this x-goog-api-key (default: any)")
     return p
 
 
@@ -327,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
             from genqueue.providers.fake_veo import serve_fake_veo
 
             try:
-                serve_fake_veo(args.host, args.port, latency_s=args.latency_s)
+                serve_fake_veo(
+                    args.host,
+                    args.port,
+                    latency_s=args.latency_s,
+                    video_size=args.video_size,
+                    api_key=args.api_key,
+                )
             except OSError as exc:
                 print(f"fake Veo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
                 return EXIT_CANNOT_SERVE

@@ -16,13 +16,17 @@ Scale it with environment variables: GENQUEUE_BENCH_JOBS (2000), GENQUEUE_BENCH_
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import resource
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,6 @@ import aiohttp
 from genqueue import Config, JobQueue
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.generation import GenerationActor
-from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo3 import Veo3Client
 from genqueue.storage.videos import LocalStore
 
@@ -67,6 +70,48 @@ async def _submit_all(queue: JobQueue, jobs: int, clients: int = 64) -> list[str
     return ids
 
 
+class FakeVeoProcess:
+    """`python main.py fake-veo` on a free loopback port, in a process of its own."""
+
+    def __init__(self, latency_s: float, video_bytes: int):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(root / "main.py"),
+                "fake-veo",
+                "--port",
+                str(port),
+                "--latency-s",
+                str(latency_s),
+                "--video-size",
+                str(video_bytes),
+                "--api-key",
+                KEY,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"fake Veo did not start: {line!r}")
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.base_url}/_fake/stats", timeout=30) as resp:
+            stats = json.loads(resp.read())
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return {k: int(stats[k]) for k in ("starts", "polls", "downloads")}
+
+
 class ThreadSampler:
     """The most threads alive at once, sampled on a thread of its own."""
 
@@ -90,7 +135,8 @@ class ThreadSampler:
 
 
 async def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession()
+    # As GenerationService opens it: enough connections for every job in flight.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
 
 
 def run(
@@ -98,11 +144,10 @@ def run(
 ) -> dict[str, Any]:
     rss_before = _peak_rss_mb()
     threads_before = threading.active_count()
-    server_loop, worker_loop = LoopThread("fake-veo"), LoopThread("genqueue-io")
-    server_loop.start()
+    worker_loop = LoopThread("genqueue-io")
     worker_loop.start()
-    fake_server = FakeVeoServer(api_key=KEY, latency_s=latency_s, video_size=video_bytes)
-    fake = server_loop.run(fake_server.__aenter__())
+    # The fake Veo is its own process, as Google is: its CPU is not charged to genqueue.
+    fake = FakeVeoProcess(latency_s, video_bytes)
     with tempfile.TemporaryDirectory(prefix="genqueue-bench-") as tmp:
         session: aiohttp.ClientSession = worker_loop.run(_session())
         store = LocalStore(Path(tmp) / "media", "http://127.0.0.1:8787")
@@ -133,8 +178,7 @@ def run(
             queue.close()
             worker_loop.run(session.close())
             worker_loop.stop()
-            server_loop.run(fake_server.__aexit__(None, None, None))
-            server_loop.stop()
+            counts = fake.stop()
     ideal_s = math.ceil(jobs / concurrency) * latency_s
     return {
         "jobs": jobs,
@@ -150,9 +194,9 @@ def run(
         "rss_before_mb": rss_before,
         "peak_rss_mb": _peak_rss_mb(),
         "statuses": statuses,
-        "starts": fake.starts,
-        "polls": fake.polls,
-        "downloads": fake.downloads,
+        "starts": counts["starts"],
+        "polls": counts["polls"],
+        "downloads": counts["downloads"],
     }
 
 
