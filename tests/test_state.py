@@ -222,9 +222,9 @@ def test_listing_a_live_prefix_searches_the_key_index(store: StateStore, db: Pat
     seen: list[tuple[str, tuple[Any, ...]]] = []
     select = store._select
 
-    def spy(sql: str, args: tuple[Any, ...]) -> list[Any]:
+    def spy(sql: str, args: tuple[Any, ...], **kw: Any) -> list[Any]:
         seen.append((sql, args))
-        return select(sql, args)
+        return select(sql, args, **kw)
 
     store._select = spy  # type: ignore[method-assign]
     try:
@@ -388,3 +388,19 @@ def test_a_discarded_turn_stores_nothing(store: StateStore) -> None:
     assert store.end_turn() == 0
     store.flush()
     assert ns.get("x") is None
+
+
+def test_writes_waiting_for_the_commit_are_read_and_listed(store: StateStore) -> None:
+    """Pending writes are handed to SQLite in coalesced groups; reads must see them all."""
+    ns = store.namespace("pending")
+    for i in range(1000):
+        ns.put(f"k/{i:04d}", i)
+    for i in range(0, 1000, 2):
+        ns.delete(f"k/{i:04d}")
+    ns.put("k/0000", "back")  # put, delete, put again: the last write wins
+    assert ns.get("k/0001") == 1 and ns.get("k/0002") is None
+    listed = ns.list("k/")
+    assert listed[0] == ("k/0000", "back")
+    assert [k for k, _ in listed[1:]] == [f"k/{i:04d}" for i in range(1, 1000, 2)]
+    store.flush()
+    assert ns.list("k/") == listed

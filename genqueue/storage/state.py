@@ -43,6 +43,8 @@ T = TypeVar("T")
 SyncLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNC_CODES = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 _COMMIT = "--commit--"  # sqlitedict's commit request
+_NO_MORE = "--no more--"  # sqlitedict's end of a result
+_ROWS = 400  # rows per statement (SQLite allows 32,766 variables)
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
@@ -92,6 +94,7 @@ class StateStore:
         self._cb_order = itertools.count()
         self._waiters: list[tuple[int, int, threading.Lock]] = []  # flush() callers
         self._local = threading.local()
+        self._pending: dict[tuple[str, str], bytes | None] = {}  # not yet handed to SQLite
         self._closing = False
         self._committer_idle = False
         self.commits = 0
@@ -159,8 +162,8 @@ class StateStore:
             return 0
         with self._cv:
             self._check()
-            for (table, key), (sql, args) in batch.items():
-                self._conn.execute(sql, args)
+            for (table, key), (_, args) in batch.items():
+                self._pending[(table, key)] = args[1] if len(args) == 2 else None
                 self._cached(table, key, args)
             return self._queued()
 
@@ -186,9 +189,44 @@ class StateStore:
             return 0
         with self._cv:
             self._check()
-            self._conn.execute(sql, args)
+            self._pending[(table, key)] = args[1] if len(args) == 2 else None
             self._cached(table, key, args)
             return self._queued()
+
+    def _pending_value(self, table: str, key: str) -> tuple[bool, bytes | None]:
+        """(found, value) of a write not yet handed to SQLite (value None: deleted)."""
+        with self._cv:
+            if (table, key) in self._pending:
+                return True, self._pending[(table, key)]
+        return False, None
+
+    def _drain_pending(self) -> None:
+        """Hand every pending write to the SQLite worker (lock held).
+
+        Writes are coalesced: the last write of each key wins, which is the state applying
+        them one by one would reach. So a group of turns costs one multi-row REPLACE and
+        one DELETE per table, not a statement per write.
+        """
+        if not self._pending:
+            return
+        puts: dict[str, list[Any]] = {}
+        dels: dict[str, list[str]] = {}
+        for (table, key), value in self._pending.items():
+            if value is None:
+                dels.setdefault(table, []).append(key)
+            else:
+                puts.setdefault(table, []).extend((key, value))
+        self._pending = {}
+        for table, flat in puts.items():
+            for i in range(0, len(flat), 2 * _ROWS):
+                part = flat[i : i + 2 * _ROWS]
+                rows = ",".join(["(?,?)"] * (len(part) // 2))
+                self._conn.execute(f'REPLACE INTO "{table}" (key, value) VALUES {rows}', part)
+        for table, keys in dels.items():
+            for i in range(0, len(keys), _ROWS):
+                part = keys[i : i + _ROWS]
+                marks = ",".join(["?"] * len(part))
+                self._conn.execute(f'DELETE FROM "{table}" WHERE key IN ({marks})', part)
 
     def _cached(self, table: str, key: str, args: tuple[Any, ...]) -> None:
         """Mirror a queued write into the table's write cache (lock held)."""
@@ -196,12 +234,27 @@ class StateStore:
         if cache is not None:
             cache.put(key, args[1] if len(args) == 2 else None)
 
-    def _select(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+    def _select(self, sql: str, args: tuple[Any, ...], *, drain: bool = False) -> list[Any]:
+        """Run a query on the worker; `drain` first hands it the pending writes (a listing
+        must see them), in the same locked step so the query is queued behind them."""
         self._check()
+        if not drain:
+            try:
+                return list(self._conn.select(sql, args))
+            except Exception as exc:  # sqlitedict re-raises the worker's error here
+                raise StorageError(f"state store read failed: {exc}") from exc
+        rows: queue.Queue[Any] = queue.Queue()
+        with self._cv:
+            self._drain_pending()
+            self._conn.execute(sql, args, rows)
+        out = []
+        while (row := rows.get()) != _NO_MORE:
+            out.append(row)
         try:
-            return list(self._conn.select(sql, args))
-        except Exception as exc:  # sqlitedict re-raises the worker's error here
+            self._conn.check_raise_error()
+        except Exception as exc:
             raise StorageError(f"state store read failed: {exc}") from exc
+        return out
 
     # -- commits ------------------------------------------------------------------------------
 
@@ -274,6 +327,7 @@ class StateStore:
         """Queue the commit under the lock (so it never splits a batch), wait for it outside."""
         done: queue.Queue[Any] = queue.Queue()
         with self._cv:
+            self._drain_pending()
             self._conn.execute(_COMMIT, None, done)
         try:
             done.get(timeout=120)  # sqlitedict answers once the commit ran
@@ -371,6 +425,8 @@ class Namespace:
         found, value = self.store._buffered(self.name, key)
         if not found and self.cache is not None:
             found, value = self.cache.get(key)
+        if not found:
+            found, value = self.store._pending_value(self.name, key)
         if found:
             return None if value is None else _decoder(type).decode(value)
         rows = self.store._select(self._get_sql, (key,))
@@ -399,4 +455,4 @@ class Namespace:
             hi = min(hi, end)
         sql = self._list_sql + (f" LIMIT {int(limit)}" if limit is not None else "")
         dec = _decoder(type)
-        return [(k, dec.decode(v)) for k, v in self.store._select(sql, (lo, hi))]
+        return [(k, dec.decode(v)) for k, v in self.store._select(sql, (lo, hi), drain=True)]
