@@ -136,7 +136,9 @@ class ThreadSampler:
 
 async def _session() -> aiohttp.ClientSession:
     # As GenerationService opens it: enough connections for every job in flight.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000), cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 def run(

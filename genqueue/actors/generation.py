@@ -253,7 +253,11 @@ class GenerationService:
                 "no VEO3_API_KEY: using the built-in fake Veo server", extra={"base_url": base_url}
             )
         session = await self._stack.enter_async_context(
-            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            aiohttp.ClientSession(
+                # aiohttp's default of 100 connections would queue calls of larger batches.
+                connector=aiohttp.TCPConnector(limit=max(100, 2 * cfg.max_concurrency)),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
         )
         client = Veo3Client(
             session,
