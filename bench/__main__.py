@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "queue": "bench.queue_bench:main",
     "webhook": "bench.webhook_bench:main",
     "http": "bench.http_bench:main",
+    "restart": "bench.restart_bench:main",
 }
 
 
