@@ -27,7 +27,7 @@ test: lint chromium
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench state queue generation
+	$(BIN)/python -m bench state queue generation webhook http restart
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
