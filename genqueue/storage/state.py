@@ -329,10 +329,19 @@ class StateStore:
         with self._cv:
             self._drain_pending()
             self._conn.execute(_COMMIT, None, done)
-        try:
-            done.get(timeout=120)  # sqlitedict answers once the commit ran
-        except queue.Empty:
-            raise StorageError("the SQLite worker did not finish a commit in 120 s") from None
+        # sqlitedict answers once the commit ran. Its worker runs `conn.commit()` unguarded:
+        # a commit refused by the disk (full, read-only) kills the worker and no answer comes.
+        for _ in range(1200):  # 120 s
+            try:
+                done.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self._conn.is_alive():
+                    raise StorageError(
+                        "the SQLite worker died during a commit (disk full or I/O error)"
+                    ) from None
+        else:
+            raise StorageError("the SQLite worker did not finish a commit in 120 s")
         self._conn.check_raise_error()
 
     def _complete(self, snap: int) -> None:

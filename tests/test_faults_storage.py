@@ -1,0 +1,219 @@
+"""The data directory refusing writes: the API refuses new jobs with 503 and loses none it
+acknowledged (issue 7, "Fault suite").
+
+Two ways to make SQLite refuse a write, each test running with both:
+- `disk_full`: the data directory is a 4 MB tmpfs, filled up with a file; SQLite then gets
+  ENOSPC from the kernel, exactly as on a full disk. Mounting needs root (chmod does not stop
+  root, so a real mount is the only honest way): without it these cases are skipped.
+- `page_cap`: `PRAGMA max_page_count` on the store's own connection, so SQLite answers
+  SQLITE_FULL ("database or disk is full") as it does on a full disk; runs everywhere.
+A real full disk fails inside `conn.commit()`, which kills sqlitedict's worker thread (hence
+the ignored unhandled-thread-exception warning); the cap fails inside a statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from test_http import Instant, assert_error, run, serve
+
+from genqueue.errors import StorageError
+from genqueue.http import QUEUE
+from genqueue.storage.state import StateStore
+
+FAULTS = ["disk_full", "page_cap"]
+ANSWER_S = 5.0  # every request must answer within this, fault or not
+BIG_PROMPT = "a cat surfing a wave " * 190  # ~4,000 characters: the disk fills quicker
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+@contextlib.contextmanager
+def data_dir(path: Path, fault: str) -> Iterator[Path]:
+    """`path` created; for `disk_full`, a fresh 4 MB tmpfs mounted there (unmounted after)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if fault != "disk_full":
+        yield path
+        return
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def break_storage(fault: str, data: Path, store: StateStore) -> None:
+    """Make every later write to the store's file fail the way a full disk does."""
+    if fault == "disk_full":
+        chunk = b"\0" * 65536
+        with contextlib.suppress(OSError), (data / "filler").open("wb", buffering=0) as f:
+            while True:  # until ENOSPC
+                f.write(chunk)
+        assert os.statvfs(data).f_bavail == 0
+        return
+    pages = store._conn.select_one("PRAGMA page_count")[0]
+    assert store._conn.select_one(f"PRAGMA max_page_count={pages}")[0] == pages
+
+
+def mend_storage(fault: str, data: Path) -> None:
+    """Space again (the page cap is per connection: a reopened store has none)."""
+    if fault == "disk_full":
+        (data / "filler").unlink()
+
+
+class Hold:
+    """Starts jobs and never finishes them: acknowledged jobs are queued or running."""
+
+    async def __call__(self, job: Any, report: Any) -> Any:
+        await asyncio.Event().wait()
+
+
+# -- through a real server ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_full_disk_refuses_new_jobs_with_503_and_loses_none_acknowledged(
+    tmp_path: Path, fault: str
+) -> None:
+    acked: list[str] = []
+    refused: list[str] = []
+    timeout = aiohttp.ClientTimeout(total=ANSWER_S)
+
+    async def post(api: Any, job_id: str) -> tuple[int, Any]:
+        body = {"id": job_id, "prompt": BIG_PROMPT}
+        status, reply, _ = await api.call("POST", "/api/generations", json=body, timeout=timeout)
+        return status, reply
+
+    async def during_the_fault(data: Path) -> None:
+        async with serve(tmp_path, Hold()) as api:
+            for i in range(6):
+                status, reply = await post(api, f"before-{i}")
+                assert status == 202, reply
+                acked.append(f"before-{i}")
+            break_storage(fault, data, api.app[QUEUE].store)
+            # A fuller WAL or freed pages may take a few more jobs: each is acknowledged
+            # (202, durable) or refused (503), and once refused, always refused.
+            for i in range(300):
+                status, reply = await post(api, f"late-{i}")
+                if status == 202:
+                    assert not refused, "a job was acknowledged after the store failed"
+                    acked.append(f"late-{i}")
+                    continue
+                err = assert_error(status, reply, 503, "storage_unavailable")
+                assert "state store" in err["message"], err
+                refused.append(f"late-{i}")
+                if len(refused) == 5:
+                    break
+            assert len(refused) == 5, f"no 503 after {len(acked)} acknowledged jobs"
+            # Reads answer quickly: the job, or a clean 503; never a 500 or a hang.
+            for job_id in acked:
+                status, reply, _ = await api.call(
+                    "GET", f"/api/generations/{job_id}", timeout=timeout
+                )
+                if status == 200:
+                    assert reply["id"] == job_id
+                else:
+                    assert_error(status, reply, 503, "storage_unavailable")
+            for path in ("/api/generations?limit=100", "/api/queue/status"):
+                status, reply, _ = await api.call("GET", path, timeout=timeout)
+                if status != 200:
+                    assert_error(status, reply, 503, "storage_unavailable")
+            status, reply, _ = await api.call("GET", "/healthz", user=None, timeout=timeout)
+            assert_error(status, reply, 503, "storage_unavailable")
+
+    async def after_a_restart() -> None:
+        async with serve(tmp_path, Instant()) as api:
+            for job_id in refused:  # nothing of a refused job was kept
+                status, reply, _ = await api.call("GET", f"/api/generations/{job_id}")
+                assert_error(status, reply, 404)
+            listed: set[str] = set()
+            cursor = ""
+            while True:
+                status, page, _ = await api.call("GET", f"/api/generations?limit=100{cursor}")
+                assert status == 200, page
+                listed |= {job["id"] for job in page["items"]}
+                if page["nextCursor"] is None:
+                    break
+                cursor = f"&cursor={page['nextCursor']}"
+            assert listed == set(acked)
+            for job_id in acked:
+                job = await api.wait_done(job_id)
+                assert job["status"] == "completed", job
+
+    with data_dir(tmp_path / "data", fault) as data:
+        started = time.monotonic()
+        run(during_the_fault(data), timeout_s=20)
+        assert time.monotonic() - started < 15  # no commit waited out its 120 s timeout
+        mend_storage(fault, data)
+        run(after_a_restart(), timeout_s=20)
+
+
+# -- the state store itself ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_refused_commit_fails_flush_and_callbacks_promptly_and_keeps_no_half_turn(
+    tmp_path: Path, fault: str
+) -> None:
+    with data_dir(tmp_path / "data", fault) as data:
+        store = StateStore(data / "state.db", synchronous="NORMAL")
+        try:
+            jobs, index = store.namespace("jobs"), store.namespace("index")
+            for i in range(20):
+                jobs.put(f"old-{i}", {"n": i})
+            store.flush()
+            break_storage(fault, data, store)
+
+            store.begin_turn()  # one turn across two tables; the second needs new pages
+            jobs.put("new", {"n": -1})
+            index.put("new", os.urandom(1_000_000))
+            seq = store.end_turn()
+            outcome: list[BaseException | None] = []
+            called = threading.Event()
+
+            def callback() -> None:
+                outcome.append(store.failure)
+                called.set()
+
+            store.after_commit(seq, callback)
+            started = time.monotonic()
+            with pytest.raises(StorageError):
+                store.flush(timeout_s=60)
+            assert time.monotonic() - started < 5, "flush waited for a timeout"
+            assert called.wait(5) and outcome[0] is not None  # the gate reports the failure
+            assert store.failure is not None
+            with pytest.raises(StorageError):  # and it stays failed: later writes refused
+                jobs.put("later", {"n": 0})
+            with pytest.raises(StorageError):
+                store.flush()
+            later: list[BaseException | None] = []
+            store.after_commit(store.write_seq, lambda: later.append(store.failure))
+            assert later and later[0] is not None
+        finally:
+            store.close()
+
+        mend_storage(fault, data)
+        store = StateStore(data / "state.db")
+        try:
+            jobs, index = store.namespace("jobs"), store.namespace("index")
+            assert [k for k, _ in jobs.list("old-")] == sorted(f"old-{i}" for i in range(20))
+            assert jobs.get("new") is None and index.get("new") is None  # no half turn
+            jobs.put("again", {"n": 1})
+            store.flush()  # writes work again
+        finally:
+            store.close()
