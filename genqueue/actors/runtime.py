@@ -152,6 +152,7 @@ class DurableActor(pykka.ThreadingActor):
         self._tasks: dict[int, Callable[[Outcome], None]] = {}
         self.last_active = self.clock.now()
         self.hosted_alive = True
+        self._passivate_after_turn = False
         self.hosted_pending = 0  # messages queued at its shard (changed under system.lock)
         system._actors[(type(self), key)] = self
 
@@ -289,12 +290,16 @@ class DurableActor(pykka.ThreadingActor):
             # A failed turn stores nothing; a failed tell restarts the actor from storage.
             self.system.store.discard_turn()
             self._deferred.clear()
+            self._passivate_after_turn = False
             self._end_turn(reply, False, exc)
             if reply is None:
                 self._crash(exc)
             return None
         self._commit_turn()
         self._end_turn(reply, True, result)
+        if self._passivate_after_turn:
+            self._passivate_after_turn = False
+            self._maybe_passivate(None)
         return None
 
     def _end_turn(self, reply: Reply | None, ok: bool, value: Any) -> None:
@@ -394,7 +399,7 @@ class DurableActor(pykka.ThreadingActor):
 
     def passivate(self) -> None:
         """Stop this actor at the end of the turn if nothing else is queued for it."""
-        self.system.tell_internal(type(self), self.key, _Passivate(), activate=False)
+        self._passivate_after_turn = True
 
 
 class ActorSystem:
