@@ -1,7 +1,8 @@
 """Queue benchmark: genqueue's dispatch modes beside Huey (SqliteHuey), in one run.
 
 With an instant (no-op) processor, for each dispatch mode and for Huey:
-- throughput: N jobs submitted from several threads, then drained; jobs completed per
+- throughput: N jobs submitted (genqueue: by 64 coroutines, as its HTTP server does), then
+  drained; jobs completed per
   second from the first submit to the last completion (every acknowledgement durable:
   genqueue at its default `synchronous=FULL`; Huey's SQLite at its default, also FULL);
 - dispatch latency: jobs submitted at a steady 200/s from one thread; the time from
@@ -19,6 +20,7 @@ Prints a markdown table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -34,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from genqueue import Config, Job, JobQueue, JobResult
+from genqueue.actors.bridge import LoopThread
 
 MODES = ("alarm", "immediate", "cron")
-MAX_CONCURRENCY = 64
+CLIENTS = 64  # concurrent submitting coroutines
+MAX_CONCURRENCY = 256
 CRON_INTERVAL_S = 0.05
 HUEY_WORKER_CHOICES = (1, 2, 4, 8)
 
@@ -58,6 +62,17 @@ class Row:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+async def submit_from_tasks(q: JobQueue, n: int, clients: int) -> None:
+    """`clients` concurrent coroutines submitting n jobs in all, as HTTP handlers do."""
+    todo = iter(range(n))
+
+    async def client() -> None:
+        for i in todo:
+            await q.asubmit({"prompt": f"job {i}"})
+
+    await asyncio.gather(*(client() for _ in range(clients)))
 
 
 def submit_from_threads(n: int, threads: int, submit_one: Callable[[int], None]) -> float:
@@ -140,15 +155,20 @@ def genqueue_throughput(mode: str, n: int, threads: int) -> Row:
     async def instant(job: Job, report: Any) -> JobResult:
         return JobResult(video_url="memory://x")
 
+    io = LoopThread("bench-io")
+    loop = io.start()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        JobQueue(genqueue_config(Path(tmp), mode), instant) as q,
+        JobQueue(genqueue_config(Path(tmp), mode), instant, loop=loop) as q,
     ):
         t0 = time.perf_counter()
-        submit_s = submit_from_threads(n, threads, lambda i: q.submit({"prompt": f"job {i}"}))
+        # Submitted as the HTTP server submits: many concurrent coroutines on the I/O loop.
+        io.run(submit_from_tasks(q, n, CLIENTS), timeout_s=600)
+        submit_s = time.perf_counter() - t0
         q.join(timeout_s=600)
         drain_s = time.perf_counter() - t0
         done = q.status().completed
+    io.stop()
     setting = f"max_concurrency {MAX_CONCURRENCY}" + (
         f", pass every {CRON_INTERVAL_S:g} s" if mode == "cron" else ""
     )
