@@ -200,8 +200,15 @@ class JobQueue:
     def status(self) -> QueueStatus:
         """The queue's figures, with the webhook outbox's counters in `webhooks`."""
         return msgspec.structs.replace(
-            self._queue_status(), webhooks=self.webhook_stats().as_status()
+            self._queue_status(),
+            webhooks=self.webhook_stats().as_status(),
+            provider=self._provider_stats(),
         )
+
+    def _provider_stats(self) -> dict[str, Any]:
+        """The processor's own figures (the GenerationActor's Veo calls), if it keeps any."""
+        stats = getattr(self.processor, "stats", None)
+        return dict(stats()) if callable(stats) else {}
 
     def _queue_status(self) -> QueueStatus:
         status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
@@ -297,7 +304,9 @@ class JobQueue:
         status, webhooks = await asyncio.gather(
             self._sys().ask_async(QueueActor, QUEUE_KEY, Status()), self.awebhook_stats()
         )
-        return msgspec.structs.replace(status, webhooks=webhooks.as_status())
+        return msgspec.structs.replace(
+            status, webhooks=webhooks.as_status(), provider=self._provider_stats()
+        )
 
     # -- webhooks (the outbox) ---------------------------------------------------------------
 

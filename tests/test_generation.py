@@ -221,6 +221,13 @@ def test_success_stores_the_served_video(rig: Rig) -> None:
     assert op is not None and op in rig.fake.operations
     # latency 30 s, a poll every 10 s: polls at 0, 10, 20 and 30 s; one paid start
     assert (rig.fake.starts, rig.fake.operations[op].polls, rig.fake.downloads) == (1, 4, 1)
+    # the plan's API metrics, as /api/queue/status shows them under "provider"
+    stats = q.status().provider
+    assert (stats["starts"], stats["polls"], stats["downloads"]) == (1, 4, 1)
+    assert stats["calls"] == 6 and stats["errors"] == 0 and stats["rateLimited"] == 0
+    assert stats["callsPerMinute"] == 6  # all within the last 30 s
+    rig.clock.advance(61)
+    assert q.status().provider["callsPerMinute"] == 0
 
 
 def test_429_on_start_waits_for_retry_after(rig: Rig) -> None:
@@ -239,6 +246,8 @@ def test_429_on_start_waits_for_retry_after(rig: Rig) -> None:
     assert done.status == "completed", done.error
     assert (rig.start_requests(), rig.fake.starts) == (2, 1)
     assert rig.fake.start_times == [t0 + 7]
+    stats = q.status().provider
+    assert (stats["rateLimited"], stats["errors"], stats["starts"]) == (1, 1, 2)
 
 
 def test_5xx_on_poll_then_success(rig: Rig) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,8 @@ class GenerationActor:
         self.max_retries = max_retries
         self.clock: Clock = clock or RealClock()
         self.calls: dict[str, int] = {"start": 0, "poll": 0, "download": 0, "errors": 0}
+        self.rate_limited = 0  # 429 answers
+        self._recent: deque[float] = deque()  # times of calls in the last minute
 
     async def __call__(self, job: Job, report: ReportFn) -> JobResult:
         t0 = time.monotonic()
@@ -101,7 +104,6 @@ class GenerationActor:
                     await report(checkpoint=msgspec.to_builtins(ckpt))
             result = await self._store(job, op, report, t0)
         except ProviderError as exc:
-            self.calls["errors"] += 1
             log.warning(
                 "generation failed", extra={**ids, "error": exc.message, "retryable": exc.retryable}
             )
@@ -175,7 +177,6 @@ class GenerationActor:
         t = time.monotonic()
 
         async def upload() -> Any:
-            self.calls["download"] += 1
             chunks = self.client.download(op.videos[0])
             async with contextlib.aclosing(chunks):  # type: ignore[type-var]
                 return await self.store.put_stream(job.user_id, job.id, chunks)
@@ -196,15 +197,38 @@ class GenerationActor:
             processing_time=round(time.monotonic() - t0, 3),
         )
 
+    def _count_call(self, what: str) -> None:
+        self.calls[what] = self.calls.get(what, 0) + 1
+        now = self.clock.now()
+        self._recent.append(now)
+        while self._recent and self._recent[0] < now - 60:
+            self._recent.popleft()
+
+    def stats(self) -> dict[str, Any]:
+        """The plan's API metrics: Veo calls per minute, Veo errors, rate-limit hits."""
+        now = self.clock.now()
+        per_minute = sum(1 for t in list(self._recent) if t >= now - 60)
+        return {
+            "calls": self.calls["start"] + self.calls["poll"] + self.calls["download"],
+            "callsPerMinute": per_minute,
+            "starts": self.calls["start"],
+            "polls": self.calls["poll"],
+            "downloads": self.calls["download"],
+            "errors": self.calls["errors"],
+            "rateLimited": self.rate_limited,
+        }
+
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Transient errors (429, 5xx, timeouts) retry with backoff, honouring Retry-After."""
         attempt = 0
         while True:
-            if what in self.calls and what != "download":
-                self.calls[what] += 1
+            self._count_call(what)
             try:
                 return await call()
             except ProviderError as exc:
+                self.calls["errors"] += 1
+                if exc.status == 429:
+                    self.rate_limited += 1
                 if (
                     not exc.retryable
                     or exc.code == "operation_error"
@@ -213,7 +237,6 @@ class GenerationActor:
                     raise
                 delay = exc.retry_after_s or min(60.0, 2.0**attempt)
                 attempt += 1
-                self.calls["errors"] += 1
                 log.warning(
                     f"veo {what} failed, retrying",
                     extra={"error": exc.message, "status": exc.status, "retry_in_s": delay},
@@ -297,6 +320,9 @@ class GenerationService:
 
     async def close(self) -> None:
         await self._stack.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        return self.actor.stats() if self.actor is not None else {}
 
     async def __call__(self, job: Job, report: ReportFn) -> JobResult:
         if self.actor is None:
