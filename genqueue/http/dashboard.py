@@ -31,7 +31,7 @@ from aiohttp import web
 
 from genqueue.actors.queue import ALL_USERS
 from genqueue.http.auth import Caller
-from genqueue.http.sse import JobEvents
+from genqueue.http.sse import JobEvents, open_stream
 from genqueue.http.views import JobPage, PublicJob, encode, public_job
 from genqueue.jobqueue import JobQueue
 from genqueue.models import Job, QueueStatus
@@ -135,14 +135,7 @@ def add_dashboard(
             return web.Response(body=encode(first), content_type="application/json")
         with request.app[events].listen(None) as changes:
             first = await snapshot(request, caller)  # after listening: no change slips by
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "text/event-stream",
-                    "Cache-Control": "no-cache",
-                    "X-Accel-Buffering": "no",
-                }
-            )
-            await response.prepare(request)
+            response = await open_stream(request)
             try:
                 await response.write(_frame("snapshot", encode(first)))
                 await _stream(response, request.app[queue], caller, changes)

@@ -82,6 +82,12 @@ REQUEST_SCHEMA: dict[str, Any] = {
 }
 
 
+_LIMIT_PARAM: dict[str, Any] = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+
 def _rename(node: Any) -> Any:
     if isinstance(node, dict):
         out = {}
@@ -189,16 +195,7 @@ def _paths() -> dict[str, Any]:
                         + ". Empty: every status.",
                         "schema": {"type": "string", "pattern": _STATUS_LIST},
                     },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_LIMIT,
-                            "default": DEFAULT_LIMIT,
-                        },
-                    },
+                    _LIMIT_PARAM,
                     {
                         "name": "cursor",
                         "in": "query",
@@ -259,16 +256,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Dead-lettered webhook deliveries (admin only), by job id.",
                 "description": "Continue with `cursor=nextCursor` while it is not null.",
                 "parameters": [
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_LIMIT,
-                            "default": DEFAULT_LIMIT,
-                        },
-                    },
+                    _LIMIT_PARAM,
                     {
                         "name": "cursor",
                         "in": "query",

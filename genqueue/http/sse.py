@@ -21,7 +21,7 @@ from aiohttp import web
 from genqueue.http.views import encode, public_job
 from genqueue.models import Job
 
-__all__ = ["JobEvents", "stream_job"]
+__all__ = ["JobEvents", "open_stream", "stream_job"]
 
 HEARTBEAT_S = 15.0
 _CLOSED = None
@@ -74,6 +74,19 @@ class JobEvents:
                 q.put_nowait(_CLOSED)
 
 
+async def open_stream(request: web.Request) -> web.StreamResponse:
+    """Start a Server-Sent Events response (no caching, no proxy buffering)."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
 def _frame(event: str, event_id: int, job: Job) -> bytes:
     return b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), event_id, encode(public_job(job)))
 
@@ -86,14 +99,7 @@ async def stream_job(
     """Stream one job's changes; `current()` reads it (raising JobNotFound if unseen)."""
     with events.listen(request.match_info["id"]) as changes:
         job = await current()  # listening first: no change slips between read and stream
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
+        response = await open_stream(request)
         try:
             await _send_changes(response, job, changes)
             await response.write_eof()
