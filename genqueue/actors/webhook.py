@@ -27,7 +27,7 @@ import heapq
 import logging
 import random
 import threading
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import msgspec
@@ -325,6 +325,29 @@ class WebhookClient:
 _Done = tuple[str, int, SendOutcome]  # job id, seq, what the attempt came to
 
 
+T = TypeVar("T")
+
+
+class _HandOff(Generic[T]):
+    """Items handed from other threads to the actor in batches: `put` says whether the
+    batch was empty (then one message wakes the actor); the actor `take`s them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+
+    def put(self, item: T) -> bool:
+        with self._lock:
+            first = not self._items
+            self._items.append(item)
+        return first
+
+    def take(self) -> list[T]:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+
 class _Courier:
     """Runs attempts on the I/O loop; hands their outcomes to the actor in batches.
 
@@ -336,8 +359,7 @@ class _Courier:
     def __init__(self, system: ActorSystem, client: WebhookClient):
         self.system = system
         self.client = client
-        self._lock = threading.Lock()
-        self._done: list[_Done] = []
+        self._done: _HandOff[_Done] = _HandOff()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, batch: list[tuple[Delivery, float]]) -> None:
@@ -363,17 +385,12 @@ class _Courier:
             outcome = SendOutcome(
                 ok=False, status=None, retryable=True, error=repr(exc), duration_ms=0.0
             )
-        with self._lock:
-            first = not self._done
-            self._done.append((delivery.job_id, delivery.seq, outcome))
-        if first:
+        if self._done.put((delivery.job_id, delivery.seq, outcome)):
             with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
                 self.system.tell(WebhookActor, KEY, Sent())
 
     def take(self) -> list[_Done]:
-        with self._lock:
-            done, self._done = self._done, []
-        return done
+        return self._done.take()
 
     def cancel(self) -> None:
         """On the loop: stop the attempts under way (their deliveries stay pending)."""
@@ -679,8 +696,7 @@ class WebhookOutbox:
         self.seed = seed
         self.client = WebhookClient(config)
         self.courier = _Courier(system, self.client)
-        self._lock = threading.Lock()
-        self._fresh: list[Job] = []  # jobs whose committed turn stored an event
+        self._fresh: _HandOff[Job] = _HandOff()  # jobs whose committed turn stored an event
         system.store.namespace(KIND)  # create the table now: a first use flushes
         system.services.extra["webhooks"] = self  # type: ignore[attr-defined]
         system.register(WebhookActor)
@@ -697,17 +713,12 @@ class WebhookOutbox:
         progress = self.config.webhook_events_progress and job.status == "processing"
         if not progress and _event_name(job, self.config, False) is None:
             return
-        with self._lock:
-            first = not self._fresh
-            self._fresh.append(job)
-        if first:
+        if self._fresh.put(job):
             self.system.tell(WebhookActor, KEY, Fresh())
 
     def take_fresh(self) -> list[Job]:
         """The actor's side of the hand-off: every job handed over so far."""
-        with self._lock:
-            fresh, self._fresh = self._fresh, []
-        return fresh
+        return self._fresh.take()
 
     def start(self) -> None:
         """Activate the outbox: it reads every pending delivery and sends the due ones."""
