@@ -204,6 +204,23 @@ def served(size: int) -> bytes:
 # -- through the queue ----------------------------------------------------------------------------
 
 
+
+def direct_job(rig: Rig, job_id: str, user_id: str, prompt: str) -> Job:
+    """A job record for calling the actor without a queue."""
+    now = rig.clock.now()
+    return Job(
+        id=job_id,
+        generation_id=job_id,
+        user_id=user_id,
+        prompt=prompt,
+        parameters=GenerationParams(),
+        provider="veo3",
+        model=None,
+        priority=0,
+        created_at=now,
+        updated_at=now,
+    )
+
 def test_success_stores_the_served_video(rig: Rig) -> None:
     q, w = rig.queue(rig.actor())
     job = q.submit({"prompt": "a red fox in the snow"}, user_id="u1")
@@ -400,19 +417,7 @@ def test_large_video_streams_to_s3_in_flat_memory(rig: Rig, moto_endpoint: str) 
     rig.fake.latency_s = 0
     rig.fake.video_size = total
     actor = rig.actor()
-    now = rig.clock.now()
-    job = Job(
-        id="big-1",
-        generation_id="big-1",
-        user_id="u3",
-        prompt="a long, detailed video",
-        parameters=GenerationParams(),
-        provider="veo3",
-        model=None,
-        priority=0,
-        created_at=now,
-        updated_at=now,
-    )
+    job = direct_job(rig, "big-1", "u3", "a long, detailed video")
     reports: list[dict[str, Any]] = []
 
     async def report(progress: int | None = None, checkpoint: Any = None) -> None:
@@ -452,19 +457,7 @@ def test_actor_raises_provider_errors_when_called_directly(rig: Rig) -> None:
     """Without a queue: the error the JobActor sees, and no report after the failure."""
     actor = rig.actor()
     assert rig.worker is not None
-    now = rig.clock.now()
-    job = Job(
-        id="direct-1",
-        generation_id="direct-1",
-        user_id="u4",
-        prompt="[bad-request]",
-        parameters=GenerationParams(),
-        provider="veo3",
-        model=None,
-        priority=0,
-        created_at=now,
-        updated_at=now,
-    )
+    job = direct_job(rig, "direct-1", "u4", "[bad-request]")
     reports: list[Any] = []
 
     async def report(progress: int | None = None, checkpoint: Any = None) -> None:
