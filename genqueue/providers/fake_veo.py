@@ -6,7 +6,22 @@ google/models/{m}:predictLongRunning` and `…:fetchPredictOperation`. Operation
 `latency_s` after they start, in the time of an injected clock. It serves a small valid MP4
 (built here, streamed in chunks), counts what it was asked, and lets a test inject faults.
 Prompt markers: "[unsafe]" → safety block, "[op-error:N]" → operation fails with gRPC code N,
-"[bad-request]" → 400. `GET /_fake/stats` shows the counters and operations (read-only).
+"[bad-request]" → 400.
+
+A test in another process (`main.py fake-veo`) reads and steers the fake over HTTP:
+- `GET /_fake/stats`: the counters (`starts`, `polls`, `downloads`, `rateLimited`), the
+  accepted start times (`startTimes`, clock seconds, for per-minute counts), the faults
+  still armed (`faults`) and every operation started.
+- `POST /_fake/faults` with a JSON object (every key optional; unknown keys are a 400)
+  sets the same controls a test in this process has as methods and attributes, and
+  answers with `faults`, the controls now armed:
+  `{"fail_starts" | "fail_polls" | "fail_downloads": {"status": 500, "count": 1,
+  "retry_after_s": null, "html": false, "reason": null}}` queue failures (`reason` and
+  `html` as in the methods; downloads take `status` and `count` only),
+  `"hang_starts" | "hang_polls": bool`, `"malformed_json_next": bool`,
+  `"cut_download": bool` (every download, while true), `"cut_downloads": N` (the next N),
+  `"rate_limit_per_minute": N`, `"latency_s": S`, `"release": true` (hanging requests
+  answer 503 now), `"clear": true` (disarm everything first, releasing any hang).
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 from aiohttp import web
 
 from genqueue.clock import RealClock
@@ -32,6 +48,8 @@ from genqueue.providers.veo3 import DEFAULT_MODEL
 __all__ = [
     "FakeVeo",
     "FakeVeoServer",
+    "FaultControls",
+    "FaultSpec",
     "OpInfo",
     "RecordedRequest",
     "build_mp4",
@@ -156,6 +174,36 @@ class _Faults:
     downloads: collections.deque[_Failure] = field(default_factory=collections.deque)
 
 
+class FaultSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """Failures to queue: the next `count` calls answer `status` (`POST /_fake/faults`)."""
+
+    status: int = 500
+    count: int = 1
+    retry_after_s: float | None = None
+    html: bool = False
+    reason: str | None = None
+
+
+class FaultControls(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of `POST /_fake/faults`: each key left out (None) leaves its control alone."""
+
+    fail_starts: FaultSpec | None = None
+    fail_polls: FaultSpec | None = None
+    fail_downloads: FaultSpec | None = None
+    hang_starts: bool | None = None
+    hang_polls: bool | None = None
+    malformed_json_next: bool | None = None
+    cut_download: bool | None = None
+    cut_downloads: int | None = None
+    rate_limit_per_minute: int | None = None
+    latency_s: float | None = None
+    release: bool = False
+    clear: bool = False
+
+
+_CONTROLS = msgspec.json.Decoder(FaultControls)
+
+
 def _google_error(
     status: int, message: str, *, retry_after_s: float | None = None, reason: str | None = None
 ) -> web.Response:
@@ -238,6 +286,7 @@ class FakeVeo:
         self.hang_starts = self.hang_polls = False
         self.malformed_json_next = False
         self.cut_download = False
+        self.cut_downloads_left = 0  # the next N downloads are cut (see cut_downloads)
         self.redirect_downloads_to: str | None = None
         self._faults = _Faults()
         self._released: asyncio.Event | None = None
@@ -272,19 +321,84 @@ class FakeVeo:
         retry_after_s: float | None = None,
         *,
         html: bool = False,
+        reason: str | None = None,
     ) -> None:
         """Answer the next `count` polls with `status`."""
-        self._faults.polls.extend([_Failure(status, retry_after_s, html)] * count)
+        self._faults.polls.extend([_Failure(status, retry_after_s, html, reason)] * count)
 
     def fail_downloads(self, status: int = 500, count: int = 1) -> None:
         """Answer the next `count` downloads with `status`."""
         self._faults.downloads.extend([_Failure(status)] * count)
+
+    def cut_downloads(self, count: int = 1) -> None:
+        """Cut the next `count` downloads half-way (the connection drops mid-body)."""
+        self.cut_downloads_left += count
 
     def release(self) -> None:
         """Let every hanging request go (each answers 503); called when the server stops."""
         if self._released is None:
             self._released = asyncio.Event()
         self._released.set()
+
+    def hang(self, *, starts: bool | None = None, polls: bool | None = None) -> None:
+        """Make starts and / or polls hang (until `release`), or stop hanging new ones."""
+        if (starts or polls) and self._released is not None and self._released.is_set():
+            self._released = None  # released before: hang anew
+        if starts is not None:
+            self.hang_starts = starts
+        if polls is not None:
+            self.hang_polls = polls
+
+    def clear_faults(self) -> None:
+        """Disarm every fault control and let hanging requests go."""
+        self._faults = _Faults()
+        self.hang_starts = self.hang_polls = False
+        self.malformed_json_next = self.cut_download = False
+        self.cut_downloads_left = 0
+        self.release()
+
+    def apply(self, controls: FaultControls) -> None:
+        """Set the controls `controls` names (what `POST /_fake/faults` does)."""
+        if controls.clear:
+            self.clear_faults()
+        for spec, method in (
+            (controls.fail_starts, self.fail_starts),
+            (controls.fail_polls, self.fail_polls),
+        ):
+            if spec is not None:
+                method(
+                    spec.status, spec.count, spec.retry_after_s, html=spec.html, reason=spec.reason
+                )
+        if controls.fail_downloads is not None:
+            self.fail_downloads(controls.fail_downloads.status, controls.fail_downloads.count)
+        self.hang(starts=controls.hang_starts, polls=controls.hang_polls)
+        if controls.malformed_json_next is not None:
+            self.malformed_json_next = controls.malformed_json_next
+        if controls.cut_download is not None:
+            self.cut_download = controls.cut_download
+        if controls.cut_downloads is not None:
+            self.cut_downloads(controls.cut_downloads)
+        if controls.rate_limit_per_minute is not None:
+            self.rate_limit_per_minute = controls.rate_limit_per_minute
+        if controls.latency_s is not None:
+            self.latency_s = controls.latency_s
+        if controls.release:
+            self.release()
+
+    def armed(self) -> dict[str, Any]:
+        """The fault controls now armed (what `/_fake/stats` and `/_fake/faults` show)."""
+        return {
+            "fail_starts": len(self._faults.starts),
+            "fail_polls": len(self._faults.polls),
+            "fail_downloads": len(self._faults.downloads),
+            "hang_starts": self.hang_starts,
+            "hang_polls": self.hang_polls,
+            "malformed_json_next": self.malformed_json_next,
+            "cut_download": self.cut_download,
+            "cut_downloads": self.cut_downloads_left,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "latency_s": self.latency_s,
+        }
 
     def starts_per_minute(self, now: float | None = None) -> int:
         """Accepted starts in the minute before `now` (clock time)."""
@@ -315,6 +429,7 @@ class FakeVeo:
                 web.post(vertex, self._vertex_call),
                 web.get("/media/{file}", self._media),
                 web.get("/_fake/stats", self._stats),
+                web.post("/_fake/faults", self._set_faults),
             ]
         )
         return app
@@ -505,7 +620,7 @@ class FakeVeo:
     # -- counters for a test in another process ---------------------------------------------
 
     async def _stats(self, request: web.Request) -> web.Response:
-        """`GET /_fake/stats`, read-only: the counters and every operation started."""
+        """`GET /_fake/stats`, read-only: the counters, armed faults, operations started."""
         operations = [
             {
                 "name": op.name,
@@ -516,8 +631,24 @@ class FakeVeo:
             }
             for op in self.operations.values()
         ]
-        counters = {"starts": self.starts, "polls": self.polls, "downloads": self.downloads}
-        return web.json_response(counters | {"operations": operations})
+        counters = {
+            "starts": self.starts,
+            "polls": self.polls,
+            "downloads": self.downloads,
+            "rateLimited": self.rate_limited,
+            "startTimes": self.start_times,
+            "now": self.clock.now(),
+        }
+        return web.json_response(counters | {"faults": self.armed(), "operations": operations})
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        """`POST /_fake/faults`: arm or disarm fault controls (see the module docstring)."""
+        try:
+            controls = _CONTROLS.decode(await request.read())
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _google_error(400, f"bad fault controls: {exc}")
+        self.apply(controls)
+        return web.json_response({"faults": self.armed()})
 
     # -- download -------------------------------------------------------------------------
 
@@ -545,7 +676,9 @@ class FakeVeo:
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
         response.content_length = self.video_size
         await response.prepare(request)
-        limit = self.video_size // 2 if self.cut_download else self.video_size
+        cut = self.cut_download or self.cut_downloads_left > 0
+        self.cut_downloads_left = max(0, self.cut_downloads_left - 1)
+        limit = self.video_size // 2 if cut else self.video_size
         sent = 0
         for chunk in iter_mp4(self.video_size):
             chunk = chunk[: limit - sent]
@@ -553,7 +686,7 @@ class FakeVeo:
             sent += len(chunk)
             if sent >= limit:
                 break
-        if self.cut_download and request.transport is not None:
+        if cut and request.transport is not None:
             request.transport.abort()  # half the body, then the connection drops;
             raise asyncio.CancelledError  # aiohttp treats it as a client that went away
         await response.write_eof()
