@@ -19,7 +19,6 @@ import asyncio
 import json
 import math
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.harness import ThreadSampler, peak_rss_mb
 from genqueue import Config, JobQueue
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.generation import GenerationActor
@@ -45,17 +45,6 @@ KEY = "bench-key"
 
 def _env(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
 
 
 async def _submit_all(queue: JobQueue, jobs: int, clients: int = 64) -> list[str]:
@@ -112,28 +101,6 @@ class FakeVeoProcess:
         return {k: int(stats[k]) for k in ("starts", "polls", "downloads")}
 
 
-class ThreadSampler:
-    """The most threads alive at once, sampled on a thread of its own."""
-
-    def __init__(self, period_s: float = 0.005):
-        self.period_s = period_s
-        self.peak = threading.active_count()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="thread-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self.peak = max(self.peak, threading.active_count())
-
-    def __enter__(self) -> ThreadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 async def _session() -> aiohttp.ClientSession:
     # As GenerationService opens it: enough connections for every job in flight.
     return aiohttp.ClientSession(
@@ -144,7 +111,7 @@ async def _session() -> aiohttp.ClientSession:
 def run(
     jobs: int, concurrency: int, latency_s: float, poll_s: float, video_bytes: int, sync: str
 ) -> dict[str, Any]:
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     threads_before = threading.active_count()
     worker_loop = LoopThread("genqueue-io")
     worker_loop.start()
@@ -194,7 +161,7 @@ def run(
         "threads_before": threads_before,
         "peak_threads": sampler.peak,
         "rss_before_mb": rss_before,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "statuses": statuses,
         "starts": counts["starts"],
         "polls": counts["polls"],

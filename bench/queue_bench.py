@@ -24,17 +24,20 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness import (
+    Counter,
+    Row,
+    huey_latency,
+    huey_throughput,
+    paced,
+    percentiles,
+)
 from genqueue import Config, Job, JobQueue, JobResult
 from genqueue.actors.bridge import LoopThread
 
@@ -43,22 +46,6 @@ CLIENTS = 64  # concurrent submitting coroutines
 MAX_CONCURRENCY = 256
 CRON_INTERVAL_S = 0.05
 HUEY_WORKER_CHOICES = (1, 2, 4, 8)
-
-
-@dataclass
-class Row:
-    name: str
-    setting: str
-    jobs: int = 0
-    drain_s: float = 0.0
-    submit_s: float = 0.0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    early: int = 0  # called before the submit call had returned (latency counted as 0)
-
-    @property
-    def rate(self) -> float:
-        return self.jobs / self.drain_s if self.drain_s else 0.0
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -73,70 +60,6 @@ async def submit_from_tasks(q: JobQueue, n: int, clients: int) -> None:
             await q.asubmit({"prompt": f"job {i}"})
 
     await asyncio.gather(*(client() for _ in range(clients)))
-
-
-def submit_from_threads(n: int, threads: int, submit_one: Callable[[int], None]) -> float:
-    """Call `submit_one(i)` for i in range(n) from `threads` threads; returns the time taken."""
-    chunks = [range(t, n, threads) for t in range(threads)]
-    start = threading.Barrier(threads + 1)
-
-    def worker(chunk: range) -> None:
-        start.wait()
-        for i in chunk:
-            submit_one(i)
-
-    pool = [threading.Thread(target=worker, args=(c,)) for c in chunks]
-    for t in pool:
-        t.start()
-    t0 = time.perf_counter()
-    start.wait()
-    for t in pool:
-        t.join()
-    return time.perf_counter() - t0
-
-
-def paced(n: int, rate: float, submit_one: Callable[[int], float]) -> dict[int, float]:
-    """Submit n jobs at `rate` per second from this thread; returns index -> ack time."""
-    acked: dict[int, float] = {}
-    t0 = time.perf_counter()
-    for i in range(n):
-        delay = t0 + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        acked[i] = submit_one(i)
-    return acked
-
-
-def percentiles(acked: dict[int, float], called: dict[int, float]) -> tuple[float, float, int]:
-    lat = [called[i] - acked[i] for i in acked if i in called]
-    early = sum(1 for x in lat if x < 0)
-    ms = sorted(max(0.0, x) * 1000 for x in lat)
-    if len(ms) < 2:
-        return (ms[0] if ms else float("nan")), (ms[0] if ms else float("nan")), early
-    q = statistics.quantiles(ms, n=100, method="inclusive")
-    return q[49], q[98], early
-
-
-class Counter:
-    """Counts completions; `wait(n)` returns once n are done."""
-
-    def __init__(self) -> None:
-        self.cv = threading.Condition()
-        self.n = 0
-        self.called: dict[int, float] = {}
-
-    def hit(self, index: int | None = None) -> None:
-        now = time.perf_counter()
-        with self.cv:
-            self.n += 1
-            if index is not None:
-                self.called[index] = now
-            self.cv.notify_all()
-
-    def wait(self, n: int, timeout_s: float = 300) -> None:
-        with self.cv:
-            if not self.cv.wait_for(lambda: self.n >= n, timeout_s):
-                raise TimeoutError(f"only {self.n} of {n} done after {timeout_s} s")
 
 
 # -- genqueue ---------------------------------------------------------------------------------
@@ -198,59 +121,6 @@ def genqueue_latency(mode: str, n: int, rate: float) -> tuple[float, float, int]
 
 
 # -- Huey -------------------------------------------------------------------------------------
-
-
-class HueyRig:
-    """A SqliteHuey on a file, a no-op task that counts, and a thread-worker consumer."""
-
-    def __init__(self, root: Path, workers: int):
-        from huey import SqliteHuey
-
-        self.huey = SqliteHuey("bench", filename=str(root / "huey.db"), immediate=False)
-        self.counter = Counter()
-        counter = self.counter
-
-        @self.huey.task()
-        def noop(index: int | None = None) -> None:
-            counter.hit(index)
-
-        self.noop = noop
-        self.consumer = self.huey.create_consumer(
-            workers=workers, worker_type="thread", periodic=False
-        )
-
-    def __enter__(self) -> HueyRig:
-        # Consumer.start() installs signal handlers: put ours back afterwards.
-        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        self.consumer.start()
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.consumer.stop(graceful=True)
-        self.huey.storage.close()
-
-
-def huey_throughput(n: int, threads: int, workers: int) -> Row:
-    with tempfile.TemporaryDirectory() as tmp, HueyRig(Path(tmp), workers) as rig:
-        t0 = time.perf_counter()
-        submit_s = submit_from_threads(n, threads, lambda i: rig.noop())
-        rig.counter.wait(n)
-        drain_s = time.perf_counter() - t0
-    return Row("Huey SqliteHuey", f"{workers} thread workers", n, drain_s, submit_s)
-
-
-def huey_latency(n: int, rate: float, workers: int) -> tuple[float, float, int]:
-    with tempfile.TemporaryDirectory() as tmp, HueyRig(Path(tmp), workers) as rig:
-
-        def submit(i: int) -> float:
-            rig.noop(i)
-            return time.perf_counter()
-
-        acked = paced(n, rate, submit)
-        rig.counter.wait(n)
-        return percentiles(acked, rig.counter.called)
 
 
 # -- main ---------------------------------------------------------------------------------------
