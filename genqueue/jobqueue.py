@@ -81,6 +81,7 @@ class JobQueue:
         self._events: queue.Queue[Job | None] = queue.Queue()
         self._event_thread: threading.Thread | None = None
         self._changed = threading.Condition()
+        self._changes = 0  # counts wake-ups of `join` (under `_changed`)
         self._errors: list[BaseException] = []
         self._batch: list[tuple[Submit, asyncio.Future[tuple[Job, bool]]]] = []
         self.store: StateStore | None = None
@@ -104,6 +105,7 @@ class JobQueue:
             publish=self._publish,
             on_unexpected=self._record_error,
             queue_cls=QueueActor,
+            on_idle=self._changed_now,
         )
         if cfg.webhook_target:  # the outbox: events stored in the job's turn, sent after
             self._webhooks = WebhookOutbox(system, cfg)
@@ -225,6 +227,8 @@ class JobQueue:
         while True:
             if self._errors:
                 raise self._errors.pop(0)
+            with self._changed:
+                seen = self._changes
             st = self._queue_status()
             if st.queued == 0 and st.in_flight == 0 and st.retry_wait == 0:
                 return
@@ -234,8 +238,9 @@ class JobQueue:
                     f"queue not drained after {timeout_s} s: {st.queued} queued, "
                     f"{st.in_flight} in flight, {st.retry_wait} waiting to retry"
                 )
-            with self._changed:
-                self._changed.wait(min(remaining, 0.5))
+            with self._changed:  # a change since the status was asked: look again at once
+                if self._changes == seen:
+                    self._changed.wait(min(remaining, 0.5))
 
     # -- the API (asyncio) -------------------------------------------------------------------------
 
@@ -356,14 +361,24 @@ class JobQueue:
         self._errors.append(exc)
 
     def _deliver_events(self) -> None:
+        """Deliver events in order; whatever queued up meanwhile goes out in one wake-up."""
         while True:
-            job = self._events.get()
-            if job is None:
-                return
-            for callback in list(self._subscribers):
-                try:
-                    callback(job)
-                except Exception:
-                    log.exception("job event subscriber failed")
-            with self._changed:
-                self._changed.notify_all()
+            batch = [self._events.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 1000:
+                    batch.append(self._events.get_nowait())
+            for job in batch:
+                if job is None:
+                    return
+                for callback in list(self._subscribers):
+                    try:
+                        callback(job)
+                    except Exception:
+                        log.exception("job event subscriber failed")
+            self._changed_now()
+
+    def _changed_now(self) -> None:
+        """Wake `join`: a job changed, or the queue became idle."""
+        with self._changed:
+            self._changes += 1
+            self._changed.notify_all()

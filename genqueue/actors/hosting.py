@@ -19,11 +19,7 @@ import pykka
 if TYPE_CHECKING:
     from genqueue.actors.runtime import ActorSystem, DurableActor
 
-__all__ = ["Activate", "Envelope", "HostedRef", "Shard", "shard_of"]
-
-
-class Activate(msgspec.Struct, frozen=True):
-    actor: Any  # DurableActor
+__all__ = ["Envelope", "HostedRef", "Shard", "shard_of"]
 
 
 class Envelope(msgspec.Struct, frozen=True):
@@ -43,14 +39,14 @@ class Shard(pykka.ThreadingActor):
         self.system = system
 
     def on_receive(self, message: Any) -> Any:
-        match message:
-            case Activate(actor=actor):
+        if isinstance(message, Envelope):
+            actor = message.actor
+            with self.system.lock:
+                actor.hosted_pending -= 1
+            if not actor.hosted_started:  # activation runs before the first message's turn
                 actor.hosted_start()
-            case Envelope(actor=actor, message=inner):
-                with self.system.lock:
-                    actor.hosted_pending -= 1
-                if actor.hosted_alive:
-                    actor.on_receive(inner)
+            if actor.hosted_alive:
+                actor.on_receive(message.message)
         return None
 
 

@@ -70,6 +70,8 @@ class QueueServices:
     # Called inside the JobActor's turn on every status change; may write to the store
     # (e.g. the webhook outbox) and returns the sequence number of its last write.
     on_event: Callable[[Job, bool], int | None] | None = None  # (job, is a progress event)
+    # Called (after commit) when the queue has nothing queued, running or waiting to retry.
+    on_idle: Callable[[], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -183,6 +183,7 @@ class QueueActor(DurableActor):
         self._save_meta()
         if self.cfg.dispatch == "alarm":
             self._dispatch_here()  # what an alarm set to now would do, without the round trip
+        self._tell_if_idle()
 
     def _removed(self, msg: Remove) -> None:
         """A job was cancelled before it was dispatched (queued) or while waiting to retry."""
@@ -193,6 +194,12 @@ class QueueActor(DurableActor):
         self._count("cancelled")
         self._index_finished(msg.job_id, msg.user_id)
         self._save_meta()
+        self._tell_if_idle()
+
+    def _tell_if_idle(self) -> None:
+        on_idle = self.svc.on_idle
+        if on_idle is not None and not self.in_flight and not self.retry_wait and not self.depth():
+            self.after_commit(on_idle)
 
     def _index_finished(self, job_id: str, user_id: str) -> None:
         """Record a terminal job for retention."""

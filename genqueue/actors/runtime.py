@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -24,7 +25,7 @@ import msgspec
 import pykka
 
 from genqueue.actors.bridge import Outcome, Reply, SyncWaiter, future_reply, spawn
-from genqueue.actors.hosting import Activate, HostedRef, Shard, shard_of
+from genqueue.actors.hosting import HostedRef, Shard, shard_of
 from genqueue.actors.scheduler import Scheduler
 from genqueue.clock import Clock, RealClock
 from genqueue.storage.state import Namespace, StateStore
@@ -33,6 +34,8 @@ __all__ = ["ActorStorage", "ActorSystem", "AlarmInfo", "DurableActor"]
 
 log = logging.getLogger("genqueue.runtime")
 A = TypeVar("A", bound="DurableActor")
+
+_hosted_ids = itertools.count(1)
 
 ALARM_MAX_RETRIES = 6
 ALARM_FIRST_RETRY_S = 2.0
@@ -141,7 +144,11 @@ class DurableActor(pykka.ThreadingActor):
     idle_timeout_s: ClassVar[float | None] = None  # None: the system's idle_timeout_s
 
     def __init__(self, system: ActorSystem, key: str):
-        super().__init__()
+        if self.hosted:  # no thread, so no pykka inbox or stop event: a plain object
+            self.actor_urn = f"hosted:{next(_hosted_ids)}"
+            self.hosted_started = False
+        else:
+            super().__init__()
         self.system = system
         self.key = key
         self.clock = system.clock
@@ -340,6 +347,7 @@ class DurableActor(pykka.ThreadingActor):
 
     def hosted_start(self) -> None:
         """A hosted actor's on_start, run on its shard thread before its first message."""
+        self.hosted_started = True
         try:
             self.on_start()
         except Exception:
@@ -520,8 +528,7 @@ class ActorSystem:
             if not self._shards:
                 self._shards = [Shard.start(self) for _ in range(self.shards)]
             shard = self._shards[shard_of(key, self.shards)]
-            actor = cls(self, key)
-            shard.tell(Activate(actor))
+            actor = cls(self, key)  # activated by its shard before its first message
             hosted = HostedRef(shard, actor)
             self._live[(cls, key)] = hosted  # type: ignore[assignment]
             return hosted
