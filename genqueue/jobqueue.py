@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from genqueue.actors.bridge import LoopThread
+from genqueue.actors.bridge import LoopThread, post
 from genqueue.actors.job import JobActor, Processor, QueueServices
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit, SubmitMany
 from genqueue.actors.queue import QueueActor
@@ -276,7 +276,7 @@ class JobQueue:
 
         def reply(ok: bool, value: Any) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(settle, ok, value)
+                post(loop, settle, ok, value)
 
         try:
             self._sys().send(QueueActor, QUEUE_KEY, message, reply)

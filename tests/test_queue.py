@@ -463,7 +463,9 @@ def test_the_watchdog_retries_a_job_stuck_past_its_timeout(queues):
     w = Watcher(q)
     q.submit(request(id="stuck"))
     rec.wait_running("stuck")
-    poll_until(lambda: job_alarm_at(q, "stuck") == t0 + 30, "the watchdog alarm")
+    # One alarm is the watchdog of every job in flight: the queue's, at the oldest's deadline.
+    poll_until(lambda: queue_alarm_at(q) == t0 + 30, "the watchdog alarm")
+    assert job_alarm_at(q, "stuck") is None
 
     clock.advance(30)
     job = w.wait_status("stuck", "retry_wait")
@@ -473,6 +475,32 @@ def test_the_watchdog_retries_a_job_stuck_past_its_timeout(queues):
     q.join(timeout_s=20)
     assert q.get("stuck").status == "completed"
     assert [c.at for c in rec.calls] == [t0, t0 + 32]
+
+
+@pytest.mark.parametrize("mode", ["alarm", "immediate"])
+def test_the_watchdog_times_out_each_job_at_its_own_deadline(queues, mode):
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    rec.script["first"] = ["hold", "ok"]
+    rec.script["second"] = ["hold", "ok"]
+    q = queues.open(rec, clock=clock, dispatch=mode, job_timeout_s=30, retry_backoff_s=100)
+    w = Watcher(q)
+    q.submit(request(id="first"))
+    rec.wait_running("first")
+    clock.advance(10)
+    q.submit(request(id="second"))
+    rec.wait_running("second")
+    poll_until(lambda: queue_alarm_at(q) == t0 + 30, "the first job's deadline")
+
+    clock.advance(20)  # t0 + 30: only the first is past its time
+    assert w.wait_status("first", "retry_wait").error == "timed out after 30 s"
+    poll_until(lambda: queue_alarm_at(q) == t0 + 40, "the second job's deadline")
+    assert q.get("second").status == "processing"
+
+    clock.advance(10)  # t0 + 40
+    assert w.wait_status("second", "retry_wait").error == "timed out after 30 s"
+    assert rec.cancelled == ["first", "second"]
 
 
 def test_a_retry_in_immediate_mode_is_dispatched(queues):

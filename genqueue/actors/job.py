@@ -4,8 +4,9 @@
     processing -> retry_wait -> queued        (the backoff is this actor's alarm)
     queued | retry_wait -> cancelled
 
-Illegal transitions raise IllegalTransition and change nothing. While processing,
-the alarm is the watchdog (`job_timeout_s`); in retry_wait it is the backoff.
+Illegal transitions raise IllegalTransition and change nothing. In retry_wait the
+alarm is the backoff. The watchdog (`job_timeout_s`) is the QueueActor's: one alarm for
+every job in flight, which sends `TimedOut` to a job processing past its time.
 A job that reaches a terminal state passivates at once: live threads follow work.
 """
 
@@ -29,6 +30,7 @@ from genqueue.actors.messages import (
     Report,
     Requeue,
     Start,
+    TimedOut,
 )
 from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
 from genqueue.config import Config
@@ -112,6 +114,8 @@ class JobActor(DurableActor):
                 return self._report(progress, checkpoint)
             case Cancel(reason=reason):
                 return self._cancel(reason)
+            case TimedOut():
+                return self._timed_out()
         raise TypeError(f"JobActor cannot handle {message!r}")
 
     def _start(self, wait_s: float | None) -> Job:
@@ -179,7 +183,6 @@ class JobActor(DurableActor):
 
     def _run(self) -> None:
         job = self._job()
-        self.set_alarm(self.clock.now() + self.svc.config.job_timeout_s)
         # By method name: the outcome may find this job's actor passivated and activate it.
         self.run_async(self.svc.processor(job, self._reporter(job.id)), "_finished")
         self._maybe_step_aside()
@@ -244,14 +247,13 @@ class JobActor(DurableActor):
             finished_at=now,
             progress=100 if status == "completed" else job.progress,
         )
-        self.delete_alarm()
         if status == "cancelled":
             self.storage.delete("cancel")
         wait = (job.started_at or now) - (job.queued_at or job.created_at)
         self._tell_queue(Finished(job.id, job.user_id, status, wait, now - (job.started_at or now)))
         self.passivate()
 
-    # -- alarm: watchdog while processing, backoff in retry_wait --------------------------------
+    # -- the backoff (alarm) and the watchdog ---------------------------------------------------
 
     def alarm(self, info: AlarmInfo) -> None:
         job = self._job()
@@ -259,13 +261,17 @@ class JobActor(DurableActor):
             self._save(job, status="queued", queued_at=self.clock.now())
             self._tell_queue(Requeue(job.id, job.user_id, job.priority, job.seq))
             self.passivate()
-        elif job.status == "processing":
-            log.warning("job %s passed its timeout", job.id, extra={"job_id": job.id})
-            tokens = self.async_tokens()
-            for token in tokens:
-                self.cancel_async(token)  # ends as a timeout in _finished
-            if not tokens:
-                self._fail_or_retry(job, "timed out", True)
+
+    def _timed_out(self) -> None:
+        job = self._job()
+        if job.status != "processing":
+            return  # it ended meanwhile
+        log.warning("job %s passed its timeout", job.id, extra={"job_id": job.id})
+        tokens = self.async_tokens()
+        for token in tokens:
+            self.cancel_async(token)  # ends as a timeout in _finished
+        if not tokens:
+            self._fail_or_retry(job, "timed out", True)
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ __all__ = [
     "Status",
     "Submit",
     "SubmitMany",
+    "TimedOut",
 ]
 
 
@@ -90,6 +91,10 @@ class Start(Msg, frozen=True):
 
 class Recover(Msg, frozen=True):
     """After a restart: you were dispatched; resume, or say how you ended."""
+
+
+class TimedOut(Msg, frozen=True):
+    """From the queue's watchdog: you have been processing past `job_timeout_s`."""
 
 
 class Report(Msg, frozen=True):

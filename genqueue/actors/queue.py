@@ -10,10 +10,16 @@ Start-up reads only pending and in-flight keys: finished history costs nothing.
 Dispatch ("alarm" mode): the alarm pops jobs while `in_flight < max_concurrency`,
 the user's cap allows and the rate limit has a token; an empty bucket sets the
 alarm to the next token's time; a finished job sets it to now. Nothing polls.
+
+The same alarm is the watchdog of every job in flight: in-flight jobs are kept in
+start order, so the oldest one's deadline (`job_timeout_s` after its start, or after
+this activation for jobs resumed at start-up) is the only one to wait for; a job past
+it is told `TimedOut`. One timer for all, not one per job.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +38,7 @@ from genqueue.actors.messages import (
     Status,
     Submit,
     SubmitMany,
+    TimedOut,
 )
 from genqueue.actors.ratelimit import RateWindow
 from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
@@ -81,7 +88,10 @@ class QueueActor(DurableActor):
         self.svc = services(system)
         self.cfg = self.svc.config
         self.pending: dict[int, deque[Pending]] = {}
-        self.in_flight: dict[str, InFlight] = {}
+        self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it
+        self.timed_out: set[str] = set()  # in flight, told TimedOut, not finished yet
+        self.activated_at = self.clock.now()
+        self.queued = 0  # jobs in `pending`
         self.per_user: dict[str, int] = {}
         self.retry_wait = 0
         self.meta = QueueMeta()
@@ -93,11 +103,12 @@ class QueueActor(DurableActor):
         self.rate.load(self.meta.spent_tokens)
         for _, entry in self.storage.list("pending/", Pending):
             self.pending.setdefault(entry.priority, deque()).append(entry)
+            self.queued += 1
+        self.activated_at = now = self.clock.now()
         for key, flight in self.storage.list("inflight/", InFlight):
             job_id = key.removeprefix("inflight/")
             self._add_flight(job_id, flight)
             self.after_commit(self._recover_later(job_id))
-        now = self.clock.now()
         if self.meta.next_retention_at == 0.0:
             self.meta.next_retention_at = now + self.cfg.retention_interval_s
         if self.cfg.dispatch == "cron":
@@ -156,8 +167,7 @@ class QueueActor(DurableActor):
         self.after_commit(lambda: publish(job))
         if self.cfg.dispatch == "immediate":
             self._start(self._pop_pending(job.priority, seq), now)
-        elif self.cfg.dispatch == "alarm":
-            self._wake()
+        self._wake()  # alarm mode: dispatch now; every mode: the watchdog's deadline
         return job, True
 
     def _index(self, job: Job) -> int:
@@ -171,6 +181,7 @@ class QueueActor(DurableActor):
         flight = self.in_flight.pop(msg.job_id, None)
         if flight is None:
             return  # already accounted (a repeated report after a restart)
+        self.timed_out.discard(msg.job_id)
         self._drop_user(msg.user_id)
         self.storage.delete(f"inflight/{msg.job_id}")
         if msg.status == "retry_wait":
@@ -219,20 +230,50 @@ class QueueActor(DurableActor):
         now = self.clock.now()
         if now >= self.meta.next_retention_at:
             self._retention(now)
+        self._watchdog(now)
         next_at = self.dispatch(now)
         if self.cfg.dispatch == "cron":
             next_at = now + self.cfg.cron_interval_s
-        candidates = [t for t in (next_at, self.meta.next_retention_at) if t is not None]
-        self.set_alarm(min(candidates))
+        self.set_alarm(self._next_alarm(next_at))
 
     def _dispatch_here(self) -> None:
         """Run a dispatch pass in this turn, then keep the alarm for what comes next."""
         now = self.clock.now()
         next_at = self.dispatch(now)
-        candidates = [t for t in (next_at, self.meta.next_retention_at) if t is not None]
         due = self.get_alarm()
         if due is None or due > now:
-            self.set_alarm(min(candidates))
+            self.set_alarm(self._next_alarm(next_at))
+
+    def _next_alarm(self, dispatch_at: float | None) -> float:
+        """The earliest of: the next dispatch, the next retention pass, the next deadline."""
+        at = self.meta.next_retention_at
+        if dispatch_at is not None:
+            at = min(at, dispatch_at)
+        deadline = self._next_deadline()
+        return at if deadline is None else min(at, deadline)
+
+    # -- the watchdog ---------------------------------------------------------------------------
+
+    def _deadline(self, flight: InFlight) -> float:
+        return max(flight.started_at, self.activated_at) + self.cfg.job_timeout_s
+
+    def _next_deadline(self) -> float | None:
+        """The deadline of the oldest job in flight not yet told (start order = deadline order)."""
+        for job_id, flight in self.in_flight.items():
+            if job_id not in self.timed_out:
+                return self._deadline(flight)
+        return None
+
+    def _watchdog(self, now: float) -> None:
+        """Tell every job in flight past its deadline that it timed out (once)."""
+        system = self.system
+        for job_id, flight in self.in_flight.items():
+            if job_id in self.timed_out:
+                continue
+            if self._deadline(flight) > now:
+                break
+            self.timed_out.add(job_id)
+            self.after_commit(functools.partial(system.tell, JobActor, job_id, TimedOut()))
 
     def dispatch(self, now: float) -> float | None:
         """Start what the caps allow; return when to look again (None: when something ends)."""
@@ -269,15 +310,14 @@ class QueueActor(DurableActor):
 
     def _wake(self) -> None:
         """Set the alarm to now, unless a dispatch now could start nothing anyway."""
-        if self.cfg.dispatch != "alarm":
-            return
         now = self.clock.now()
         due = self.get_alarm()
         if due is not None and due <= now:
             return  # already due
-        if len(self.in_flight) >= self.cfg.max_concurrency:
-            return  # a finishing job wakes the queue
-        at = max(now, self.meta.paused_until, self.rate.next_token_at(now))
+        if self.cfg.dispatch != "alarm" or len(self.in_flight) >= self.cfg.max_concurrency:
+            at = self._next_alarm(None)  # only the watchdog may need an earlier alarm
+        else:
+            at = max(now, self.meta.paused_until, self.rate.next_token_at(now))
         if due is None or due > at:
             self.set_alarm(at)  # now, or the end of a pause, or the next token's time
 
@@ -291,12 +331,14 @@ class QueueActor(DurableActor):
             q.extend(items)
         else:
             q.append(entry)
+        self.queued += 1
         self.storage.put(pending_key(entry.priority, entry.seq), entry)
 
     def _pop_pending(self, priority: int, seq: int) -> Pending:
         q = self.pending[priority]
         entry = next(e for e in q if e.seq == seq)
         q.remove(entry)
+        self.queued -= 1
         if not q:
             del self.pending[priority]
         self.storage.delete(pending_key(priority, seq))
@@ -319,7 +361,7 @@ class QueueActor(DurableActor):
             self.per_user.pop(user_id, None)
 
     def depth(self) -> int:
-        return sum(len(q) for q in self.pending.values())
+        return self.queued
 
     # -- retention, counters, status -------------------------------------------------------------
 
