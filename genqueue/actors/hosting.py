@@ -19,12 +19,18 @@ import pykka
 if TYPE_CHECKING:
     from genqueue.actors.runtime import ActorSystem, DurableActor
 
-__all__ = ["Envelope", "HostedRef", "Shard", "shard_of"]
+__all__ = ["Envelope", "Envelopes", "HostedRef", "Shard", "shard_of"]
 
 
 class Envelope(msgspec.Struct, frozen=True):
     actor: Any  # DurableActor
     message: Any
+
+
+class Envelopes(msgspec.Struct, frozen=True):
+    """Several envelopes in one hand-off (`ActorSystem.tell_many`), handled in order."""
+
+    items: list[Envelope]
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -40,28 +46,34 @@ class Shard(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Envelope):
-            actor = message.actor
-            with self.system.lock:
-                actor.hosted_pending -= 1
-            if not actor.hosted_started:  # activation runs before the first message's turn
-                actor.hosted_start()
-            if actor.hosted_alive:
-                actor.on_receive(message.message)
+            self._turn(message)
+        elif isinstance(message, Envelopes):
+            for envelope in message.items:
+                self._turn(envelope)
         return None
+
+    def _turn(self, envelope: Envelope) -> None:
+        actor = envelope.actor
+        with self.system.lock:
+            actor.hosted_pending -= 1
+        if not actor.hosted_started:  # activation runs before the first message's turn
+            actor.hosted_start()
+        if actor.hosted_alive:
+            actor.on_receive(envelope.message)
 
 
 class HostedRef:
     """What `ActorSystem.get` returns for a hosted actor: `tell` goes through its shard."""
 
     def __init__(self, shard: pykka.ActorRef[Shard], actor: DurableActor):
-        self._shard = shard
+        self.shard = shard
         self.actor = actor
         self.actor_urn = actor.actor_urn
 
     def tell(self, message: Any) -> None:
         """Called with the system lock held (ActorSystem.tell_internal)."""
         self.actor.hosted_pending += 1
-        self._shard.tell(Envelope(self.actor, message))
+        self.shard.tell(Envelope(self.actor, message))
 
     def is_alive(self) -> bool:
         return bool(self.actor.hosted_alive)

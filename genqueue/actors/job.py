@@ -299,8 +299,7 @@ class JobActor(DurableActor):
         self.after_commit(lambda: publish(new))
 
     def _tell_queue(self, message: Any) -> None:
-        system, queue_cls = self.system, self.svc.queue_cls
-        self.after_commit(lambda: system.tell(queue_cls, "main", message))
+        self.tell_after_commit(self.svc.queue_cls, "main", message)
 
     @staticmethod
     def create(system: ActorSystem, job: Job) -> int:

@@ -19,10 +19,8 @@ it is told `TimedOut`. One timer for all, not one per job.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -108,17 +106,13 @@ class QueueActor(DurableActor):
         for key, flight in self.storage.list("inflight/", InFlight):
             job_id = key.removeprefix("inflight/")
             self._add_flight(job_id, flight)
-            self.after_commit(self._recover_later(job_id))
+            self.tell_after_commit(JobActor, job_id, Recover())
         if self.meta.next_retention_at == 0.0:
             self.meta.next_retention_at = now + self.cfg.retention_interval_s
         if self.cfg.dispatch == "cron":
             self.set_alarm(now + self.cfg.cron_interval_s)
         else:
             self.set_alarm(now)
-
-    def _recover_later(self, job_id: str) -> Callable[[], None]:
-        system = self.system
-        return lambda: system.tell(JobActor, job_id, Recover())
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -266,14 +260,13 @@ class QueueActor(DurableActor):
 
     def _watchdog(self, now: float) -> None:
         """Tell every job in flight past its deadline that it timed out (once)."""
-        system = self.system
         for job_id, flight in self.in_flight.items():
             if job_id in self.timed_out:
                 continue
             if self._deadline(flight) > now:
                 break
             self.timed_out.add(job_id)
-            self.after_commit(functools.partial(system.tell, JobActor, job_id, TimedOut()))
+            self.tell_after_commit(JobActor, job_id, TimedOut())
 
     def dispatch(self, now: float) -> float | None:
         """Start what the caps allow; return when to look again (None: when something ends)."""
@@ -305,8 +298,7 @@ class QueueActor(DurableActor):
         self.meta.spent_tokens = self.rate.snapshot()
         self._save_meta()
         self.stats.started(now - entry.enqueued_at)
-        system, job_id, wait = self.system, entry.job_id, now - entry.enqueued_at
-        self.after_commit(lambda: system.tell(JobActor, job_id, Start(wait)))
+        self.tell_after_commit(JobActor, entry.job_id, Start(now - entry.enqueued_at))
 
     def _wake(self) -> None:
         """Set the alarm to now, unless a dispatch now could start nothing anyway."""

@@ -25,7 +25,7 @@ import msgspec
 import pykka
 
 from genqueue.actors.bridge import Outcome, Reply, SyncWaiter, future_reply, spawn
-from genqueue.actors.hosting import HostedRef, Shard, shard_of
+from genqueue.actors.hosting import Envelope, Envelopes, HostedRef, Shard, shard_of
 from genqueue.actors.scheduler import Scheduler
 from genqueue.clock import Clock, RealClock
 from genqueue.storage.state import Namespace, StateStore
@@ -156,6 +156,7 @@ class DurableActor(pykka.ThreadingActor):
         self._alarm: AlarmRecord | None = None
         self._alarm_handle: int | None = None
         self._deferred: list[Callable[[], None]] = []
+        self._tells: list[tuple[type[DurableActor], str, Any]] | None = None  # this turn's
         self._tasks: dict[int, Callable[[Outcome], None]] = {}
         self.last_active = self.clock.now()
         self.hosted_alive = True
@@ -215,6 +216,15 @@ class DurableActor(pykka.ThreadingActor):
         """Run `fn` once this turn's writes are durable (for messages that depend on them)."""
         self._deferred.append(fn)
 
+    def tell_after_commit(self, cls: type[DurableActor], key: str, message: Any) -> None:
+        """Send `message` once this turn's writes are durable. A turn's messages leave together
+        (`ActorSystem.tell_many`: one hand-off per shard, not one per message)."""
+        if self._tells is None:
+            tells = self._tells = []
+            system = self.system
+            self._deferred.append(lambda: system.tell_many(tells))
+        self._tells.append((cls, key, message))
+
     def run_async(
         self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Outcome], None] | str
     ) -> int:
@@ -230,9 +240,8 @@ class DurableActor(pykka.ThreadingActor):
         cls, key, system = type(self), self.key, self.system
         system.own_task(cls, key, token)
 
-        def back(outcome: Outcome) -> None:
-            with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
-                system.tell_internal(cls, key, _TaskDone(token, on_done, outcome))
+        def back(outcome: Outcome) -> None:  # on the loop
+            system.tell_from_loop(cls, key, _TaskDone(token, on_done, outcome))
 
         loop = self.system.loop
         if loop is None:
@@ -297,6 +306,7 @@ class DurableActor(pykka.ThreadingActor):
             # A failed turn stores nothing; a failed tell restarts the actor from storage.
             self.system.store.discard_turn()
             self._deferred.clear()
+            self._tells = None
             self._passivate_after_turn = False
             self._end_turn(reply, False, exc)
             if reply is None:
@@ -311,6 +321,7 @@ class DurableActor(pykka.ThreadingActor):
 
     def _end_turn(self, reply: Reply | None, ok: bool, value: Any) -> None:
         deferred, self._deferred = self._deferred, []
+        self._tells = None
         if reply is None and not deferred:
             return
         store = self.system.store
@@ -366,6 +377,7 @@ class DurableActor(pykka.ThreadingActor):
             self.system.store.discard_turn()
             self.system.store.begin_turn()
             self._deferred.clear()
+            self._tells = None
             self._retry_alarm(current, exc)
             return
         if self._alarm is None:
@@ -440,6 +452,7 @@ class ActorSystem:
         self._kinds: dict[str, type[DurableActor]] = {}
         self._token = 0
         self._stopped = False
+        self._loop_tells: list[tuple[type[DurableActor], str, Any]] = []  # loop thread only
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -565,6 +578,39 @@ class ActorSystem:
                 if live is ref:
                     ref.tell(message)
                     return
+
+    def tell_many(self, messages: list[tuple[type[DurableActor], str, Any]]) -> None:
+        """Send each `(cls, key, message)`, in order. Messages to hosted actors go to their
+        shard as one batch per shard: one queue hand-off (and wake-up) for many messages."""
+        batches: dict[int, tuple[pykka.ActorRef[Shard], list[Envelope]]] = {}
+        others = []
+        with self.lock:
+            for cls, key, message in messages:
+                if not cls.hosted:
+                    others.append((cls, key, message))
+                    continue
+                ref = self._get_hosted(cls, key)
+                # Counted under the lock that passivation takes: it will not stop meanwhile.
+                ref.actor.hosted_pending += 1
+                batch = batches.setdefault(id(ref.shard), (ref.shard, []))
+                batch[1].append(Envelope(ref.actor, message))
+        for shard, envelopes in batches.values():
+            shard.tell(Envelopes(envelopes))
+        for cls, key, message in others:
+            self.tell_internal(cls, key, message)
+
+    def tell_from_loop(self, cls: type[DurableActor], key: str, message: Any) -> None:
+        """`tell`, from the I/O loop's thread: what this loop iteration sends leaves together
+        at its end (`tell_many`)."""
+        if not self._loop_tells:
+            assert self.loop is not None
+            self.loop.call_soon(self._flush_loop_tells)
+        self._loop_tells.append((cls, key, message))
+
+    def _flush_loop_tells(self) -> None:
+        tells, self._loop_tells = self._loop_tells, []
+        with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
+            self.tell_many(tells)
 
     def ask(self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0) -> Any:
         """Send `message` and wait (in a plain thread) for the gated reply."""
