@@ -28,7 +28,7 @@ import msgspec
 from genqueue.actors.job import ReportFn
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
-from genqueue.errors import ProviderError
+from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo3 import Operation, Veo3Client, VideoParams
@@ -179,7 +179,14 @@ class GenerationActor:
         async def upload() -> Any:
             chunks = self.client.download(op.videos[0])
             async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-                return await self.store.put_stream(job.user_id, job.id, chunks)
+                try:
+                    return await self.store.put_stream(job.user_id, job.id, chunks)
+                except StorageError as exc:
+                    # The store refusing (S3 503s, a full disk) is a transient failure of
+                    # this generation, retried like Veo's; never an "internal error".
+                    raise ProviderError(
+                        f"storing the video failed: {exc}", retryable=True, code="storage_error"
+                    ) from exc
 
         stored = await self._retry("download", upload)
         log.info(
