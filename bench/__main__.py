@@ -1,6 +1,7 @@
 """`python -m bench NAME [NAME ...]`: run benchmarks by name; no name lists them.
 
-Add one by putting `"name": "module:function"` in BENCHES (imported only when run).
+Add one by putting `"name": "module:function"` in BENCHES (imported only when run). Options
+after the names (`python -m bench compare --rounds 5`) are left for the benchmarks to read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ BENCHES: dict[str, str] = {
     "webhook": "bench.webhook_bench:main",
     "http": "bench.http_bench:main",
     "restart": "bench.restart_bench:main",
+    "compare": "bench.compare_bench:main",
 }
 
 
@@ -24,6 +26,8 @@ def run(name: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    flags = [i for i, a in enumerate(argv) if a.startswith("-")]
+    argv = argv[: flags[0]] if flags else argv
     unknown = [n for n in argv if n not in BENCHES]
     if not argv or unknown:
         if unknown:
