@@ -212,9 +212,9 @@ async def assert_delivered(
         session, set(jobs), {"generation.completed"}, HOOK_TIMEOUT_S
     )
     for job_id, deliveries in hooks.items():
-        ends = {(d["event"], d["id"], d["sha256"]) for d in deliveries if d["event"] != "x"}
-        assert len(ends) == 1, f"{job_id}: {ends}"
-        (end,) = [d for d in deliveries if d["event"] == "generation.completed"][:1]
+        events = {(d["event"], d["id"], d["sha256"]) for d in deliveries}
+        assert len(events) == 1, f"{job_id}: {events}"  # its completion, and nothing else
+        end = deliveries[0]
         assert end["payload"]["result"]["videoUrl"] == jobs[job_id]["result"]["videoUrl"]
 
 
@@ -230,15 +230,23 @@ async def one_paid_start_each(
     return ops
 
 
-def resumed(srv: Server, job_id: str) -> bool:
-    """Whether the server's log shows the job resuming its stored operation (not a new one)."""
+def log_records(srv: Server) -> list[dict[str, Any]]:
+    """The server's JSON log lines so far."""
+    records = []
     for line in srv.child.err_path.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
-            rec = json.loads(line)
-            started = rec.get("event") == "generation started" and rec.get("job_id") == job_id
-            if started and rec.get("resumed"):
-                return True
-    return False
+            records.append(json.loads(line))
+    return records
+
+
+def resumed(srv: Server, job_id: str) -> bool:
+    """Whether the server's log shows the job resuming its stored operation (not a new one)."""
+    return any(
+        rec.get("event") == "generation started"
+        and rec.get("job_id") == job_id
+        and rec.get("resumed")
+        for rec in log_records(srv)
+    )
 
 
 # -- Veo ----------------------------------------------------------------------------------------
@@ -368,6 +376,20 @@ def test_s3_refusing_writes_for_a_while_delays_the_videos_and_loses_none(
             return world.gate.refused >= 8, world.gate.refused
 
         await eventually(refused, "S3 refused 8 writes", JOB_TIMEOUT_S)
+
+        async def uploads_failed() -> tuple[bool, Any]:
+            # Each job's upload failed as a whole (botocore's own retries spent), and the
+            # generation retries it.
+            failed = {
+                j
+                for j in prompts
+                for rec in log_records(server)
+                if "storing the video failed" in str(rec.get("error"))
+                and video_key(j) in str(rec.get("error"))
+            }
+            return failed == set(prompts), failed
+
+        await eventually(uploads_failed, "both uploads failed and retried", JOB_TIMEOUT_S)
         during = {j: (await api.job(j))["status"] for j in prompts}
         assert set(during.values()) <= {"processing", "retry_wait", "queued"}, during
         world.gate.refusing = False
