@@ -2,10 +2,13 @@
 
 Stored keys (its own instance, "main"):
     pending/{10-priority:02}/{seq:016}  -> Pending      (key order = dispatch order)
-    inflight/{job_id}                   -> InFlight
     finished/{finished_ms:015}/{job_id} -> user id      (the retention index)
     meta                                -> QueueMeta    (sequence, counters, rate window)
-Start-up reads only pending and in-flight keys: finished history costs nothing.
+A job's `pending/` entry lives from its submission to its end: waiting while its
+`started_at` is None, in flight once dispatched (one put at dispatch, no move to
+another key). Start-up reads only these entries: finished history costs nothing.
+Versions before this layout kept in-flight jobs under `inflight/{job_id}`; activation
+moves any such entry to the new layout.
 
 Dispatch ("alarm" mode): the alarm pops jobs while `in_flight < max_concurrency`,
 the user's cap allows and the rate limit has a token; an empty bucket sets the
@@ -49,14 +52,27 @@ log = logging.getLogger("genqueue.queue")
 
 
 class Pending(msgspec.Struct, frozen=True):
+    """A job the queue holds: waiting, or in flight since `started_at`."""
+
     job_id: str
     user_id: str
     priority: int
     seq: int
     enqueued_at: float
+    started_at: float | None = None
 
 
 class InFlight(msgspec.Struct, frozen=True):
+    """A job in flight (in memory; stored as its Pending entry with `started_at`)."""
+
+    user_id: str
+    started_at: float
+    key: str = ""  # its stored entry
+
+
+class LegacyInFlight(msgspec.Struct, frozen=True):
+    """`inflight/{job_id}` as stored by versions before the single-entry layout."""
+
     user_id: str
     started_at: float
 
@@ -99,13 +115,15 @@ class QueueActor(DurableActor):
     def activate(self) -> None:
         self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
         self.rate.load(self.meta.spent_tokens)
-        for _, entry in self.storage.list("pending/", Pending):
-            self.pending.setdefault(entry.priority, deque()).append(entry)
-            self.queued += 1
         self.activated_at = now = self.clock.now()
-        for key, flight in self.storage.list("inflight/", InFlight):
-            job_id = key.removeprefix("inflight/")
-            self._add_flight(job_id, flight)
+        for key, entry in self.storage.list("pending/", Pending):
+            if entry.started_at is None:
+                self.pending.setdefault(entry.priority, deque()).append(entry)
+                self.queued += 1
+            else:
+                self._add_flight(entry.job_id, InFlight(entry.user_id, entry.started_at, key))
+        self._migrate_legacy_in_flight(now)
+        for job_id in self.in_flight:
             self.tell_after_commit(JobActor, job_id, Recover())
         if self.meta.next_retention_at == 0.0:
             self.meta.next_retention_at = now + self.cfg.retention_interval_s
@@ -113,6 +131,23 @@ class QueueActor(DurableActor):
             self.set_alarm(now + self.cfg.cron_interval_s)
         else:
             self.set_alarm(now)
+
+    def _migrate_legacy_in_flight(self, now: float) -> None:
+        """Move `inflight/{job_id}` entries of older versions to their `pending/` entry."""
+        for key, legacy in self.storage.list("inflight/", LegacyInFlight):
+            job_id = key.removeprefix("inflight/")
+            self.storage.delete(key)
+            job = JobActor.read(self.system, job_id)
+            if job is None:
+                log.warning("in-flight entry of unknown job %s dropped", job_id)
+                continue
+            queued_at = job.queued_at or now
+            entry = Pending(
+                job_id, legacy.user_id, job.priority, job.seq, queued_at, legacy.started_at
+            )
+            new_key = pending_key(job.priority, job.seq)
+            self.storage.put(new_key, entry)
+            self._add_flight(job_id, InFlight(legacy.user_id, legacy.started_at, new_key))
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -129,7 +164,7 @@ class QueueActor(DurableActor):
                 now = self.clock.now()
                 self._enqueue(Pending(job_id, user_id, priority, seq, now))
                 if self.cfg.dispatch == "immediate":  # like a submit: start at once
-                    self._start(self._pop_pending(priority, seq), now)
+                    self._start(self._take_pending(priority, seq), now)
                 self._wake()
             case Remove():
                 self._removed(message)
@@ -160,7 +195,7 @@ class QueueActor(DurableActor):
         publish = self.svc.publish
         self.after_commit(lambda: publish(job))
         if self.cfg.dispatch == "immediate":
-            self._start(self._pop_pending(job.priority, seq), now)
+            self._start(self._take_pending(job.priority, seq), now)
         self._wake()  # alarm mode: dispatch now; every mode: the watchdog's deadline
         return job, True
 
@@ -177,7 +212,7 @@ class QueueActor(DurableActor):
             return  # already accounted (a repeated report after a restart)
         self.timed_out.discard(msg.job_id)
         self._drop_user(msg.user_id)
-        self.storage.delete(f"inflight/{msg.job_id}")
+        self.storage.delete(flight.key)
         if msg.status == "retry_wait":
             self.retry_wait += 1
             self._count("retried")
@@ -280,7 +315,7 @@ class QueueActor(DurableActor):
             if token_at > now:
                 return token_at
             self.rate.spend(now)
-            self._start(self._pop_pending(entry.priority, entry.seq), now)
+            self._start(self._take_pending(entry.priority, entry.seq), now)
         return None
 
     def _next_eligible(self) -> Pending | None:
@@ -292,9 +327,10 @@ class QueueActor(DurableActor):
         return None
 
     def _start(self, entry: Pending, now: float) -> None:
-        flight = InFlight(entry.user_id, now)
-        self._add_flight(entry.job_id, flight)
-        self.storage.put(f"inflight/{entry.job_id}", flight)
+        """Dispatch a job taken off the waiting line: its entry is stored as in flight."""
+        key = pending_key(entry.priority, entry.seq)
+        self._add_flight(entry.job_id, InFlight(entry.user_id, now, key))
+        self.storage.put(key, msgspec.structs.replace(entry, started_at=now))
         self.meta.spent_tokens = self.rate.snapshot()
         self._save_meta()
         self.stats.started(now - entry.enqueued_at)
@@ -326,20 +362,21 @@ class QueueActor(DurableActor):
         self.queued += 1
         self.storage.put(pending_key(entry.priority, entry.seq), entry)
 
-    def _pop_pending(self, priority: int, seq: int) -> Pending:
+    def _take_pending(self, priority: int, seq: int) -> Pending:
+        """Take an entry off the waiting line (in memory; its stored entry stays)."""
         q = self.pending[priority]
         entry = next(e for e in q if e.seq == seq)
         q.remove(entry)
         self.queued -= 1
         if not q:
             del self.pending[priority]
-        self.storage.delete(pending_key(priority, seq))
         return entry
 
     def _remove_pending(self, priority: int, seq: int, job_id: str) -> None:
         q = self.pending.get(priority)
         if q is not None and any(e.seq == seq and e.job_id == job_id for e in q):
-            self._pop_pending(priority, seq)
+            self._take_pending(priority, seq)
+            self.storage.delete(pending_key(priority, seq))
 
     def _add_flight(self, job_id: str, flight: InFlight) -> None:
         self.in_flight[job_id] = flight
