@@ -95,6 +95,13 @@ class Child:
         last = "\n".join(text.splitlines()[-lines:])
         return f"\n--- {self.name} stderr (last {lines} lines) ---\n{last}"
 
+    def sigkill(self) -> None:
+        """SIGKILL, as a crash: nothing of the process runs after it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._close_files()
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then SIGKILL if it lingers `timeout_s`; the exit code (None if never
         started)."""
@@ -107,10 +114,13 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._close_files()
+        return self.proc.returncode
+
+    def _close_files(self) -> None:
         for f in self._files:
             f.close()
         self._files = []
-        return self.proc.returncode
 
     def wait_http(self, url: str, timeout_s: float = START_TIMEOUT_S) -> None:
         """Until `url` answers 200; fails at once if the child exits, or after `timeout_s`."""

@@ -32,24 +32,16 @@ import base64
 import collections
 import contextlib
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers_procs import MAIN, Child, child_env, free_port
 
-from genqueue.config import ENV_NAMES
-
-ROOT = Path(__file__).resolve().parent.parent
-MAIN = str(ROOT / "main.py")
 RECEIVER = str(Path(__file__).resolve().parent / "crash_loop_receiver.py")
 
 SEED = 20250107
@@ -70,22 +62,6 @@ START_TIMEOUT_S = 20.0  # a process answering after its start
 SUBMIT_TIMEOUT_S = 60.0  # every job acknowledged, all kills done
 DRAIN_TIMEOUT_S = 40.0  # every job terminal after that
 WEBHOOK_TIMEOUT_S = 20.0  # every completion webhook received after that
-STOP_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment without any genqueue / Veo / webhook setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
-    env.pop("GENQUEUE_URL", None)
-    env.pop("GENQUEUE_KEY", None)
-    env.update(PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def server_env(veo_url: str, **extra: str) -> dict[str, str]:
@@ -97,53 +73,6 @@ def server_env(veo_url: str, **extra: str) -> dict[str, str]:
         GENQUEUE_MAX_CONCURRENCY="32",
         **extra,
     )
-
-
-class Child:
-    """A child process whose stdout and stderr go to `{name}.out` / `{name}.err` in `logs`."""
-
-    def __init__(self, args: list[str], logs: Path, name: str, env: dict[str, str]):
-        self.args, self.name, self.env = args, name, env
-        self.out_path, self.err_path = logs / f"{name}.out", logs / f"{name}.err"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._files: list[IO[bytes]] = []
-
-    def start(self) -> Child:
-        out, err = open(self.out_path, "wb"), open(self.err_path, "wb")  # noqa: SIM115
-        self._files = [out, err]
-        self.proc = subprocess.Popen(
-            [sys.executable, *self.args], env=self.env, cwd=ROOT, stdout=out, stderr=err
-        )
-        return self
-
-    def tail(self, lines: int = 15) -> str:
-        text = self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
-        last = "\n".join(text.splitlines()[-lines:])
-        return f"\n--- {self.name} stderr (last {lines} lines) ---\n{last}"
-
-    def sigkill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=STOP_TIMEOUT_S)
-        self._close_files()
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it lingers; the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-        self._close_files()
-        return self.proc.returncode
-
-    def _close_files(self) -> None:
-        for f in self._files:
-            f.close()
-        self._files = []
 
 
 def fake_veo(logs: Path) -> tuple[Child, str]:
