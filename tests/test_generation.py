@@ -204,7 +204,6 @@ def served(size: int) -> bytes:
 # -- through the queue ----------------------------------------------------------------------------
 
 
-
 def direct_job(rig: Rig, job_id: str, user_id: str, prompt: str) -> Job:
     """A job record for calling the actor without a queue."""
     now = rig.clock.now()
@@ -221,6 +220,7 @@ def direct_job(rig: Rig, job_id: str, user_id: str, prompt: str) -> Job:
         updated_at=now,
     )
 
+
 def test_success_stores_the_served_video(rig: Rig) -> None:
     q, w = rig.queue(rig.actor())
     job = q.submit({"prompt": "a red fox in the snow"}, user_id="u1")
@@ -236,13 +236,13 @@ def test_success_stores_the_served_video(rig: Rig) -> None:
     assert rig.worker.run(read_all(rig.worker.store, key)) == served(SIZE)
     op = checkpointed(w, job.id)
     assert op is not None and op in rig.fake.operations
-    # latency 30 s, a poll every 10 s: polls at 0, 10, 20 and 30 s; one paid start
-    assert (rig.fake.starts, rig.fake.operations[op].polls, rig.fake.downloads) == (1, 4, 1)
+    # latency 30 s, a poll every 10 s from the start: polls at 10, 20 and 30 s; one paid start
+    assert (rig.fake.starts, rig.fake.operations[op].polls, rig.fake.downloads) == (1, 3, 1)
     # the plan's API metrics, as /api/queue/status shows them under "provider"
     stats = q.status().provider
-    assert (stats["starts"], stats["polls"], stats["downloads"]) == (1, 4, 1)
-    assert stats["calls"] == 6 and stats["errors"] == 0 and stats["rateLimited"] == 0
-    assert stats["callsPerMinute"] == 6  # all within the last 30 s
+    assert (stats["starts"], stats["polls"], stats["downloads"]) == (1, 3, 1)
+    assert stats["calls"] == 5 and stats["errors"] == 0 and stats["rateLimited"] == 0
+    assert stats["callsPerMinute"] == 5  # all within the last 30 s
     rig.clock.advance(61)
     assert q.status().provider["callsPerMinute"] == 0
 
@@ -273,7 +273,10 @@ def test_5xx_on_poll_then_success(rig: Rig) -> None:
     rig.fake.fail_polls(500, count=1, html=True)  # a proxy's HTML page, not Google's JSON
     q, w = rig.queue(rig.actor())
     job = q.submit({"prompt": "a flaky network"})
-    assert next_delay(rig.clock) == 1  # backoff 1 s, then 2 s
+    assert next_delay(rig.clock) == 10  # the first poll, one interval after the start
+    rig.clock.advance(10)
+    poll_until(lambda: rig.poll_requests() == 1, "the first poll")
+    assert next_delay(rig.clock) == 1  # it failed: backoff 1 s, then 2 s
     rig.clock.advance(1)
     poll_until(lambda: rig.poll_requests() == 2, "the second poll")
     assert next_delay(rig.clock) == 2
@@ -330,7 +333,7 @@ def test_timeout_fails_with_a_clear_message(rig: Rig) -> None:
     assert done.status == "failed"
     assert done.error == "Veo did not finish within 25 s"
     assert (rig.fake.starts, rig.fake.downloads, done.attempts) == (1, 0, 1)
-    assert rig.poll_requests() == 4  # at 0, 10, 20 and 30 s: 30 s is past the 25 s limit
+    assert rig.poll_requests() == 3  # at 10, 20 and 30 s: 30 s is past the 25 s limit
 
 
 def test_cancel_during_polling_stops_polling(rig: Rig) -> None:
@@ -338,8 +341,9 @@ def test_cancel_during_polling_stops_polling(rig: Rig) -> None:
     q, w = rig.queue(rig.actor())
     job = q.submit({"prompt": "never mind"})
     poll_until(lambda: checkpointed(w, job.id) is not None, "the operation checkpoint")
-    rig.clock.advance(next_delay(rig.clock))  # one poll interval: the second poll
-    poll_until(lambda: rig.poll_requests() == 2 and bool(wakes(rig.clock)), "polling")
+    assert next_delay(rig.clock) == 10.0  # a fresh operation: first polled one interval on
+    rig.clock.advance(10)
+    poll_until(lambda: rig.poll_requests() == 1 and bool(wakes(rig.clock)), "polling")
     q.cancel(job.id, "user changed their mind")
     done = w.wait_status(job.id, "cancelled")
     assert done.error == "user changed their mind"
@@ -347,7 +351,7 @@ def test_cancel_during_polling_stops_polling(rig: Rig) -> None:
     rig.clock.advance(100)  # ten poll intervals: nobody is left to poll
     assert rig.worker is not None
     rig.worker.run(asyncio.sleep(0))
-    assert rig.poll_requests() == 2
+    assert rig.poll_requests() == 1
     assert (rig.fake.starts, rig.fake.downloads) == (1, 0)
     assert q.get(job.id).status == "cancelled"
 
@@ -358,7 +362,8 @@ def test_restart_during_polling_resumes_the_same_operation(rig: Rig) -> None:
     poll_until(lambda: checkpointed(w1, job.id) is not None, "the operation checkpoint")
     op = checkpointed(w1, job.id)
     assert op is not None
-    next_delay(rig.clock)  # polling: started, checkpointed, polled once, now sleeping
+    rig.clock.advance(next_delay(rig.clock))  # started, checkpointed: the first poll
+    poll_until(lambda: rig.poll_requests() == 1 and bool(wakes(rig.clock)), "polling")
     rig.stop_worker()  # the process stops: queue closed, the loop and its coroutine gone
     assert rig.fake.operations[op].polls == 1
     rig.clock.advance(15)  # time passes while nothing runs
@@ -416,7 +421,7 @@ def test_large_video_streams_to_s3_in_flat_memory(rig: Rig, moto_endpoint: str) 
     worker = rig.start_worker(store)
     rig.fake.latency_s = 0
     rig.fake.video_size = total
-    actor = rig.actor()
+    actor = rig.actor(polling_interval_s=0)  # the clock stands still: poll at once
     job = direct_job(rig, "big-1", "u3", "a long, detailed video")
     reports: list[dict[str, Any]] = []
 

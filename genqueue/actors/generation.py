@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -80,10 +81,11 @@ class GenerationActor:
         log.info("generation started", extra={**ids, "resumed": ckpt.operation is not None})
         try:
             while True:
-                if ckpt.operation is None:
+                fresh = ckpt.operation is None
+                if fresh:
                     ckpt = await self._start(job, ckpt, report)
                 try:
-                    op = await self._poll_until_done(job, ckpt, report)
+                    op = await self._poll_until_done(job, ckpt, report, fresh=fresh)
                     break
                 except ProviderError as exc:
                     # A failed operation that may be retried, or one the provider no longer
@@ -148,12 +150,21 @@ class GenerationActor:
         return ckpt
 
     async def _poll_until_done(
-        self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn
+        self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn, *, fresh: bool
     ) -> Operation:
+        """Poll on a fixed grid, `polling_interval_s` apart from the operation's start, so time
+        spent in the calls themselves does not push each poll later. A fresh operation is
+        first polled one interval after its start (Veo never finishes sooner than ~11 s); a
+        resumed one at once, then on the grid."""
         assert ckpt.operation is not None
         started = ckpt.started_at or self.clock.now()
+        interval = self.polling_interval_s
         reported = 0
+        ticks = 1 if fresh else 0
         while True:
+            delay = started + ticks * interval - self.clock.now()
+            if delay > 0:
+                await self.clock.sleep(delay)
             op = await self._retry("poll", lambda: self.client.poll(ckpt.operation or ""))
             if op.done:
                 return op
@@ -168,7 +179,9 @@ class GenerationActor:
             if progress >= reported + PROGRESS_STEP:  # each report is a durable write
                 await report(progress=progress)
                 reported = progress
-            await self.clock.sleep(self.polling_interval_s)
+            # The next grid point after now (polls that fell behind are not made up).
+            behind = math.floor((self.clock.now() - started) / interval) if interval > 0 else 0
+            ticks = max(ticks + 1, behind + 1)
 
     async def _store(self, job: Job, op: Operation, report: ReportFn, t0: float) -> JobResult:
         if not op.videos:
