@@ -13,8 +13,6 @@ refuse writes with 503 for a while; a webhook receiver verifying signatures with
 - the data directory turning read-only under the running server (an ext4 loop mount that
   the kernel remounts read-only on an error, as it does on a failing disk): new jobs get
   503, and none acknowledged is lost. Mounting needs root; without it that case skips.
-  The 503 half is an expected failure for now: a read can hang on the store's dead SQLite
-  worker (see its xfail reason).
 Short polls, backoffs and webhook retries come from configuration; no test sleeps to wait
 for something, and every wait has a deadline and says what it waited for.
 """
@@ -577,13 +575,6 @@ def test_a_data_directory_turned_read_only_loses_no_acknowledged_job(
     assert set(ro.refused_after.values()) <= {404}, ro.refused_after  # nothing of them kept
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: it passes when no read was queued behind the refused commit
-    reason="genqueue/storage/state.py (owned elsewhere): StateStore._select waits with no "
-    "deadline for sqlitedict's worker thread, which a refused commit kills; a read queued "
-    "behind that commit (or in the 0.1 s before the committer sees the worker dead) blocks "
-    "the QueueActor forever, so POSTs hang instead of answering 503",
-)
 def test_a_data_directory_turned_read_only_refuses_new_jobs_with_503(
     read_only_run: ReadOnlyRun,
 ) -> None:

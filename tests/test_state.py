@@ -18,6 +18,7 @@ from helpers_kill import kill_after
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from genqueue.errors import StorageError
 from genqueue.storage.state import Namespace, StateStore
 
 
@@ -404,3 +405,32 @@ def test_writes_waiting_for_the_commit_are_read_and_listed(store: StateStore) ->
     assert [k for k, _ in listed[1:]] == [f"k/{i:04d}" for i in range(1, 1000, 2)]
     store.flush()
     assert ns.list("k/") == listed
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_read_fails_promptly_when_the_sqlite_worker_has_died(tmp_path: Path) -> None:
+    """A commit refused by the disk kills sqlitedict's worker thread (see
+    test_faults_storage.py); a read sent to it then must fail, not wait forever."""
+    store = StateStore(tmp_path / "state.db")
+    ns = store.namespace("reads")
+    ns.put("k", 1)
+    store.flush()
+    store._conn.reqs.put(None)  # a request the worker cannot unpack: its thread ends
+    store._conn.join(timeout=10)
+    assert not store._conn.is_alive()
+    outcome: list[BaseException | None] = []
+    reader = threading.Thread(target=lambda: outcome.append(_read_error(ns)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "the read waited for a dead worker"
+    assert isinstance(outcome[0], StorageError), outcome
+    assert "SQLite worker died" in str(outcome[0])
+    store.close()
+
+
+def _read_error(ns: Namespace) -> BaseException | None:
+    try:
+        ns.list("")
+    except BaseException as exc:
+        return exc
+    return None

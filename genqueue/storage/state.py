@@ -236,19 +236,38 @@ class StateStore:
 
     def _select(self, sql: str, args: tuple[Any, ...], *, drain: bool = False) -> list[Any]:
         """Run a query on the worker; `drain` first hands it the pending writes (a listing
-        must see them), in the same locked step so the query is queued behind them."""
+        must see them), in the same locked step so the query is queued behind them.
+
+        A commit refused by the disk kills sqlitedict's worker, and a query queued behind it
+        would wait forever: the answer is awaited in short steps, checking the worker lives.
+        """
         self._check()
-        if not drain:
-            try:
-                return list(self._conn.select(sql, args))
-            except Exception as exc:  # sqlitedict re-raises the worker's error here
-                raise StorageError(f"state store read failed: {exc}") from exc
         rows: queue.Queue[Any] = queue.Queue()
-        with self._cv:
-            self._drain_pending()
-            self._conn.execute(sql, args, rows)
+        try:
+            if drain:
+                with self._cv:
+                    self._drain_pending()
+                    self._conn.execute(sql, args, rows)
+            else:
+                self._conn.execute(sql, args, rows)
+        except Exception as exc:  # sqlitedict re-raises the worker's last error here
+            raise StorageError(f"state store read failed: {exc}") from exc
         out = []
-        while (row := rows.get()) != _NO_MORE:
+        while True:
+            try:
+                row = rows.get(timeout=0.1)
+            except queue.Empty:
+                if not self._conn.is_alive():
+                    self._check()
+                    died = StorageError("state store read failed: the SQLite worker died")
+                    with self._cv:  # the store is failed: writes refused, close forced
+                        if self._failure is None:
+                            self._failure = died
+                        self._cv.notify_all()
+                    raise died from None
+                continue
+            if row == _NO_MORE:
+                break
             out.append(row)
         try:
             self._conn.check_raise_error()
