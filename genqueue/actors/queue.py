@@ -154,9 +154,13 @@ class QueueActor(DurableActor):
     def receive(self, message: Any) -> Any:
         match message:
             case Submit(job=job, client_id=client_id):
-                return self._submit(job, client_id)
+                submitted = self._submit(job, client_id)
+                self._arrived()
+                return submitted
             case SubmitMany(submissions=submissions):
-                return [self._submit(sub.job, sub.client_id) for sub in submissions]
+                results = [self._submit(sub.job, sub.client_id) for sub in submissions]
+                self._arrived()
+                return results
             case Finished():
                 return self._finished(message)
             case Requeue(job_id=job_id, user_id=user_id, priority=priority, seq=seq):
@@ -165,7 +169,7 @@ class QueueActor(DurableActor):
                 self._enqueue(Pending(job_id, user_id, priority, seq, now))
                 if self.cfg.dispatch == "immediate":  # like a submit: start at once
                     self._start(self._take_pending(priority, seq), now)
-                self._wake()
+                self._arrived()
             case Remove():
                 self._removed(message)
             case PauseDispatch(until=until):
@@ -196,8 +200,16 @@ class QueueActor(DurableActor):
         self.after_commit(lambda: publish(job))
         if self.cfg.dispatch == "immediate":
             self._start(self._take_pending(job.priority, seq), now)
-        self._wake()  # alarm mode: dispatch now; every mode: the watchdog's deadline
         return job, True
+
+    def _arrived(self) -> None:
+        """Jobs joined the line. Alarm mode dispatches in this turn (what an alarm set to now
+        would do, without the round trip through the scheduler: the dispatch is committed
+        with the submission); every mode keeps the alarm the watchdog needs."""
+        if self.cfg.dispatch == "alarm":
+            self._dispatch_here()
+        else:
+            self._wake()
 
     def _index(self, job: Job) -> int:
         """List order for `GET /api/generations`: per user and for admins, newest first."""
