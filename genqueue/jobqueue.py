@@ -355,7 +355,8 @@ class JobQueue:
     def _publish(self, job: Job) -> None:
         if self._webhooks is not None:
             self._webhooks.published(job)
-        self._events.put(job)
+        if self._subscribers:  # `join` is woken by the queue's idle signal, not by events
+            self._events.put(job)
 
     def _record_error(self, job_id: str, exc: BaseException) -> None:
         self._errors.append(exc)
