@@ -3,8 +3,9 @@
 Two backends share the `VideoStore` protocol:
 
 - `LocalStore` keeps files in a folder, `root/videos/{user_id}/{job_id}.mp4`. Each video is
-  written to a temporary file beside its final name, fsynced and renamed into place, so a
-  reader never sees half a video and a failed upload leaves the previous one intact.
+  written to a temporary file beside its final name, synced and renamed into place, so a
+  reader never sees half a video and a failed upload leaves the previous one intact. Videos
+  that finish together are synced together (`filesync.FileCommitter`).
 - `S3Store` streams into an S3-compatible bucket (R2, S3, MinIO) with aiobotocore, one part
   of `part_size` bytes in memory at a time; a failed multipart upload is aborted.
 
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
@@ -32,6 +31,7 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 
 from genqueue.errors import StorageError
+from genqueue.storage.filesync import FileCommitter, open_temp
 
 __all__ = ["MIN_PART_SIZE", "LocalStore", "S3Store", "StoredVideo", "VideoStore", "video_key"]
 
@@ -113,6 +113,7 @@ class LocalStore:
     def __init__(self, root: Path, public_base_url: str) -> None:
         self.root = Path(root)
         self.public_base_url = public_base_url
+        self._files = FileCommitter()
 
     async def start(self) -> None:
         try:
@@ -133,14 +134,30 @@ class LocalStore:
     ) -> StoredVideo:
         key = video_key(user_id, job_id)
         path = self.root / key
-        handle, temp = await _in_thread(f"create a temporary file for {key}", _open_temp, path)
+        # Up to a block stays in memory; a video longer than that goes to a temporary file
+        # block by block, each write in a worker thread. The last block is written by the
+        # committer, in the thread call that syncs a group of videos.
+        opened: tuple[BinaryIO, Path] | None = None
+        block = bytearray()
+        size = 0
         try:
-            size = await _write_chunks(handle, chunks, key)
-            await _in_thread(f"commit {key}", _commit, handle, temp, path)
+            async for chunk in chunks:
+                block += chunk
+                size += len(chunk)
+                if len(block) >= _BLOCK_BYTES:
+                    if opened is None:
+                        opened = await _in_thread(f"create a file for {key}", open_temp, path)
+                    await _in_thread(f"write {key}", opened[0].write, block)
+                    block = bytearray()
         except BaseException:
-            handle.close()
-            temp.unlink(missing_ok=True)
+            if opened is not None:
+                opened[0].close()
+                opened[1].unlink(missing_ok=True)
             raise
+        try:  # from here the committer owns the file (and removes it if the commit fails)
+            await self._files.commit(path, bytes(block), opened)
+        except OSError as exc:
+            raise StorageError(f"cannot store {key}: {exc}") from exc
         url = _public_url(self.public_base_url, key)
         return StoredVideo(key=key, url=url, size_bytes=size, content_type=content_type)
 
@@ -175,41 +192,6 @@ async def _in_thread(
         return await asyncio.to_thread(func, *args, **kwargs)
     except OSError as exc:
         raise StorageError(f"cannot {what}: {exc}") from exc
-
-
-def _open_temp(path: Path) -> tuple[BinaryIO, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the video from a separate web server
-    return os.fdopen(fd, "wb"), Path(name)
-
-
-async def _write_chunks(handle: BinaryIO, chunks: AsyncIterable[bytes], key: str) -> int:
-    """Write `chunks` to `handle` in blocks of about _BLOCK_BYTES, each in a worker thread."""
-    size = 0
-    block = bytearray()
-    async for chunk in chunks:
-        block += chunk
-        size += len(chunk)
-        if len(block) >= _BLOCK_BYTES:
-            await _in_thread(f"write {key}", handle.write, block)
-            block = bytearray()
-    if block:
-        await _in_thread(f"write {key}", handle.write, block)
-    return size
-
-
-def _commit(handle: BinaryIO, temp: Path, path: Path) -> None:
-    """Make the temporary file durable, then atomically give it the final name."""
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
-    os.replace(temp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a crash
-    finally:
-        os.close(folder)
 
 
 class _Part(NamedTuple):
