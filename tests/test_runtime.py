@@ -450,6 +450,28 @@ def test_tell_many_batches_keep_each_actors_order_and_lose_nothing(
         assert len({e[3] for e in got[:3]}) == 1
 
 
+def test_a_batch_of_tells_with_a_failing_one_keeps_the_others(make_system: MakeSystem) -> None:
+    system = make_system()
+    probe = probe_of(system)
+    first = system.ask(Probed, "b", "ping")
+    system.tell_many(
+        [(Probed, "b", ("put", "a", 1)), (Probed, "b", "boom"), (Probed, "b", ("put", "c", 3))]
+    )
+    # The batch was one turn: it stores nothing, the actor restarts from storage, and the
+    # batch's messages reach the new instance one by one (the failing one restarts it again).
+    probe.wait("stop", "b", count=2)
+    assert system.ask(Probed, "b", "ping") != first
+    table = system.store.namespace("probed")
+    poll_until_true(lambda: table.get("b/a") == 1 and table.get("b/c") == 3)
+
+
+def poll_until_true(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
 def test_tell_after_commit_sends_once_the_turns_writes_are_durable(
     make_system: MakeSystem,
 ) -> None:

@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -74,6 +74,22 @@ class _TaskDone(msgspec.Struct, frozen=True):
     token: int
     on_done: Any  # Callable[[Outcome], None]
     outcome: Any  # Outcome
+
+
+class _Batch(msgspec.Struct, frozen=True):
+    """Several tells to one actor, handled in one turn (`ActorSystem.tell_many`)."""
+
+    messages: list[Any]
+
+
+class _Release:
+    """What a group of after-commit callbacks sends and answers (sent at its end)."""
+
+    __slots__ = ("replies", "tells")
+
+    def __init__(self) -> None:
+        self.tells: list[tuple[type[DurableActor], str, Any]] = []
+        self.replies: list[tuple[Reply, bool, Any]] = []
 
 
 class _Passivate(msgspec.Struct, frozen=True):
@@ -285,23 +301,14 @@ class DurableActor(pykka.ThreadingActor):
         if isinstance(message, _Passivate):
             self._maybe_passivate(message.idle_before)
             return None
+        if isinstance(message, _Batch):
+            self._receive_batch(message.messages)
+            return None
         self.last_active = self.clock.now()
-        reply: Reply | None = None
+        reply: Reply | None = message.reply if isinstance(message, _Call) else None
         self.system.store.begin_turn()
         try:
-            match message:
-                case _Call(body=body, reply=reply):
-                    result = self.receive(body)
-                case _AlarmFire(at=at):
-                    self._fire_alarm(at)
-                    result = None
-                case _TaskDone(token=token, on_done=on_done, outcome=outcome):
-                    self._tasks.pop(token, None)
-                    self.system.disown_task(type(self), self.key, token)
-                    handler = getattr(self, on_done) if isinstance(on_done, str) else on_done
-                    result = handler(outcome)
-                case _:
-                    result = self.receive(message)
+            result = self._handle(message)
         except Exception as exc:
             # A failed turn stores nothing; a failed tell restarts the actor from storage.
             self.system.store.discard_turn()
@@ -319,12 +326,54 @@ class DurableActor(pykka.ThreadingActor):
             self._maybe_passivate(None)
         return None
 
+    def _handle(self, message: Any) -> Any:
+        match message:
+            case _Call(body=body):
+                return self.receive(body)
+            case _AlarmFire(at=at):
+                self._fire_alarm(at)
+                return None
+            case _TaskDone(token=token, on_done=on_done, outcome=outcome):
+                self._tasks.pop(token, None)
+                self.system.disown_task(type(self), self.key, token)
+                handler = getattr(self, on_done) if isinstance(on_done, str) else on_done
+                return handler(outcome)
+            case _:
+                return self.receive(message)
+
+    def _receive_batch(self, messages: list[Any]) -> None:
+        """Tells that left together, handled in one turn: one commit, one release.
+
+        If one raises, the batch stores nothing and the actor restarts from storage, as on a
+        failed tell; the batch's messages then go to the new instance one by one, so only
+        the failing one is lost (its own restart), never the others."""
+        self.last_active = self.clock.now()
+        self.system.store.begin_turn()
+        try:
+            for message in messages:
+                self._handle(message)
+        except Exception as exc:
+            self.system.store.discard_turn()
+            self._deferred.clear()
+            self._tells = None
+            self._passivate_after_turn = False
+            self._crash(exc)
+            with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
+                for message in messages:
+                    self.system.tell_internal(type(self), self.key, message)
+            return
+        self._commit_turn()
+        self._end_turn(None, True, None)
+        if self._passivate_after_turn:
+            self._passivate_after_turn = False
+            self._maybe_passivate(None)
+
     def _end_turn(self, reply: Reply | None, ok: bool, value: Any) -> None:
         deferred, self._deferred = self._deferred, []
         self._tells = None
         if reply is None and not deferred:
             return
-        store = self.system.store
+        store, system = self.system.store, self.system
 
         def release() -> None:
             if store.failure is not None:
@@ -337,7 +386,7 @@ class DurableActor(pykka.ThreadingActor):
                 except Exception:
                     log.exception("deferred send of %s/%s failed", self.kind, self.key)
             if reply is not None:
-                reply(ok, value)
+                system.reply(reply, ok, value)
 
         store.after_commit(self.storage.last_seq, release)
 
@@ -453,6 +502,8 @@ class ActorSystem:
         self._token = 0
         self._stopped = False
         self._loop_tells: list[tuple[type[DurableActor], str, Any]] = []  # loop thread only
+        self._local = threading.local()  # .release: the releaser's group being gathered
+        store.set_release_context(self._releasing)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -560,7 +611,11 @@ class ActorSystem:
     # -- messaging -------------------------------------------------------------------------------
 
     def tell(self, cls: type[DurableActor], key: str, message: Any) -> None:
-        self.tell_internal(cls, key, message)
+        release = getattr(self._local, "release", None)
+        if release is not None:  # keep the order of the group's sends (see tell_many)
+            release.tells.append((cls, key, message))
+        else:
+            self.tell_internal(cls, key, message)
 
     def tell_internal(
         self, cls: type[DurableActor], key: str, message: Any, *, activate: bool = True
@@ -581,13 +636,21 @@ class ActorSystem:
 
     def tell_many(self, messages: list[tuple[type[DurableActor], str, Any]]) -> None:
         """Send each `(cls, key, message)`, in order. Messages to hosted actors go to their
-        shard as one batch per shard: one queue hand-off (and wake-up) for many messages."""
+        shard as one batch per shard, the others to each actor as one batch (one turn):
+        one queue hand-off (and wake-up) for many messages.
+
+        On the releaser thread, while it runs a group of after-commit callbacks, sends are
+        gathered and leave together at the end of the group, before its replies."""
+        release = getattr(self._local, "release", None)
+        if release is not None:
+            release.tells.extend(messages)
+            return
         batches: dict[int, tuple[pykka.ActorRef[Shard], list[Envelope]]] = {}
-        others = []
+        others: dict[tuple[type[DurableActor], str], list[Any]] = {}
         with self.lock:
             for cls, key, message in messages:
                 if not cls.hosted:
-                    others.append((cls, key, message))
+                    others.setdefault((cls, key), []).append(message)
                     continue
                 ref = self._get_hosted(cls, key)
                 # Counted under the lock that passivation takes: it will not stop meanwhile.
@@ -596,8 +659,36 @@ class ActorSystem:
                 batch[1].append(Envelope(ref.actor, message))
         for shard, envelopes in batches.values():
             shard.tell(Envelopes(envelopes))
-        for cls, key, message in others:
-            self.tell_internal(cls, key, message)
+        for (cls, key), bodies in others.items():
+            self.tell_internal(cls, key, bodies[0] if len(bodies) == 1 else _Batch(bodies))
+
+    def reply(self, reply: Reply, ok: bool, value: Any) -> None:
+        """Answer an ask; on the releaser thread, after the group's sends have left."""
+        release = getattr(self._local, "release", None)
+        if release is not None:
+            release.replies.append((reply, ok, value))
+        else:
+            reply(ok, value)
+
+    @contextlib.contextmanager
+    def _releasing(self) -> Iterator[None]:
+        """Around a group of after-commit callbacks (StateStore's release context)."""
+        release = self._local.release = _Release()
+        try:
+            yield
+        finally:
+            self._local.release = None
+            try:
+                if release.tells:
+                    self.tell_many(release.tells)
+            except pykka.ActorDeadError:
+                pass  # the system stopped meanwhile
+            finally:
+                for reply, ok, value in release.replies:
+                    try:
+                        reply(ok, value)
+                    except Exception:
+                        log.exception("a reply failed")
 
     def tell_from_loop(self, cls: type[DurableActor], key: str, message: Any) -> None:
         """`tell`, from the I/O loop's thread: what this loop iteration sends leaves together

@@ -19,6 +19,7 @@ never pickle.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -27,6 +28,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -102,6 +104,7 @@ class StateStore:
             target=self._commit_loop, name="state-committer", daemon=True
         )
         self._releasing = 0  # batches of callbacks handed over but not yet run
+        self._release_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
         self._released: queue.Queue[list[Callable[[], None]] | None] = queue.Queue()
         self._releaser = threading.Thread(target=self._release_loop, name="state-releaser")
         self._releaser.daemon = True
@@ -381,16 +384,25 @@ class StateStore:
             self._releasing += 1
             self._released.put(due)
 
+    def set_release_context(self, context: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Run each group of released callbacks inside `context()` (the actor system uses it
+        to send what a group of turns sends together)."""
+        self._release_context = context
+
     def _release_loop(self) -> None:
         while True:
             due = self._released.get()
             if due is None:
                 return
-            for callback in due:
-                try:
-                    callback()
-                except Exception:
-                    log.exception("an after-commit callback failed")
+            try:
+                with self._release_context():
+                    for callback in due:
+                        try:
+                            callback()
+                        except Exception:
+                            log.exception("an after-commit callback failed")
+            except Exception:
+                log.exception("releasing after-commit callbacks failed")
             with self._cv:
                 self._releasing -= 1
 
