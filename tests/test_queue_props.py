@@ -118,6 +118,17 @@ class QueueMachine(RuleBasedStateMachine):
             if self.model.max_per_user:
                 assert max(self.rec.max_per_user.values(), default=0) <= self.model.max_per_user
 
+    @invariant()
+    def each_job_is_in_the_state_the_model_says(self) -> None:
+        """No job in two states: a running job is `processing` (stored before its processor
+        was called), a waiting one `queued`, wherever the queue keeps it."""
+        if self.q is None:
+            return
+        for job_id in self.model.running:
+            assert self.q.get(job_id).status == "processing", job_id
+        for *_, job_id, _user in self.model.pending:
+            assert self.q.get(job_id).status == "queued", job_id
+
     def teardown(self) -> None:
         try:
             if self.q is not None:
