@@ -7,6 +7,7 @@ whole objects in memory, which would drown the memory measurement of a streamed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import tracemalloc
@@ -36,7 +37,6 @@ PART_SIZE = MIN_PART_SIZE  # the smallest part S3 (and moto) allow
 ACCESS_KEY_ID = "AKIDTESTINGONLY"
 SECRET_ACCESS_KEY = "not-a-real-secret-2f7c9e"
 LOCAL_BASE_URL = "http://127.0.0.1:8787"
-
 
 
 class Harness:
@@ -101,11 +101,10 @@ class Harness:
         )
 
 
-@pytest.fixture(params=["local", "s3"])
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    endpoint = request.getfixturevalue("moto_endpoint") if request.param == "s3" else ""
+@contextlib.contextmanager
+def open_harness(kind: str, tmp_path: Path, endpoint: str) -> Iterator[Harness]:
     with asyncio.Runner() as runner:
-        h = Harness(request.param, runner, tmp_path, endpoint)
+        h = Harness(kind, runner, tmp_path, endpoint)
         if h.kind == "s3":
             runner.run(h.open_admin())  # creates the bucket the store writes to
         h.store = h.open_store()
@@ -115,11 +114,18 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
             runner.run(h.stack.aclose())
 
 
+@pytest.fixture(params=["local", "s3"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    endpoint = request.getfixturevalue("moto_endpoint") if request.param == "s3" else ""
+    with open_harness(request.param, tmp_path, endpoint) as h:
+        yield h
+
+
 @pytest.fixture
-def s3(harness: Harness) -> Harness:
-    if harness.kind != "s3":
-        pytest.skip("S3 only")
-    return harness
+def s3(tmp_path: Path, moto_endpoint: str) -> Iterator[Harness]:
+    """The S3 store alone, for what only S3 has (presigned URLs)."""
+    with open_harness("s3", tmp_path, moto_endpoint) as h:
+        yield h
 
 
 async def chunks_of(*pieces: bytes) -> AsyncIterator[bytes]:
