@@ -30,7 +30,7 @@ def leftovers(root: Path) -> list[str]:
 @pytest.mark.parametrize("kind", ["syncfs", "fsync"])
 def test_files_finishing_together_are_committed_as_one_group(tmp_path: Path, kind: str) -> None:
     sync = CountingSync() if kind == "syncfs" else None
-    committer = FileCommitter(syncfs=sync)
+    committer = FileCommitter(syncfs=sync, min_group=2)
     paths = [tmp_path / f"user{i % 3}" / f"video{i}.mp4" for i in range(50)]
 
     async def scenario() -> None:
@@ -47,13 +47,26 @@ def test_files_finishing_together_are_committed_as_one_group(tmp_path: Path, kin
     assert leftovers(tmp_path) == []
     assert oct(paths[1].stat().st_mode & 0o777) == "0o644"
     if sync is not None:
-        # The first file starts a group of its own; the 49 that arrive meanwhile make the
-        # second: two syncfs calls per group (data, then renames), not two per file.
-        assert sync.calls <= 4, sync.calls
+        # The 50 arrive before the first group starts, so they make one group: two syncfs
+        # calls (data, then renames), not two per file.
+        assert sync.calls == 2, sync.calls
+
+
+def test_a_small_group_syncs_file_by_file(tmp_path: Path) -> None:
+    sync = CountingSync()
+    committer = FileCommitter(syncfs=sync, min_group=16)
+    paths = [tmp_path / f"v{i}.mp4" for i in range(3)]
+
+    async def scenario() -> None:
+        await asyncio.gather(*(committer.commit(p, b"small") for p in paths))
+
+    asyncio.run(scenario())
+    assert all(p.read_bytes() == b"small" for p in paths)
+    assert sync.calls == 0  # a light load never flushes the rest of the filesystem
 
 
 def test_a_file_that_cannot_be_renamed_fails_alone(tmp_path: Path) -> None:
-    committer = FileCommitter(syncfs=CountingSync())
+    committer = FileCommitter(syncfs=CountingSync(), min_group=2)
     good = tmp_path / "ok" / "a.mp4"
     blocked = tmp_path / "taken" / "b.mp4"
     blocked.mkdir(parents=True)  # a folder where the file should go: the rename fails
@@ -76,7 +89,7 @@ def test_a_failed_sync_fails_the_whole_group_and_keeps_nothing(tmp_path: Path) -
     def broken(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    committer = FileCommitter(syncfs=broken)
+    committer = FileCommitter(syncfs=broken, min_group=2)
     paths = [tmp_path / f"v{i}.mp4" for i in range(3)]
 
     async def scenario() -> list[BaseException | None]:

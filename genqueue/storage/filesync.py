@@ -5,9 +5,11 @@ the rename (fsync of its folder). The disk serialises syncs (~0.2 ms each here, 
 cloud volumes), so 500 videos finishing together cost 1,000 syncs, one after the other,
 however many threads issue them: about 0.2 s for the last of them in the generation
 benchmark. `FileCommitter` gathers the files that finish while a group is being synced
-and syncs the next group in one thread call: on Linux with `syncfs(2)` (one call covers
-every file on the filesystem), two calls per group whatever its size; elsewhere an fsync
-per file and one per folder.
+and syncs the next group in one thread call. A large group (`SYNCFS_MIN_GROUP` files or
+more) on Linux uses `syncfs(2)`: one call covers every file on the filesystem, so two calls
+per group whatever its size. It also writes out whatever else is dirty on that filesystem,
+so a small group (light load) keeps to an fsync per file and one per folder, which touch
+only its own files; so does every group where there is no syncfs.
 """
 
 from __future__ import annotations
@@ -60,13 +62,18 @@ def _find_syncfs() -> Callable[[int], None] | None:
 
 
 _SYNCFS = _find_syncfs()
+SYNCFS_MIN_GROUP = 16  # smaller groups sync file by file
 
 
 class FileCommitter:
     """Makes written files durable under their final names, in groups (one per loop)."""
 
-    def __init__(self, syncfs: Callable[[int], None] | None = _SYNCFS) -> None:
-        self._syncfs = syncfs
+    def __init__(
+        self, syncfs: Callable[[int], None] | None = _SYNCFS, min_group: int = SYNCFS_MIN_GROUP
+    ) -> None:
+        self._syncfs_call = syncfs
+        self._min_group = min_group
+        self._syncfs: Callable[[int], None] | None = None  # for the group being committed
         self._pending: list[_Pending] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None  # the group being synced (kept alive)
@@ -106,6 +113,7 @@ class FileCommitter:
 
     def _commit_group(self, group: list[_Pending]) -> list[OSError | None]:
         """In a worker thread: write the tails, sync the data, rename, sync the renames."""
+        self._syncfs = self._syncfs_call if len(group) >= self._min_group else None
         errors: list[OSError | None] = [None] * len(group)
         files: list[tuple[BinaryIO, Path] | None] = [item.opened for item in group]
         live = []
