@@ -39,6 +39,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_attempts: int = 3
     retry_backoff_s: float = 2.0
     job_timeout_s: float = 900.0
+    # after the state store failed (disk full or read-only): how often to look whether the
+    # data directory takes writes again, then reopen the queue from disk
+    store_retry_s: float = 5.0
     # Veo
     veo3_api_key: str = ""
     veo3_base_url: str = "https://generativelanguage.googleapis.com"

@@ -31,7 +31,7 @@ from genqueue.actors.runtime import ActorSystem
 from genqueue.actors.webhook import DeadLetters, DeliveryNotFound, WebhookOutbox, WebhookStats
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
-from genqueue.errors import InvalidRequest, JobNotFound
+from genqueue.errors import InvalidRequest, JobNotFound, StorageError
 from genqueue.models import GenerationRequest, Job, QueueStatus, validate_request
 from genqueue.storage.state import StateStore
 from genqueue.webhooks import Delivery
@@ -87,6 +87,7 @@ class JobQueue:
         self.store: StateStore | None = None
         self.system: ActorSystem | None = None
         self._webhooks: WebhookOutbox | None = None
+        self._unavailable = False  # closed by a failed store, until `reopen` succeeds
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -126,6 +127,34 @@ class JobQueue:
         return self
 
     def close(self) -> None:
+        self._shut(keep_loop=False)
+
+    @property
+    def unavailable(self) -> bool:
+        """True while the state store has failed (a full or read-only disk): requests get
+        StorageError until `reopen` succeeds."""
+        return self._unavailable or (self.store is not None and self.store.failure is not None)
+
+    def reopen(self) -> None:
+        """Start again from disk after the state store failed, once the disk takes writes
+        again: the actors stop and the store closes as in `close` (the loop stays), then
+        everything opens as after a restart (queued jobs keep their order, running ones
+        resume from their checkpoints). Nothing the failed store refused was acknowledged,
+        so nothing acknowledged is lost. Raises if the store still cannot write; the queue
+        then stays unavailable, and `reopen` may be tried again."""
+        self._unavailable = True
+        self._shut(keep_loop=True)
+        try:
+            self.open()
+            assert self.store is not None
+            probe = self.store.namespace("health").put("reopened", self.clock.now())
+            self.store.flush(probe, timeout_s=10)
+        except BaseException:
+            self._shut(keep_loop=True)
+            raise
+        self._unavailable = False
+
+    def _shut(self, *, keep_loop: bool) -> None:
         if self.system is not None:
             self.system.stop()
         if self._webhooks is not None and self._loop is not None:
@@ -136,9 +165,13 @@ class JobQueue:
         self._events.put(None)
         if self._event_thread is not None:
             self._event_thread.join(timeout=10)
-        if self._loop_thread is not None:
-            self._loop_thread.stop()
+            self._event_thread = None
         self.system = None
+        if keep_loop:
+            self._events = queue.Queue()
+            self.store = None
+        elif self._loop_thread is not None:
+            self._loop_thread.stop()
 
     def __enter__(self) -> JobQueue:
         return self.open()
@@ -349,6 +382,8 @@ class JobQueue:
 
     def _sys(self) -> ActorSystem:
         if self.system is None:
+            if self._unavailable:
+                raise StorageError("the state store is unavailable until the disk takes writes")
             raise RuntimeError("the JobQueue is not open")
         return self.system
 

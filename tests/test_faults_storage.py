@@ -217,3 +217,46 @@ def test_a_refused_commit_fails_flush_and_callbacks_promptly_and_keeps_no_half_t
             store.flush()  # writes work again
         finally:
             store.close()
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_the_server_reopens_by_itself_once_the_disk_takes_writes_again(
+    tmp_path: Path, fault: str
+) -> None:
+    timeout = aiohttp.ClientTimeout(total=ANSWER_S)
+
+    async def post(api: Any, job_id: str) -> tuple[int, Any]:
+        body = {"id": job_id, "prompt": BIG_PROMPT}
+        status, reply, _ = await api.call("POST", "/api/generations", json=body, timeout=timeout)
+        return status, reply
+
+    async def scenario(data: Path) -> None:
+        acked: list[str] = []
+        async with serve(tmp_path, Hold(), store_retry_s=0.05, max_concurrency=2) as api:
+            for i in range(4):
+                assert (await post(api, f"before-{i}"))[0] == 202
+                acked.append(f"before-{i}")
+            break_storage(fault, data, api.app[QUEUE].store)
+            for i in range(300):
+                status, reply = await post(api, f"late-{i}")
+                if status == 503:
+                    break
+                acked.append(f"late-{i}")
+            else:
+                raise AssertionError("the store never refused a write")
+            mend_storage(fault, data)
+            # No restart: the server finds the disk writable and reopens the queue from it.
+            deadline = time.monotonic() + 10
+            while (await post(api, "after"))[0] != 202:
+                assert time.monotonic() < deadline, "the server did not recover in 10 s"
+                await asyncio.sleep(0.05)
+            status, reply, _ = await api.call("GET", "/healthz", user=None, timeout=timeout)
+            assert status == 200, reply
+            for job_id in [*acked, "after"]:
+                status, job, _ = await api.call("GET", f"/api/generations/{job_id}")
+                assert status == 200 and job["status"] in ("queued", "processing"), job
+            status, page, _ = await api.call("GET", "/api/queue/status")
+            assert status == 200 and page["queued"] + page["inFlight"] == len(acked) + 1, page
+
+    with data_dir(tmp_path / "data", fault) as data:
+        run(scenario(data), timeout_s=40)

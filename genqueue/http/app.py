@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -47,6 +49,8 @@ from genqueue.jobqueue import JobQueue
 from genqueue.models import JOB_ID, Job
 
 __all__ = ["EVENTS", "MAX_BODY_BYTES", "QUEUE", "create_app"]
+
+log = logging.getLogger("genqueue.http")
 
 MAX_BODY_BYTES = 1024 * 1024
 QUEUE = web.AppKey("queue", JobQueue)
@@ -108,6 +112,8 @@ def _lifecycle(
             # open/close wait on actor threads, which may need this loop: not on it.
             await asyncio.to_thread(queue.open)
             stack.push_async_callback(asyncio.to_thread, queue.close)
+            healer = asyncio.create_task(_heal_store(queue, config))
+            stack.push_async_callback(_cancel, healer)
             events = JobEvents(loop)
             stack.callback(queue.subscribe(events.publish))
             app[QUEUE] = queue
@@ -115,6 +121,46 @@ def _lifecycle(
             yield
 
     return lifecycle
+
+
+async def _heal_store(queue: JobQueue, config: Config) -> None:
+    """While the state store is failed (a full or read-only disk), look every
+    `store_retry_s` whether the data directory takes writes again; then reopen the queue
+    from disk, as a restart would. Requests meanwhile get 503."""
+    while True:
+        await asyncio.sleep(config.store_retry_s)
+        if not queue.unavailable:
+            continue
+        if not await asyncio.to_thread(_takes_writes, config.data_path):
+            continue
+        try:
+            await asyncio.to_thread(queue.reopen)
+        except Exception as exc:
+            log.warning("the state store is still unavailable", extra={"error": repr(exc)})
+        else:
+            log.warning("the state store takes writes again: the queue was reopened from disk")
+
+
+def _takes_writes(folder: Path) -> bool:
+    """Whether `folder` takes a small durable write (a probe file, removed after)."""
+    probe = folder / ".genqueue-write-probe"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        return False
+    return True
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -203,15 +203,15 @@ class StateStore:
                 return True, self._pending[(table, key)]
         return False, None
 
-    def _drain_pending(self) -> None:
-        """Hand every pending write to the SQLite worker (lock held).
+    def _drain_pending(self, answers: queue.Queue[Any] | None = None) -> None:
+        """Hand every pending write to the SQLite worker (lock held). With `answers`, the
+        worker answers there once the last of them ran (at once if there are none).
 
         Writes are coalesced: the last write of each key wins, which is the state applying
         them one by one would reach. So a group of turns costs one multi-row REPLACE and
         one DELETE per table, not a statement per write.
         """
-        if not self._pending:
-            return
+        statements: list[tuple[str, list[Any]]] = []
         puts: dict[str, list[Any]] = {}
         dels: dict[str, list[str]] = {}
         for (table, key), value in self._pending.items():
@@ -224,12 +224,16 @@ class StateStore:
             for i in range(0, len(flat), 2 * _ROWS):
                 part = flat[i : i + 2 * _ROWS]
                 rows = ",".join(["(?,?)"] * (len(part) // 2))
-                self._conn.execute(f'REPLACE INTO "{table}" (key, value) VALUES {rows}', part)
+                statements.append((f'REPLACE INTO "{table}" (key, value) VALUES {rows}', part))
         for table, keys in dels.items():
             for i in range(0, len(keys), _ROWS):
                 part = keys[i : i + _ROWS]
                 marks = ",".join(["?"] * len(part))
-                self._conn.execute(f'DELETE FROM "{table}" WHERE key IN ({marks})', part)
+                statements.append((f'DELETE FROM "{table}" WHERE key IN ({marks})', part))
+        if answers is not None and not statements:
+            statements.append(("SELECT 1", []))
+        for n, (sql, args) in enumerate(statements, 1):
+            self._conn.execute(sql, args, answers if n == len(statements) else None)
 
     def _cached(self, table: str, key: str, args: tuple[Any, ...]) -> None:
         """Mirror a queued write into the table's write cache (lock held)."""
@@ -346,25 +350,40 @@ class StateStore:
             self._complete(snap)
 
     def _commit(self) -> None:
-        """Queue the commit under the lock (so it never splits a batch), wait for it outside."""
-        done: queue.Queue[Any] = queue.Queue()
+        """Hand the pending writes to the worker under the lock (so a commit never splits a
+        batch); COMMIT only once every one of them succeeded.
+
+        sqlitedict's worker goes on after a failed statement and commits whatever it is
+        sent: a COMMIT queued behind a statement that failed (SQLITE_FULL when a table needs
+        a page the disk cannot give) would store part of a turn whose caller is told it
+        failed. So the last statement answers when it ran: all of them ran, and their errors
+        are known, before the COMMIT is sent. A failed statement
+        leaves the transaction open and uncommitted, and the store failed: closing rolls
+        it back.
+        """
+        ran: queue.Queue[Any] = queue.Queue()
         with self._cv:
-            self._drain_pending()
-            self._conn.execute(_COMMIT, None, done)
-        # sqlitedict answers once the commit ran. Its worker runs `conn.commit()` unguarded:
-        # a commit refused by the disk (full, read-only) kills the worker and no answer comes.
+            self._drain_pending(ran)
+        self._answer(ran, "a write")
+        self._conn.check_raise_error()
+        done: queue.Queue[Any] = queue.Queue()
+        self._conn.execute(_COMMIT, None, done)
+        self._answer(done, "a commit")
+        self._conn.check_raise_error()
+
+    def _answer(self, answers: queue.Queue[Any], what: str) -> None:
+        """Wait for the worker's end-of-answer. Its worker runs `conn.commit()` unguarded: a
+        commit refused by the disk (full, read-only) kills it and no answer comes."""
         for _ in range(1200):  # 120 s
             try:
-                done.get(timeout=0.1)
-                break
+                if answers.get(timeout=0.1) == _NO_MORE:
+                    return
             except queue.Empty:
                 if not self._conn.is_alive():
                     raise StorageError(
-                        "the SQLite worker died during a commit (disk full or I/O error)"
+                        f"the SQLite worker died during {what} (disk full or I/O error)"
                     ) from None
-        else:
-            raise StorageError("the SQLite worker did not finish a commit in 120 s")
-        self._conn.check_raise_error()
+        raise StorageError(f"the SQLite worker did not finish {what} in 120 s")
 
     def _complete(self, snap: int) -> None:
         with self._cv:
