@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import weakref
@@ -148,26 +149,38 @@ def spawn(
 
     A token found in `cancelled` (cancelled before it started) starts cancelled.
     """
+    post(loop, _start, loop, coro, on_done, tasks, token, cancelled)
 
-    def start() -> None:
-        task = loop.create_task(coro)
-        tasks[token] = task
-        if cancelled is not None and token in cancelled:
-            cancelled.discard(token)
-            task.cancel()
 
-        def done(t: asyncio.Task[Any]) -> None:
-            tasks.pop(token, None)
-            if t.cancelled():
-                on_done(Outcome(cancelled=True))
-            elif t.exception() is not None:
-                on_done(Outcome(error=t.exception()))
-            else:
-                on_done(Outcome(value=t.result()))
+def _start(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    on_done: Callable[[Outcome], None],
+    tasks: dict[int, asyncio.Task[Any]],
+    token: int,
+    cancelled: set[int] | None,
+) -> None:
+    task = loop.create_task(coro)
+    tasks[token] = task
+    if cancelled is not None and token in cancelled:
+        cancelled.discard(token)
+        task.cancel()
+    task.add_done_callback(functools.partial(_finished, on_done, tasks, token))
 
-        task.add_done_callback(done)
 
-    post(loop, start)
+def _finished(
+    on_done: Callable[[Outcome], None],
+    tasks: dict[int, asyncio.Task[Any]],
+    token: int,
+    task: asyncio.Task[Any],
+) -> None:
+    tasks.pop(token, None)
+    if task.cancelled():
+        on_done(Outcome(cancelled=True))
+    elif task.exception() is not None:
+        on_done(Outcome(error=task.exception()))
+    else:
+        on_done(Outcome(value=task.result()))
 
 
 class LoopThread:

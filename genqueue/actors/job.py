@@ -12,6 +12,7 @@ A job that reaches a terminal state passivates at once: live threads follow work
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -295,8 +296,7 @@ class JobActor(DurableActor):
             # Same turn, same commit: a terminal job and its webhook are stored together.
             seq = self.svc.on_event(new, progressed)
             self.storage.last_seq = max(self.storage.last_seq, seq or 0)
-        publish = self.svc.publish
-        self.after_commit(lambda: publish(new))
+        self.after_commit(functools.partial(self.svc.publish, new))
 
     def _tell_queue(self, message: Any) -> None:
         self.tell_after_commit(self.svc.queue_cls, "main", message)

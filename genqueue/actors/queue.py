@@ -22,6 +22,7 @@ it is told `TimedOut`. One timer for all, not one per job.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from typing import Any
@@ -196,8 +197,7 @@ class QueueActor(DurableActor):
         self._enqueue(Pending(job.id, job.user_id, job.priority, seq, now))
         self._count("submitted")
         self._save_meta()
-        publish = self.svc.publish
-        self.after_commit(lambda: publish(job))
+        self.after_commit(functools.partial(self.svc.publish, job))
         if self.cfg.dispatch == "immediate":
             self._start(self._take_pending(job.priority, seq), now)
         return job, True

@@ -96,7 +96,9 @@ class StateStore:
         self._cb_order = itertools.count()
         self._waiters: list[tuple[int, int, threading.Lock]] = []  # flush() callers
         self._local = threading.local()
-        self._pending: dict[tuple[str, str], bytes | None] = {}  # not yet handed to SQLite
+        # Writes not yet handed to SQLite: table -> key -> value (None: deleted). Nested
+        # string-keyed dicts, not (table, key) tuples: nothing for the cyclic GC to track.
+        self._pending: dict[str, dict[str, bytes | None]] = {}
         self._closing = False
         self._committer_idle = False
         self.commits = 0
@@ -157,17 +159,21 @@ class StateStore:
 
     def end_turn(self) -> int:
         """Queue the turn's writes as one atomic batch; returns its sequence number (0: none)."""
-        batch: dict[tuple[str, str], tuple[str, tuple[Any, ...]]] | None = getattr(
-            self._local, "batch", None
-        )
+        batch: dict[str, dict[str, bytes | None]] | None = getattr(self._local, "batch", None)
         self._local.batch = None
         if not batch:
             return 0
         with self._cv:
             self._check()
-            for (table, key), (_, args) in batch.items():
-                self._pending[(table, key)] = args[1] if len(args) == 2 else None
-                self._cached(table, key, args)
+            for table, writes in batch.items():
+                pending = self._pending.get(table)
+                if pending is None:
+                    self._pending[table] = writes  # the turn's dict: not used after this
+                else:
+                    pending.update(writes)
+                cache = self._tables[table].cache if table in self._tables else None
+                if cache is not None:
+                    cache.put_many(writes)
             return self._queued()
 
     def _queued(self) -> int:
@@ -179,28 +185,34 @@ class StateStore:
     def _buffered(self, table: str, key: str) -> tuple[bool, bytes | None]:
         """(found, value) of a write of this thread's open turn (value None: deleted)."""
         batch = getattr(self._local, "batch", None)
-        if not batch or (table, key) not in batch:
+        writes = batch.get(table) if batch else None
+        if writes is None or key not in writes:
             return False, None
-        _, args = batch[(table, key)]
-        return True, args[1] if len(args) == 2 else None
+        return True, writes[key]
 
-    def _write(self, table: str, key: str, sql: str, args: tuple[Any, ...]) -> int:
+    def _write(self, table: str, key: str, value: bytes | None) -> int:
+        """Write (value None: delete) in this thread's open turn, or as a batch of its own."""
         batch = getattr(self._local, "batch", None)
         if batch is not None:
-            batch.pop((table, key), None)  # keep the order of the last write
-            batch[(table, key)] = (sql, args)
+            writes = batch.get(table)
+            if writes is None:
+                writes = batch[table] = {}
+            writes[key] = value
             return 0
         with self._cv:
             self._check()
-            self._pending[(table, key)] = args[1] if len(args) == 2 else None
-            self._cached(table, key, args)
+            self._pending.setdefault(table, {})[key] = value
+            cache = self._tables[table].cache if table in self._tables else None
+            if cache is not None:
+                cache.put(key, value)
             return self._queued()
 
     def _pending_value(self, table: str, key: str) -> tuple[bool, bytes | None]:
         """(found, value) of a write not yet handed to SQLite (value None: deleted)."""
         with self._cv:
-            if (table, key) in self._pending:
-                return True, self._pending[(table, key)]
+            writes = self._pending.get(table)
+            if writes is not None and key in writes:
+                return True, writes[key]
         return False, None
 
     def _drain_pending(self, answers: queue.Queue[Any] | None = None) -> None:
@@ -214,11 +226,12 @@ class StateStore:
         statements: list[tuple[str, list[Any]]] = []
         puts: dict[str, list[Any]] = {}
         dels: dict[str, list[str]] = {}
-        for (table, key), value in self._pending.items():
-            if value is None:
-                dels.setdefault(table, []).append(key)
-            else:
-                puts.setdefault(table, []).extend((key, value))
+        for table, writes in self._pending.items():
+            for key, value in writes.items():
+                if value is None:
+                    dels.setdefault(table, []).append(key)
+                else:
+                    puts.setdefault(table, []).extend((key, value))
         self._pending = {}
         for table, flat in puts.items():
             for i in range(0, len(flat), 2 * _ROWS):
@@ -234,12 +247,6 @@ class StateStore:
             statements.append(("SELECT 1", []))
         for n, (sql, args) in enumerate(statements, 1):
             self._conn.execute(sql, args, answers if n == len(statements) else None)
-
-    def _cached(self, table: str, key: str, args: tuple[Any, ...]) -> None:
-        """Mirror a queued write into the table's write cache (lock held)."""
-        cache = self._tables[table].cache if table in self._tables else None
-        if cache is not None:
-            cache.put(key, args[1] if len(args) == 2 else None)
 
     def _select(self, sql: str, args: tuple[Any, ...], *, drain: bool = False) -> list[Any]:
         """Run a query on the worker; `drain` first hands it the pending writes (a listing
@@ -455,11 +462,16 @@ class _WriteCache:
         self._lock = threading.Lock()
 
     def put(self, key: str, value: bytes | None) -> None:
+        self.put_many({key: value})
+
+    def put_many(self, writes: dict[str, bytes | None]) -> None:
         with self._lock:
-            self._values[key] = value
-            self._values.move_to_end(key)
-            if len(self._values) > self._size:
-                self._values.popitem(last=False)
+            values = self._values
+            for key, value in writes.items():
+                values[key] = value
+                values.move_to_end(key)
+            while len(values) > self._size:
+                values.popitem(last=False)
 
     def get(self, key: str) -> tuple[bool, bytes | None]:
         with self._lock:
@@ -476,8 +488,6 @@ class Namespace:
         self.name = name
         self.cache: _WriteCache | None = None
         self._get_sql = f'SELECT value FROM "{name}" WHERE key = ?'
-        self._put_sql = f'REPLACE INTO "{name}" (key, value) VALUES (?, ?)'
-        self._del_sql = f'DELETE FROM "{name}" WHERE key = ?'
         self._list_sql = f'SELECT key, value FROM "{name}" WHERE key >= ? AND key < ? ORDER BY key'
 
     def get(self, key: str, type: type[T] | Any = Any) -> T | None:
@@ -493,10 +503,10 @@ class Namespace:
 
     def put(self, key: str, value: Any) -> int:
         """Queue the write; returns its sequence number for the output gate."""
-        return self.store._write(self.name, key, self._put_sql, (key, _ENCODER.encode(value)))
+        return self.store._write(self.name, key, _ENCODER.encode(value))
 
     def delete(self, key: str) -> int:
-        return self.store._write(self.name, key, self._del_sql, (key,))
+        return self.store._write(self.name, key, None)
 
     def list(
         self,
