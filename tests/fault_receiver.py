@@ -13,18 +13,15 @@ It runs until SIGTERM or SIGINT, or a deadline (so it never outlives a dead pare
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import signal
 import sys
 import time
 from pathlib import Path
 
 from aiohttp import web
+from receiver_app import serve_until_signal
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-
-DEADLINE_S = 600.0
 
 
 async def serve(port: int, secret: str, log: Path) -> None:
@@ -59,17 +56,7 @@ async def serve(port: int, secret: str, log: Path) -> None:
 
     app = web.Application()
     app.add_routes([web.post("/hook", hook), web.get("/received", received)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print(f"receiver listening on http://127.0.0.1:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), DEADLINE_S)
-    await runner.cleanup()
+    await serve_until_signal(app, port)
 
 
 if __name__ == "__main__":

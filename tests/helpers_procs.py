@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import IO, Any
 
@@ -418,3 +418,14 @@ def urlopen_status(url: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+def run(server: Server, scenario: Any, timeout_s: float = 50) -> Any:
+    """Run `scenario(api, session)` with a fresh client session, within `timeout_s`."""
+
+    async def main() -> Any:
+        async with aiohttp.ClientSession() as session:
+            coro: Coroutine[Any, Any, Any] = scenario(server.api(session), session)
+            return await asyncio.wait_for(coro, timeout_s)
+
+    return asyncio.run(main())

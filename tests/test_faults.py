@@ -26,7 +26,7 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from helpers_procs import (
     eventually,
     free_port,
     make_bucket,
+    run,
     s3_env,
     s3_objects,
     video_key,
@@ -179,17 +180,6 @@ def _calm(world: World) -> Iterator[None]:
 async def _clear(fake: FakeVeoProc) -> None:
     async with aiohttp.ClientSession() as session:
         await fake.faults(session, clear=True)
-
-
-def run(server: Server, scenario: Any, timeout_s: float = 50) -> Any:
-    """Run `scenario(api, session)` with a fresh client session, within `timeout_s`."""
-
-    async def main() -> Any:
-        async with aiohttp.ClientSession() as session:
-            coro: Coroutine[Any, Any, Any] = scenario(server.api(session), session)
-            return await asyncio.wait_for(coro, timeout_s)
-
-    return asyncio.run(main())
 
 
 async def submit_all(api: Api, ids: list[str], prompt: str) -> dict[str, str]:

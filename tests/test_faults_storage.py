@@ -76,6 +76,14 @@ def mend_storage(fault: str, data: Path) -> None:
         (data / "filler").unlink()
 
 
+async def post(api: Any, job_id: str) -> tuple[int, Any]:
+    """Submit a job with a client-chosen id; (status, reply), answered within ANSWER_S."""
+    body = {"id": job_id, "prompt": BIG_PROMPT}
+    timeout = aiohttp.ClientTimeout(total=ANSWER_S)
+    status, reply, _ = await api.call("POST", "/api/generations", json=body, timeout=timeout)
+    return status, reply
+
+
 class Hold:
     """Starts jobs and never finishes them: acknowledged jobs are queued or running."""
 
@@ -93,11 +101,6 @@ def test_full_disk_refuses_new_jobs_with_503_and_loses_none_acknowledged(
     acked: list[str] = []
     refused: list[str] = []
     timeout = aiohttp.ClientTimeout(total=ANSWER_S)
-
-    async def post(api: Any, job_id: str) -> tuple[int, Any]:
-        body = {"id": job_id, "prompt": BIG_PROMPT}
-        status, reply, _ = await api.call("POST", "/api/generations", json=body, timeout=timeout)
-        return status, reply
 
     async def during_the_fault(data: Path) -> None:
         async with serve(tmp_path, Hold()) as api:
@@ -224,11 +227,6 @@ def test_the_server_reopens_by_itself_once_the_disk_takes_writes_again(
     tmp_path: Path, fault: str
 ) -> None:
     timeout = aiohttp.ClientTimeout(total=ANSWER_S)
-
-    async def post(api: Any, job_id: str) -> tuple[int, Any]:
-        body = {"id": job_id, "prompt": BIG_PROMPT}
-        status, reply, _ = await api.call("POST", "/api/generations", json=body, timeout=timeout)
-        return status, reply
 
     async def scenario(data: Path) -> None:
         acked: list[str] = []

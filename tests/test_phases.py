@@ -13,7 +13,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from helpers_procs import (
     assert_whole_video,
     eventually,
     make_bucket,
+    run,
     s3_env,
     s3_objects,
     video_key,
@@ -78,17 +79,6 @@ def server(stack: Stack) -> Iterator[Server]:
         config={"max_retries": 1, "retry_backoff_s": 0.2},
     ) as srv:
         yield srv
-
-
-def run(server: Server, scenario: Any, timeout_s: float = 45) -> Any:
-    """Run `scenario(api, session)` with a fresh client session, within `timeout_s`."""
-
-    async def main() -> Any:
-        async with aiohttp.ClientSession() as session:
-            coro: Coroutine[Any, Any, Any] = scenario(server.api(session), session)
-            return await asyncio.wait_for(coro, timeout_s)
-
-    return asyncio.run(main())
 
 
 async def statuses_streamed(api: Api, job_id: str, timeout_s: float) -> list[str]:
