@@ -88,6 +88,8 @@ class JobQueue:
         self.system: ActorSystem | None = None
         self._webhooks: WebhookOutbox | None = None
         self._unavailable = False  # closed by a failed store, until `reopen` succeeds
+        self._lifecycle = threading.Lock()  # reopen and close, one at a time
+        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -127,7 +129,9 @@ class JobQueue:
         return self
 
     def close(self) -> None:
-        self._shut(keep_loop=False)
+        with self._lifecycle:  # after a reopen in progress, never beside it
+            self._closed = True
+            self._shut(keep_loop=False)
 
     @property
     def unavailable(self) -> bool:
@@ -142,17 +146,29 @@ class JobQueue:
         resume from their checkpoints). Nothing the failed store refused was acknowledged,
         so nothing acknowledged is lost. Raises if the store still cannot write; the queue
         then stays unavailable, and `reopen` may be tried again."""
-        self._unavailable = True
-        self._shut(keep_loop=True)
-        try:
-            self.open()
-            assert self.store is not None
-            probe = self.store.namespace("health").put("reopened", self.clock.now())
-            self.store.flush(probe, timeout_s=10)
-        except BaseException:
+        with self._lifecycle:
+            if self._closed:
+                return
+            self._unavailable = True
             self._shut(keep_loop=True)
-            raise
-        self._unavailable = False
+            try:
+                self.open()
+                assert self.store is not None
+                probe = self.store.namespace("health").put("reopened", self.clock.now())
+                self.store.flush(probe, timeout_s=10)
+            except BaseException:
+                self._shut(keep_loop=True)
+                raise
+            self._unavailable = False
+
+    def parts(self) -> tuple[ActorSystem, StateStore]:
+        """The open actor system and store, read together once (`reopen` replaces them):
+        StorageError while the store is unavailable."""
+        system, store = self.system, self.store
+        if system is None or store is None:
+            self._sys()  # raises: StorageError while unavailable, else "not open"
+            raise RuntimeError("the JobQueue is not open")
+        return system, store
 
     def _shut(self, *, keep_loop: bool) -> None:
         if self.system is not None:

@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 from test_http import Instant, assert_error, run, serve
 
+from genqueue.actors.runtime import ActorSystem, DurableActor
 from genqueue.errors import StorageError
 from genqueue.http import QUEUE
 from genqueue.storage.state import StateStore
@@ -258,3 +259,136 @@ def test_the_server_reopens_by_itself_once_the_disk_takes_writes_again(
 
     with data_dir(tmp_path / "data", fault) as data:
         run(scenario(data), timeout_s=40)
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_a_write_error_met_first_by_a_reader_still_fails_the_commit(
+    tmp_path: Path, drain: bool
+) -> None:
+    """sqlitedict hands its worker's last error to whichever thread calls it next: a reader
+    that meets a commit's write error must not let that commit go through as durable."""
+    for trial in range(10):
+        store = StateStore(tmp_path / f"t{trial}" / "state.db", synchronous="NORMAL")
+        a, b, c = store.namespace("a"), store.namespace("b"), store.namespace("c")
+        c.put("x", 1)
+        store.flush()
+        pages = store._conn.select_one("PRAGMA page_count")[0]
+        store._conn.execute(f"PRAGMA max_page_count={pages + 3}")
+        stop = threading.Event()
+
+        def reader(store: StateStore = store, c: Any = c, stop: Any = stop) -> None:
+            while not stop.is_set() and store.failure is None:
+                with contextlib.suppress(StorageError):
+                    if drain:
+                        c.list("")
+                    else:
+                        store._select('SELECT value FROM "c" WHERE key = ?', ("x",))
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            store.begin_turn()
+            a.put("k", "small")
+            b.put("k", b"\0" * 200_000)  # needs far more than 3 pages: SQLITE_FULL
+            seq = store.end_turn()
+            with pytest.raises(StorageError):
+                store.flush(seq, timeout_s=10)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            store.close()
+        reopened = StateStore(tmp_path / f"t{trial}" / "state.db")
+        try:  # nothing of the turn was committed, though a reader may have met its error
+            assert reopened.namespace("a").get("k") is None
+            assert reopened.namespace("b").get("k") is None
+        finally:
+            reopened.close()
+
+
+def test_a_turn_committed_before_a_later_commit_failed_is_answered_as_stored(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path / "state.db", synchronous="NORMAL")
+    system = ActorSystem(store)
+    system.register(Keeper)
+    system.start()
+    store.namespace("big")
+    store.flush()
+    answers: dict[str, Any] = {}
+
+    def ask(key: str, message: str) -> None:
+        try:
+            answers[message] = system.ask(Keeper, key, message, timeout_s=10)
+        except Exception as exc:
+            answers[message] = exc
+
+    try:
+        slow = threading.Thread(target=ask, args=("k1", "slow"))
+        slow.start()
+        assert Keeper.releasing.wait(10)  # the releaser is busy in k1's after-commit call
+        ask_thread = threading.Thread(target=ask, args=("k2", "hello"))
+        ask_thread.start()
+        poll(lambda: store.durable_seq >= store.write_seq and store.write_seq > 0)
+        pages = store._conn.select_one("PRAGMA page_count")[0]
+        store._conn.execute(f"PRAGMA max_page_count={pages + 2}")
+        store.namespace("big").put("x", b"\0" * 300_000)  # the next commit fails
+        poll(lambda: store.failure is not None)
+        Keeper.release.set()
+        slow.join(10)
+        ask_thread.join(10)
+    finally:
+        Keeper.release.set()
+        system.stop()
+        store.close()
+    assert answers == {"slow": "stored", "hello": "stored"}  # both were committed
+
+
+class Keeper(DurableActor):
+    kind = "keeper"
+    releasing = threading.Event()
+    release = threading.Event()
+
+    def receive(self, message: Any) -> Any:
+        self.storage.put("v", message)
+        if message == "slow":  # holds the releaser until the test lets it go
+            self.after_commit(lambda: (Keeper.releasing.set(), Keeper.release.wait(10)))
+        return "stored"
+
+
+def poll(check: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_after_the_store_failed_every_request_gets_an_answer(tmp_path: Path) -> None:
+    """Submissions without a client id, cancels and status all answer (an error) at once:
+    a turn that cannot store anything fails like any failed turn, it never goes silent."""
+
+    async def scenario() -> None:
+        async with serve(tmp_path, Hold()) as api:
+            status, job, _ = await api.call("POST", "/api/generations", json={"prompt": "a"})
+            assert status == 202, job
+            queue = api.app[QUEUE]
+            break_storage("page_cap", tmp_path / "data", queue.store)
+            timeout = aiohttp.ClientTimeout(total=ANSWER_S)
+            for _ in range(50):  # until the store has failed
+                body = {"prompt": BIG_PROMPT}  # no id: the queue writes a new record
+                status, reply, _ = await api.call(
+                    "POST", "/api/generations", json=body, timeout=timeout
+                )
+                if status == 503:
+                    break
+            assert queue.store.failure is not None
+            for method, path in [
+                ("POST", "/api/generations"),
+                ("DELETE", f"/api/generations/{job['id']}"),
+                ("GET", "/api/queue/status"),
+                ("GET", f"/api/generations/{job['id']}"),
+            ]:
+                kwargs = {"json": {"prompt": "b"}} if method == "POST" else {}
+                status, reply, _ = await api.call(method, path, timeout=timeout, **kwargs)
+                assert status in (200, 503), (method, path, status, reply)
+
+    run(scenario(), timeout_s=30)

@@ -505,6 +505,32 @@ def test_the_watchdog_times_out_each_job_at_its_own_deadline(queues, mode):
     assert rec.cancelled == ["first", "second"]
 
 
+def test_the_watchdog_tells_a_stubborn_job_again_until_it_ends(queues):
+    """A processor that shrugs off the first cancellation still holds its slot: the queue
+    tells the job again one timeout later (a lost notice never keeps a job in flight)."""
+    clock = ManualClock()
+    shrugged = threading.Event()
+
+    async def stubborn(job, report):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            shrugged.set()
+        await asyncio.Event().wait()  # the second cancellation ends it
+
+    q = queues.open(stubborn, clock=clock, job_timeout_s=30, retry_backoff_s=1000)
+    w = Watcher(q)
+    q.submit(request(id="stubborn"))
+    w.wait_status("stubborn", "processing")
+    poll_until(lambda: queue_alarm_at(q) == clock.now() + 30, "the first deadline")
+    clock.advance(30)
+    assert shrugged.wait(10)
+    assert q.get("stubborn").status == "processing"
+    poll_until(lambda: queue_alarm_at(q) == clock.now() + 30, "the notice's repeat")
+    clock.advance(30)
+    assert w.wait_status("stubborn", "retry_wait").error == "timed out after 30 s"
+
+
 def test_a_retry_in_immediate_mode_is_dispatched(queues):
     clock = ManualClock()
     rec = Recorder(clock)

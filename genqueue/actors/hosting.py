@@ -10,6 +10,7 @@ in flight. Singletons (the QueueActor, the WebhookActor) keep a thread of their 
 
 from __future__ import annotations
 
+import logging
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from genqueue.actors.runtime import ActorSystem, DurableActor
 
 __all__ = ["Envelope", "Envelopes", "HostedRef", "Shard", "shard_of"]
+
+log = logging.getLogger("genqueue.runtime")
 
 
 class Envelope(msgspec.Struct, frozen=True):
@@ -56,10 +59,15 @@ class Shard(pykka.ThreadingActor):
         actor = envelope.actor
         with self.system.lock:
             actor.hosted_pending -= 1
-        if not actor.hosted_started:  # activation runs before the first message's turn
-            actor.hosted_start()
-        if actor.hosted_alive:
-            actor.on_receive(envelope.message)
+        try:
+            if not actor.hosted_started:  # activation runs before the first message's turn
+                actor.hosted_start()
+            if actor.hosted_alive:
+                actor.on_receive(envelope.message)
+            else:
+                actor.refuse(envelope.message)
+        except Exception:  # never let one actor's turn stop the shard and its other actors
+            log.exception("turn of %s/%s failed", actor.kind, actor.key)
 
 
 class HostedRef:

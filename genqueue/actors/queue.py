@@ -104,7 +104,9 @@ class QueueActor(DurableActor):
         self.cfg = self.svc.config
         self.pending: dict[int, deque[Pending]] = {}
         self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it
-        self.timed_out: set[str] = set()  # in flight, told TimedOut, not finished yet
+        # In flight, told TimedOut (when), not finished yet: told again each job_timeout_s
+        # while it stays, in case the notice was lost (a crashed turn, a store failure).
+        self.timed_out: dict[str, float] = {}
         self.activated_at = self.clock.now()
         self.queued = 0  # jobs in `pending`
         self.per_user: dict[str, int] = {}
@@ -222,7 +224,7 @@ class QueueActor(DurableActor):
         flight = self.in_flight.pop(msg.job_id, None)
         if flight is None:
             return  # already accounted (a repeated report after a restart)
-        self.timed_out.discard(msg.job_id)
+        self.timed_out.pop(msg.job_id, None)
         self._drop_user(msg.user_id)
         self.storage.delete(flight.key)
         if msg.status == "retry_wait":
@@ -299,20 +301,34 @@ class QueueActor(DurableActor):
         return max(flight.started_at, self.activated_at) + self.cfg.job_timeout_s
 
     def _next_deadline(self) -> float | None:
-        """The deadline of the oldest job in flight not yet told (start order = deadline order)."""
+        """The deadline of the oldest job in flight not yet told (start order = deadline
+        order), or the time to tell a told one again, whichever comes first."""
+        first = None
         for job_id, flight in self.in_flight.items():
             if job_id not in self.timed_out:
-                return self._deadline(flight)
-        return None
+                first = self._deadline(flight)
+                break
+        again = min(self.timed_out.values(), default=None)
+        if again is not None:
+            again += self.cfg.job_timeout_s
+            first = again if first is None else min(first, again)
+        return first
 
     def _watchdog(self, now: float) -> None:
-        """Tell every job in flight past its deadline that it timed out (once)."""
+        """Tell every job in flight past its deadline that it timed out; tell it again each
+        job_timeout_s while it stays in flight (a lost notice must not hold a slot)."""
+        timeout = self.cfg.job_timeout_s
+        for job_id, told in list(self.timed_out.items()):
+            if told + timeout <= now:
+                log.warning("job %s still in flight after its timeout notice", job_id)
+                self.timed_out[job_id] = now
+                self.tell_after_commit(JobActor, job_id, TimedOut())
         for job_id, flight in self.in_flight.items():
             if job_id in self.timed_out:
                 continue
             if self._deadline(flight) > now:
                 break
-            self.timed_out.add(job_id)
+            self.timed_out[job_id] = now
             self.tell_after_commit(JobActor, job_id, TimedOut())
 
     def dispatch(self, now: float) -> float | None:

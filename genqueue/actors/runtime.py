@@ -29,6 +29,7 @@ from genqueue.actors.bridge import Outcome, Reply, SyncWaiter, future_reply, spa
 from genqueue.actors.hosting import Envelope, Envelopes, HostedRef, Shard, shard_of
 from genqueue.actors.scheduler import Scheduler
 from genqueue.clock import Clock, RealClock
+from genqueue.errors import StorageError
 from genqueue.storage.state import Namespace, StateStore
 
 __all__ = ["ActorStorage", "ActorSystem", "AlarmInfo", "DurableActor"]
@@ -283,12 +284,15 @@ class DurableActor(pykka.ThreadingActor):
             self._alarm = self.system.alarms.get(self._alarm_key, AlarmRecord)
             self.activate()
             self._schedule_alarm()
+            self._commit_turn()
         except Exception:
             store.discard_turn()
+            self._deferred.clear()
+            self._tells = None
             log.exception("activation of %s/%s failed", self.kind, self.key)
             self.system.forget(type(self), self.key, self)
             raise
-        self._commit_turn()
+        self._end_turn(None, True, None)  # what activation sends leaves once it is durable
 
     def _commit_turn(self) -> None:
         """Queue this turn's writes as one atomic batch (the reply waits for its commit)."""
@@ -308,6 +312,7 @@ class DurableActor(pykka.ThreadingActor):
         self.system.store.begin_turn()
         try:
             result = self._handle(message)
+            self._commit_turn()  # raises once the store has failed: the turn failed too
         except Exception as exc:
             # A failed turn stores nothing; a failed tell restarts the actor from storage.
             self.system.store.discard_turn()
@@ -318,7 +323,6 @@ class DurableActor(pykka.ThreadingActor):
             if reply is None:
                 self._crash(exc)
             return None
-        self._commit_turn()
         self._end_turn(reply, True, result)
         if self._passivate_after_turn:
             self._passivate_after_turn = False
@@ -351,6 +355,7 @@ class DurableActor(pykka.ThreadingActor):
         try:
             for message in messages:
                 self._handle(message)
+            self._commit_turn()
         except Exception as exc:
             self.system.store.discard_turn()
             self._deferred.clear()
@@ -361,7 +366,6 @@ class DurableActor(pykka.ThreadingActor):
                 for message in messages:
                     self.system.tell_internal(type(self), self.key, message)
             return
-        self._commit_turn()
         self._end_turn(None, True, None)
         if self._passivate_after_turn:
             self._passivate_after_turn = False
@@ -374,8 +378,9 @@ class DurableActor(pykka.ThreadingActor):
             return
         # A partial, not a closure: one object per turn, not a function and seven cells for
         # the cyclic GC to track (a turn's allocations are most of what triggers collections).
-        release = functools.partial(_release_turn, self, deferred, reply, ok, value)
-        self.system.store.after_commit(self.storage.last_seq, release)
+        seq = self.storage.last_seq
+        release = functools.partial(_release_turn, self, seq, deferred, reply, ok, value)
+        self.system.store.after_commit(seq, release)
 
     def _crash(self, exc: BaseException) -> None:
         """An unexpected error in a tell: stop, and come back from storage on the next message."""
@@ -391,6 +396,21 @@ class DurableActor(pykka.ThreadingActor):
             self.hosted_alive = False
         else:
             self.stop()
+
+    def refuse(self, message: Any) -> None:
+        """A message that reached a hosted instance which failed to start or crashed: answer
+        an ask with the error (its caller must not wait forever); a tell is dropped, as one
+        to a crashed thread actor is."""
+        failure = self.system.store.failure
+        if isinstance(message, _Call):
+            error: Exception = (
+                StorageError(f"state store failed: {failure}")
+                if failure is not None
+                else pykka.ActorDeadError(f"{self.kind}/{self.key} is unavailable")
+            )
+            message.reply(False, error)
+        else:
+            log.warning("message to %s/%s dropped: the instance stopped", self.kind, self.key)
 
     def hosted_start(self) -> None:
         """A hosted actor's on_start, run on its shard thread before its first message."""
@@ -460,15 +480,19 @@ class DurableActor(pykka.ThreadingActor):
 
 def _release_turn(
     actor: DurableActor,
+    seq: int,
     deferred: list[Callable[[], None]],
     reply: Reply | None,
     ok: bool,
     value: Any,
 ) -> None:
-    """A committed turn's output: its deferred sends, then its reply (the output gate)."""
+    """A committed turn's output: its deferred sends, then its reply (the output gate).
+
+    Called once the commit covering `seq` is done, or once the store failed: a turn whose
+    writes were committed succeeded even if a later commit failed before this ran."""
     system = actor.system
     failure = system.store.failure
-    if failure is not None:
+    if failure is not None and seq > system.store.durable_seq:
         if reply is not None:
             reply(False, failure)
         return

@@ -201,9 +201,8 @@ def _record(request: web.Request, caller: Caller) -> Job:
     job_id = request.match_info["id"]
     if not JOB_ID.fullmatch(job_id):
         raise _not_found()
-    queue = request.app[QUEUE]
-    assert queue.system is not None
-    job = JobActor.read(queue.system, job_id)
+    system, _ = request.app[QUEUE].parts()
+    job = JobActor.read(system, job_id)
     if job is None or not caller.may_see(job.user_id):
         raise _not_found()
     return job
@@ -288,8 +287,8 @@ def _page(
     queue: JobQueue, prefix: str, cursor: int | None, limit: int, statuses: frozenset[str] | None
 ) -> JobPage:
     """A page of the job index after `cursor` (blocking reads: run in a worker thread)."""
-    assert queue.system is not None and queue.store is not None
-    index = queue.store.namespace("job_index")
+    system, store = queue.parts()
+    index = store.namespace("job_index")
     after = -1 if cursor is None else cursor
     items, scanned = [], 0
     while after < INDEX_TOP - 1:
@@ -297,7 +296,7 @@ def _page(
         for key, job_id in batch:
             after = int(key[len(prefix) :])
             scanned += 1
-            job = JobActor.read(queue.system, job_id)
+            job = JobActor.read(system, job_id)
             if job is not None and (statuses is None or job.status in statuses):
                 items.append(public_job(job))
             if len(items) == limit or scanned >= _MAX_SCAN:

@@ -88,6 +88,7 @@ _LIMIT_PARAM: dict[str, Any] = {
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
 }
 
+
 def _rename(node: Any) -> Any:
     if isinstance(node, dict):
         out = {}

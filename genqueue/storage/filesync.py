@@ -101,6 +101,12 @@ class FileCommitter:
                     errors = await asyncio.to_thread(self._commit_group, group)
                 except OSError as exc:  # syncing the renames failed: none is known durable
                     errors = [exc] * len(group)
+                except BaseException as exc:  # no waiter may be left hanging
+                    failure = OSError(f"committing the files failed: {exc!r}")
+                    for item in group:
+                        if not item.done.done():
+                            item.done.set_exception(failure)
+                    raise
                 for item, error in zip(group, errors, strict=True):
                     if item.done.done():
                         continue

@@ -257,15 +257,10 @@ class StateStore:
         """
         self._check()
         rows: queue.Queue[Any] = queue.Queue()
-        try:
+        with self._cv:
             if drain:
-                with self._cv:
-                    self._drain_pending()
-                    self._conn.execute(sql, args, rows)
-            else:
-                self._conn.execute(sql, args, rows)
-        except Exception as exc:  # sqlitedict re-raises the worker's last error here
-            raise StorageError(f"state store read failed: {exc}") from exc
+                self._drain_pending()
+            self._on_worker(self._conn.execute, sql, args, rows)
         out = []
         while True:
             try:
@@ -275,19 +270,36 @@ class StateStore:
                     self._check()
                     died = StorageError("state store read failed: the SQLite worker died")
                     with self._cv:  # the store is failed: writes refused, close forced
-                        if self._failure is None:
-                            self._failure = died
-                        self._cv.notify_all()
+                        self._fail(died)
                     raise died from None
                 continue
             if row == _NO_MORE:
                 break
             out.append(row)
-        try:
-            self._conn.check_raise_error()
-        except Exception as exc:
-            raise StorageError(f"state store read failed: {exc}") from exc
+        with self._cv:
+            self._on_worker(self._conn.check_raise_error)
         return out
+
+    def _on_worker(self, call: Callable[..., Any], *args: Any) -> None:
+        """Call sqlitedict (lock held) where it may raise the worker's last error.
+
+        sqlitedict keeps one error slot for its worker, and whichever thread calls it next
+        gets that error, whether it came from its own query or from a write of a commit.
+        So an error seen here fails the store, under the same lock the committer holds when
+        it looks for errors before sending COMMIT: a write's error is never taken by a
+        reader and then missed by the committer."""
+        try:
+            call(*args)
+        except Exception as exc:
+            error = StorageError(f"state store failed: {exc}")
+            self._fail(error)
+            raise error from exc
+
+    def _fail(self, error: BaseException) -> None:
+        """Mark the store failed (lock held): writes refused from now on, close forced."""
+        if self._failure is None:
+            self._failure = error
+        self._cv.notify_all()
 
     # -- commits ------------------------------------------------------------------------------
 
@@ -364,19 +376,22 @@ class StateStore:
         sent: a COMMIT queued behind a statement that failed (SQLITE_FULL when a table needs
         a page the disk cannot give) would store part of a turn whose caller is told it
         failed. So the last statement answers when it ran: all of them ran, and their errors
-        are known, before the COMMIT is sent. A failed statement
-        leaves the transaction open and uncommitted, and the store failed: closing rolls
-        it back.
+        are known (`_on_worker`), before the COMMIT is sent. A failed statement leaves the
+        transaction open and uncommitted, and the store failed: closing rolls it back.
         """
         ran: queue.Queue[Any] = queue.Queue()
         with self._cv:
             self._drain_pending(ran)
         self._answer(ran, "a write")
-        self._conn.check_raise_error()
         done: queue.Queue[Any] = queue.Queue()
-        self._conn.execute(_COMMIT, None, done)
+        with self._cv:
+            self._on_worker(self._conn.check_raise_error)
+            if self._failure is not None:  # a reader met this commit's error first
+                raise StorageError(f"state store failed: {self._failure}")
+            self._conn.execute(_COMMIT, None, done)
         self._answer(done, "a commit")
-        self._conn.check_raise_error()
+        with self._cv:
+            self._on_worker(self._conn.check_raise_error)
 
     def _answer(self, answers: queue.Queue[Any], what: str) -> None:
         """Wait for the worker's end-of-answer. Its worker runs `conn.commit()` unguarded: a
