@@ -325,10 +325,12 @@ def test_a_turn_committed_before_a_later_commit_failed_is_answered_as_stored(
     try:
         slow = threading.Thread(target=ask, args=("k1", "slow"))
         slow.start()
-        assert Keeper.releasing.wait(10)  # the releaser is busy in k1's after-commit call
+        assert Keeper.releasing.wait(10), answers  # the releaser is busy in k1's callback
         ask_thread = threading.Thread(target=ask, args=("k2", "hello"))
         ask_thread.start()
-        poll(lambda: store.durable_seq >= store.write_seq and store.write_seq > 0)
+        keeper = store.namespace("keeper")
+        # k2's turn queued its write (visible), and every queued write is committed.
+        poll(lambda: keeper.get("k2/v") == "hello" and store.durable_seq >= store.write_seq)
         pages = store._conn.select_one("PRAGMA page_count")[0]
         store._conn.execute(f"PRAGMA max_page_count={pages + 2}")
         store.namespace("big").put("x", b"\0" * 300_000)  # the next commit fails
