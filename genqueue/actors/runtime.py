@@ -18,6 +18,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import queue
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ClassVar, TypeVar
@@ -361,10 +362,7 @@ class DurableActor(pykka.ThreadingActor):
             self._deferred.clear()
             self._tells = None
             self._passivate_after_turn = False
-            self._crash(exc)
-            with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
-                for message in messages:
-                    self.system.tell_internal(type(self), self.key, message)
+            self._crash(exc, resend=messages)
             return
         self._end_turn(None, True, None)
         if self._passivate_after_turn:
@@ -382,13 +380,30 @@ class DurableActor(pykka.ThreadingActor):
         release = functools.partial(_release_turn, self, seq, deferred, reply, ok, value)
         self.system.store.after_commit(seq, release)
 
-    def _crash(self, exc: BaseException) -> None:
-        """An unexpected error in a tell: stop, and come back from storage on the next message."""
+    def _crash(self, exc: BaseException, resend: list[Any] | None = None) -> None:
+        """An unexpected error in a tell: stop, and come back from storage on the next message.
+
+        The failed message is dropped. `resend`, then whatever was already waiting in this
+        instance's inbox, go in that order to the new instance (activated from storage), so
+        no turn runs on an instance whose memory the failure may have left half-changed."""
         log.error(
             "%s/%s failed: %r; restarting from storage", self.kind, self.key, exc, exc_info=exc
         )
-        with self.system.lock:
+        waiting = list(resend or [])
+        with self.system.lock:  # no message reaches this instance after it is forgotten
             self.system.forget(type(self), self.key, self)
+            if not self.hosted:
+                inbox: queue.Queue[Any] = self.actor_inbox  # type: ignore[assignment]
+                while True:  # a ThreadingActor's inbox is a queue.Queue of envelopes
+                    try:
+                        envelope = inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    waiting.append(envelope.message)
+            with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
+                for message in waiting:
+                    if not isinstance(message, _Passivate):
+                        self.system.tell_internal(type(self), self.key, message)
         self._deactivate()
 
     def _deactivate(self) -> None:
