@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
+from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.system import ActorSystem
 from genqueue.storage.state import StateStore
 
 RUN_S = 2.0  # wall time of each throughput measurement

@@ -27,7 +27,7 @@ from genqueue.actors.bridge import LoopThread, post
 from genqueue.actors.job import JobActor, Processor, QueueServices
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit, SubmitMany
 from genqueue.actors.queue import QueueActor
-from genqueue.actors.runtime import ActorSystem
+from genqueue.actors.system import ActorSystem
 from genqueue.actors.webhook import DeadLetters, DeliveryNotFound, WebhookOutbox, WebhookStats
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config

@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from genqueue.actors.runtime import ActorSystem, DurableActor
+from genqueue.actors.runtime import DurableActor
+from genqueue.actors.system import ActorSystem
 from genqueue.clock import ManualClock
 from genqueue.storage.state import StateStore
 

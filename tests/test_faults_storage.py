@@ -27,7 +27,8 @@ import aiohttp
 import pytest
 from test_http import Instant, assert_error, run, serve
 
-from genqueue.actors.runtime import ActorSystem, DurableActor
+from genqueue.actors.runtime import DurableActor
+from genqueue.actors.system import ActorSystem
 from genqueue.errors import StorageError
 from genqueue.http import QUEUE
 from genqueue.storage.state import StateStore

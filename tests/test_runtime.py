@@ -22,11 +22,11 @@ from helpers_kill import kill_after
 from genqueue.actors.bridge import LoopThread, Outcome
 from genqueue.actors.runtime import (
     ALARM_MAX_RETRIES,
-    ActorSystem,
     AlarmInfo,
     AlarmRecord,
     DurableActor,
 )
+from genqueue.actors.system import ActorSystem
 from genqueue.clock import ManualClock
 from genqueue.storage.state import StateStore
 

@@ -18,7 +18,8 @@ import msgspec
 import pykka
 
 if TYPE_CHECKING:
-    from genqueue.actors.runtime import ActorSystem, DurableActor
+    from genqueue.actors.runtime import DurableActor
+    from genqueue.actors.system import ActorSystem
 
 __all__ = ["Envelope", "Envelopes", "HostedRef", "Shard", "shard_of"]
 

@@ -33,7 +33,8 @@ from genqueue.actors.messages import (
     Start,
     TimedOut,
 )
-from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
+from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.system import ActorSystem
 from genqueue.config import Config
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
 from genqueue.models import Job, JobResult

@@ -43,8 +43,9 @@ from genqueue.actors.messages import (
     TimedOut,
 )
 from genqueue.actors.ratelimit import RateWindow
-from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
+from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.stats import QueueStats
+from genqueue.actors.system import ActorSystem
 from genqueue.models import Job, QueueStatus
 
 __all__ = ["QueueActor"]

@@ -33,7 +33,8 @@ import aiohttp
 import msgspec
 import pykka
 
-from genqueue.actors.runtime import ActorSystem, AlarmInfo, DurableActor
+from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.system import ActorSystem
 from genqueue.clock import Clock
 from genqueue.config import Config
 from genqueue.errors import GenqueueError

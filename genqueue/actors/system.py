@@ -1,0 +1,364 @@
+"""ActorSystem: activation, messaging, alarms and passivation of durable actors.
+
+- `get(cls, key)` activates the one live instance of an id from storage (thread-safe);
+  hosted kinds run on shard threads (hosting.py).
+- Every message goes through the system (`tell`, `tell_many`, `ask`, `ask_async`, `send`),
+  under the lock that passivation also takes: no message reaches an actor that decided to
+  stop. What a group of committed turns sends leaves together, before their replies.
+- One `Scheduler` thread delivers every alarm; a sweep passivates idle actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import pykka
+
+from genqueue.actors.bridge import Reply, SyncWaiter, future_reply
+from genqueue.actors.hosting import Envelope, Envelopes, HostedRef, Shard, shard_of
+from genqueue.actors.runtime import (
+    AlarmTable,
+    DurableActor,
+    _AlarmFire,
+    _Batch,
+    _Call,
+    _Passivate,
+)
+from genqueue.actors.scheduler import Scheduler
+from genqueue.clock import Clock, RealClock
+from genqueue.storage.state import StateStore
+
+__all__ = ["ActorSystem"]
+
+log = logging.getLogger("genqueue.runtime")
+A = TypeVar("A", bound=DurableActor)
+
+
+class _Release:
+    """What a group of after-commit callbacks sends and answers (sent at its end)."""
+
+    __slots__ = ("replies", "tells")
+
+    def __init__(self) -> None:
+        self.tells: list[tuple[type[DurableActor], str, Any]] = []
+        self.replies: list[tuple[Reply, bool, Any]] = []
+
+
+class ActorSystem:
+    """Activation, messaging, alarms and passivation for durable actors."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        clock: Clock | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        idle_timeout_s: float = 60.0,
+        shards: int = 2,
+    ):
+        self.store = store
+        self.clock: Clock = clock or RealClock()
+        self.loop = loop  # the I/O loop, set before the first run_async
+        self.idle_timeout_s = idle_timeout_s
+        self.alarms = AlarmTable(store.namespace("alarms"))
+        self.scheduler = Scheduler(self.clock)
+        self.lock = threading.RLock()
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self.cancelled_early: set[int] = set()  # touched on the I/O loop only
+        self._owned: dict[tuple[type[DurableActor], str], set[int]] = {}
+        self._activating: dict[tuple[type[DurableActor], str], threading.Event] = {}
+        self.shards = shards
+        self._shards: list[pykka.ActorRef[Shard]] = []
+        self._live: dict[tuple[type[DurableActor], str], pykka.ActorRef[Any]] = {}
+        self._actors: dict[tuple[type[DurableActor], str], DurableActor] = {}
+        self._kinds: dict[str, type[DurableActor]] = {}
+        self._token = 0
+        self._stopped = False
+        self._loop_tells: list[tuple[type[DurableActor], str, Any]] = []  # loop thread only
+        self._local = threading.local()  # .release: the releaser's group being gathered
+        store.set_release_context(self._releasing)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def register(self, *classes: type[DurableActor]) -> None:
+        for cls in classes:
+            self._kinds[cls.kind] = cls
+
+    def start(self) -> None:
+        """Start the scheduler and re-arm every stored alarm (due ones fire now)."""
+        for address, rec in self.alarms.load():
+            kind, _, key = address.partition("/")
+            cls = self._kinds.get(kind)
+            if cls is None:
+                log.warning("stored alarm for unknown actor kind %r ignored", kind)
+                continue
+            self.schedule_alarm(cls, key, rec.at)
+        self.scheduler.start()
+        self._schedule_sweep()
+
+    def stop(self) -> None:
+        """Stop every actor (their stored state stays), then the scheduler."""
+        with self.lock:
+            self._stopped = True
+            refs = list(self._live.values())
+            self._live.clear()
+            self._actors.clear()
+        for ref in [*refs, *self._shards]:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=10)
+        self.scheduler.stop()
+        self._cancel_all_tasks()
+
+    def _cancel_all_tasks(self) -> None:
+        """Stop the coroutines actors started: their work is resumable from storage."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self.tasks.values())])
+
+    # -- activation ----------------------------------------------------------------------------
+
+    def get(self, cls: type[A], key: str) -> pykka.ActorRef[A]:
+        """The one live instance for `key`, activated from storage if needed.
+
+        The thread that finds no instance starts one outside the system lock (a thread start
+        costs ~0.4 ms); others asking for the same key meanwhile wait for that one.
+        """
+        if "/" in key:
+            raise ValueError(f"actor key {key!r} may not contain '/'")
+        if cls.hosted:
+            return self._get_hosted(cls, key)  # type: ignore[return-value]
+        while True:
+            with self.lock:
+                ref = self._live.get((cls, key))
+                if ref is not None and ref.is_alive():
+                    return ref
+                if self._stopped:
+                    raise pykka.ActorDeadError("the actor system is stopped")
+                pending = self._activating.get((cls, key))
+                leader = pending is None
+                if pending is None:
+                    pending = self._activating[(cls, key)] = threading.Event()
+            if not leader:
+                pending.wait(30)
+                continue
+            ref = None
+            try:
+                ref = cls.start(self, key)
+            finally:
+                with self.lock:
+                    del self._activating[(cls, key)]
+                    if ref is not None:
+                        self._live[(cls, key)] = ref
+                pending.set()
+            return ref
+
+    def _get_hosted(self, cls: type[DurableActor], key: str) -> HostedRef:
+        """Activation of a hosted actor: build the object, let its shard run on_start first."""
+        with self.lock:
+            ref = self._live.get((cls, key))
+            if ref is not None and ref.is_alive():
+                return ref  # type: ignore[return-value]
+            if self._stopped:
+                raise pykka.ActorDeadError("the actor system is stopped")
+            if not self._shards:
+                self._shards = [Shard.start(self) for _ in range(self.shards)]
+            shard = self._shards[shard_of(key, self.shards)]
+            actor = cls(self, key)  # activated by its shard before its first message
+            hosted = HostedRef(shard, actor)
+            self._live[(cls, key)] = hosted  # type: ignore[assignment]
+            return hosted
+
+    def forget(self, cls: type[DurableActor], key: str, actor: DurableActor) -> None:
+        with self.lock:
+            ref = self._live.get((cls, key))
+            if ref is not None and ref.actor_urn == actor.actor_urn:
+                del self._live[(cls, key)]
+            if self._actors.get((cls, key)) is actor:
+                del self._actors[(cls, key)]
+
+    def live_count(self) -> int:
+        return len(self._live)  # a dict's len is atomic: no lock for a figure read per turn
+
+    # -- messaging -------------------------------------------------------------------------------
+
+    def tell(self, cls: type[DurableActor], key: str, message: Any) -> None:
+        release = getattr(self._local, "release", None)
+        if release is not None:  # keep the order of the group's sends (see tell_many)
+            release.tells.append((cls, key, message))
+        else:
+            self.tell_internal(cls, key, message)
+
+    def tell_internal(
+        self, cls: type[DurableActor], key: str, message: Any, *, activate: bool = True
+    ) -> None:
+        while True:
+            if activate:
+                ref = self.get(cls, key)
+            with self.lock:
+                live = self._live.get((cls, key))
+                if not activate:
+                    if live is None:
+                        return
+                    ref = live
+                # Under the lock that passivation takes: the instance has not decided to stop.
+                if live is ref:
+                    ref.tell(message)
+                    return
+
+    def tell_many(self, messages: list[tuple[type[DurableActor], str, Any]]) -> None:
+        """Send each `(cls, key, message)`, in order. Messages to hosted actors go to their
+        shard as one batch per shard, the others to each actor as one batch (one turn):
+        one queue hand-off (and wake-up) for many messages.
+
+        On the releaser thread, while it runs a group of after-commit callbacks, sends are
+        gathered and leave together at the end of the group, before its replies."""
+        release = getattr(self._local, "release", None)
+        if release is not None:
+            release.tells.extend(messages)
+            return
+        batches: dict[int, tuple[pykka.ActorRef[Shard], list[Envelope]]] = {}
+        others: dict[tuple[type[DurableActor], str], list[Any]] = {}
+        with self.lock:
+            for cls, key, message in messages:
+                if not cls.hosted:
+                    others.setdefault((cls, key), []).append(message)
+                    continue
+                ref = self._get_hosted(cls, key)
+                # Counted under the lock that passivation takes: it will not stop meanwhile.
+                ref.actor.hosted_pending += 1
+                batch = batches.setdefault(id(ref.shard), (ref.shard, []))
+                batch[1].append(Envelope(ref.actor, message))
+        for shard, envelopes in batches.values():
+            shard.tell(Envelopes(envelopes))
+        for (cls, key), bodies in others.items():
+            self.tell_internal(cls, key, bodies[0] if len(bodies) == 1 else _Batch(bodies))
+
+    def reply(self, reply: Reply, ok: bool, value: Any) -> None:
+        """Answer an ask; on the releaser thread, after the group's sends have left."""
+        release = getattr(self._local, "release", None)
+        if release is not None:
+            release.replies.append((reply, ok, value))
+        else:
+            reply(ok, value)
+
+    @contextlib.contextmanager
+    def _releasing(self) -> Iterator[None]:
+        """Around a group of after-commit callbacks (StateStore's release context)."""
+        release = self._local.release = _Release()
+        try:
+            yield
+        finally:
+            self._local.release = None
+            try:
+                if release.tells:
+                    self.tell_many(release.tells)
+            except pykka.ActorDeadError:
+                pass  # the system stopped meanwhile
+            finally:
+                for reply, ok, value in release.replies:
+                    try:
+                        reply(ok, value)
+                    except Exception:
+                        log.exception("a reply failed")
+
+    def tell_from_loop(self, cls: type[DurableActor], key: str, message: Any) -> None:
+        """`tell`, from the I/O loop's thread: what this loop iteration sends leaves together
+        at its end (`tell_many`)."""
+        if not self._loop_tells:
+            assert self.loop is not None
+            self.loop.call_soon(self._flush_loop_tells)
+        self._loop_tells.append((cls, key, message))
+
+    def _flush_loop_tells(self) -> None:
+        tells, self._loop_tells = self._loop_tells, []
+        with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
+            self.tell_many(tells)
+
+    def ask(self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0) -> Any:
+        """Send `message` and wait (in a plain thread) for the gated reply."""
+        waiter = SyncWaiter()
+        self.tell_internal(cls, key, _Call(message, waiter))
+        return waiter.wait(timeout_s)
+
+    async def ask_async(self, cls: type[DurableActor], key: str, message: Any) -> Any:
+        """Send `message` and await the reply without blocking the loop."""
+        fut, reply = future_reply(asyncio.get_running_loop())
+        self.tell_internal(cls, key, _Call(message, reply))
+        return await fut
+
+    def send(self, cls: type[DurableActor], key: str, message: Any, reply: Reply) -> None:
+        """Send `message`; `reply(ok, value)` is called once the answer is durable."""
+        self.tell_internal(cls, key, _Call(message, reply))
+
+    # -- alarms, tasks, passivation ---------------------------------------------------
+
+    def schedule_alarm(self, cls: type[DurableActor], key: str, at: float) -> int:
+        return self.scheduler.call_at(at, lambda: self._deliver_alarm(cls, key, at))
+
+    def _deliver_alarm(self, cls: type[DurableActor], key: str, at: float) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopping: the alarm stays stored
+            self.tell_internal(cls, key, _AlarmFire(at))
+
+    def next_token(self) -> int:
+        with self.lock:
+            self._token += 1
+            return self._token
+
+    def cancel_task(self, token: int) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+
+        def cancel() -> None:
+            task = self.tasks.get(token)
+            if task is not None:
+                task.cancel()
+            else:  # not started yet (it waits for its turn's commit): start it cancelled
+                self.cancelled_early.add(token)
+
+        loop.call_soon_threadsafe(cancel)
+
+    def own_task(self, cls: type[DurableActor], key: str, token: int) -> None:
+        with self.lock:
+            self._owned.setdefault((cls, key), set()).add(token)
+
+    def disown_task(self, cls: type[DurableActor], key: str, token: int) -> None:
+        with self.lock:
+            tokens = self._owned.get((cls, key))
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._owned[(cls, key)]
+
+    def owned_tasks(self, cls: type[DurableActor], key: str) -> set[int]:
+        with self.lock:
+            return set(self._owned.get((cls, key), ()))
+
+    def _idle_timeout(self, cls: type[DurableActor]) -> float:
+        return cls.idle_timeout_s if cls.idle_timeout_s is not None else self.idle_timeout_s
+
+    def _schedule_sweep(self) -> None:
+        shortest = min(
+            [self._idle_timeout(c) for c in self._kinds.values()] + [self.idle_timeout_s]
+        )
+        self.scheduler.call_at(self.clock.now() + max(shortest / 2, 0.001), self._sweep)
+
+    def _sweep(self) -> None:
+        """Ask every actor idle for longer than its idle timeout to passivate."""
+        now = self.clock.now()
+        with self.lock:
+            if self._stopped:
+                return
+            for (cls, key), ref in list(self._live.items()):
+                actor = self._actors.get((cls, key))
+                cutoff = now - self._idle_timeout(cls)
+                if cls.passivate_when_idle and actor is not None and actor.last_active <= cutoff:
+                    ref.tell(_Passivate(idle_before=cutoff))
+        self._schedule_sweep()
