@@ -211,8 +211,10 @@ class QueueActor(DurableActor):
         with the submission); every mode keeps the alarm the watchdog needs."""
         if self.cfg.dispatch == "alarm":
             self._dispatch_here()
-        else:
-            self._wake()
+            return
+        at, due = self._next_alarm(None), self.get_alarm()
+        if due is None or due > at:
+            self.set_alarm(at)
 
     def _index(self, job: Job) -> int:
         """List order for `GET /api/generations`: per user and for admins, newest first."""
@@ -364,19 +366,6 @@ class QueueActor(DurableActor):
         self._save_meta()
         self.stats.started(now - entry.enqueued_at)
         self.tell_after_commit(JobActor, entry.job_id, Start(now - entry.enqueued_at))
-
-    def _wake(self) -> None:
-        """Set the alarm to now, unless a dispatch now could start nothing anyway."""
-        now = self.clock.now()
-        due = self.get_alarm()
-        if due is not None and due <= now:
-            return  # already due
-        if self.cfg.dispatch != "alarm" or len(self.in_flight) >= self.cfg.max_concurrency:
-            at = self._next_alarm(None)  # only the watchdog may need an earlier alarm
-        else:
-            at = max(now, self.meta.paused_until, self.rate.next_token_at(now))
-        if due is None or due > at:
-            self.set_alarm(at)  # now, or the end of a pause, or the next token's time
 
     # -- pending bookkeeping ---------------------------------------------------------------------
 

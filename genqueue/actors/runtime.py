@@ -164,7 +164,6 @@ class DurableActor(pykka.ThreadingActor):
         self._alarm: AlarmRecord | None = None
         self._alarm_handle: int | None = None
         self._deferred: list[Callable[[], None]] = []
-        self._tells: list[tuple[type[DurableActor], str, Any]] | None = None  # this turn's
         self._tasks: dict[int, Callable[[Outcome], None]] = {}
         self.last_active = self.clock.now()
         self.hosted_alive = True
@@ -225,13 +224,9 @@ class DurableActor(pykka.ThreadingActor):
         self._deferred.append(fn)
 
     def tell_after_commit(self, cls: type[DurableActor], key: str, message: Any) -> None:
-        """Send `message` once this turn's writes are durable. A turn's messages leave together
-        (`ActorSystem.tell_many`: one hand-off per shard, not one per message)."""
-        if self._tells is None:
-            tells = self._tells = []
-            system = self.system
-            self._deferred.append(functools.partial(system.tell_many, tells))
-        self._tells.append((cls, key, message))
+        """Send `message` once this turn's writes are durable. On the releaser thread the
+        sends of every turn a commit covers leave together (`ActorSystem.tell_many`)."""
+        self._deferred.append(functools.partial(self.system.tell, cls, key, message))
 
     def run_async(
         self, coro: Coroutine[Any, Any, Any], on_done: Callable[[Outcome], None] | str
@@ -278,7 +273,6 @@ class DurableActor(pykka.ThreadingActor):
         except Exception:
             store.discard_turn()
             self._deferred.clear()
-            self._tells = None
             log.exception("activation of %s/%s failed", self.kind, self.key)
             self.system.forget(type(self), self.key, self)
             raise
@@ -307,7 +301,6 @@ class DurableActor(pykka.ThreadingActor):
             # A failed turn stores nothing; a failed tell restarts the actor from storage.
             self.system.store.discard_turn()
             self._deferred.clear()
-            self._tells = None
             self._passivate_after_turn = False
             self._end_turn(reply, False, exc)
             if reply is None:
@@ -349,7 +342,6 @@ class DurableActor(pykka.ThreadingActor):
         except Exception as exc:
             self.system.store.discard_turn()
             self._deferred.clear()
-            self._tells = None
             self._passivate_after_turn = False
             self._crash(exc, resend=messages)
             return
@@ -360,7 +352,6 @@ class DurableActor(pykka.ThreadingActor):
 
     def _end_turn(self, reply: Reply | None, ok: bool, value: Any) -> None:
         deferred, self._deferred = self._deferred, []
-        self._tells = None
         if reply is None and not deferred:
             return
         # A partial, not a closure: one object per turn, not a function and seven cells for
@@ -437,7 +428,6 @@ class DurableActor(pykka.ThreadingActor):
             self.system.store.discard_turn()
             self.system.store.begin_turn()
             self._deferred.clear()
-            self._tells = None
             self._retry_alarm(current, exc)
             return
         if self._alarm is None:
