@@ -71,9 +71,8 @@ class FileCommitter:
     def __init__(
         self, syncfs: Callable[[int], None] | None = _SYNCFS, min_group: int = SYNCFS_MIN_GROUP
     ) -> None:
-        self._syncfs_call = syncfs
+        self._syncfs = syncfs
         self._min_group = min_group
-        self._syncfs: Callable[[int], None] | None = None  # for the group being committed
         self._pending: list[_Pending] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None  # the group being synced (kept alive)
@@ -119,7 +118,7 @@ class FileCommitter:
 
     def _commit_group(self, group: list[_Pending]) -> list[OSError | None]:
         """In a worker thread: write the tails, sync the data, rename, sync the renames."""
-        self._syncfs = self._syncfs_call if len(group) >= self._min_group else None
+        syncfs = self._syncfs if len(group) >= self._min_group else None
         errors: list[OSError | None] = [None] * len(group)
         files: list[tuple[BinaryIO, Path] | None] = [item.opened for item in group]
         live = []
@@ -130,14 +129,14 @@ class FileCommitter:
                 handle, _ = files[i]  # type: ignore[misc]
                 handle.write(item.tail)
                 handle.flush()
-                if self._syncfs is None:
+                if syncfs is None:
                     os.fsync(handle.fileno())
                 live.append(i)
             except OSError as exc:
                 errors[i] = exc
         try:
-            if self._syncfs is not None and live:
-                self._syncfs(files[live[0]][0].fileno())  # type: ignore[index]
+            if syncfs is not None and live:
+                syncfs(files[live[0]][0].fileno())  # type: ignore[index]
         except OSError as exc:  # nothing of this group is known durable
             for i in live:
                 errors[i] = exc
@@ -158,17 +157,18 @@ class FileCommitter:
                 with contextlib.suppress(OSError):
                     opened[1].unlink(missing_ok=True)
         if renamed:
-            self._sync_folders({group[i].path.parent for i in renamed})
+            _sync_folders({group[i].path.parent for i in renamed}, syncfs)
         return errors
 
-    def _sync_folders(self, folders: set[Path]) -> None:
-        targets = list(folders)[:1] if self._syncfs is not None else folders
-        for folder in targets:
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                if self._syncfs is not None:
-                    self._syncfs(fd)
-                else:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+
+def _sync_folders(folders: set[Path], syncfs: Callable[[int], None] | None) -> None:
+    """Make renames in `folders` durable: one syncfs covers them all, else an fsync each."""
+    for folder in list(folders)[:1] if syncfs is not None else folders:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if syncfs is not None:
+                syncfs(fd)
+            else:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
