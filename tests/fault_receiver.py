@@ -13,50 +13,24 @@ It runs until SIGTERM or SIGINT, or a deadline (so it never outlives a dead pare
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
-from receiver_app import serve_until_signal
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from receiver_app import serve_until_signal, verifying_app
 
 
 async def serve(port: int, secret: str, log: Path) -> None:
-    verifier = Webhook(secret)
-    rejected = 0
-
-    async def hook(request: web.Request) -> web.Response:
-        nonlocal rejected
-        body = await request.read()
-        try:
-            payload = verifier.verify(body, dict(request.headers))
-        except WebhookVerificationError:
-            rejected += 1
-            return web.Response(status=401)
-        record = {
-            "id": request.headers["webhook-id"],
-            "jobId": payload.get("jobId"),
-            "event": payload.get("event"),
-            "status": payload.get("status"),
-            "payload": payload,
-            "sha256": hashlib.sha256(body).hexdigest(),
-            "at": time.time(),
-        }
+    def keep(record: dict[str, Any]) -> None:
         with log.open("a") as f:  # one write per line: whole lines even across restarts
             f.write(json.dumps(record) + "\n")
-        return web.Response(status=204)
 
-    async def received(_request: web.Request) -> web.Response:
+    def kept() -> list[dict[str, Any]]:
         lines = log.read_text().splitlines() if log.exists() else []
-        deliveries = [json.loads(line) for line in lines if line.strip()]
-        return web.json_response({"deliveries": deliveries, "rejected": rejected})
+        return [json.loads(line) for line in lines if line.strip()]
 
-    app = web.Application()
-    app.add_routes([web.post("/hook", hook), web.get("/received", received)])
-    await serve_until_signal(app, port)
+    await serve_until_signal(verifying_app(secret, keep, kept), port)
 
 
 if __name__ == "__main__":
