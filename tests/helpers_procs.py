@@ -35,6 +35,7 @@ import aiohttp
 import botocore.session
 
 from genqueue.config import ENV_NAMES
+from genqueue.providers.fake_veo.video import clip
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")
@@ -406,10 +407,10 @@ def video_key(job_id: str, user: str = USER) -> str:
 
 
 def assert_whole_video(body: bytes | None, size: int, what: str) -> None:
-    """The fake's MP4, whole: its size, an ftyp box first, an mdat box filling the rest."""
+    """The fake's MP4, whole: its size, the playable clip (ftyp, moov, mdat), then padding."""
     assert body is not None, f"{what}: no object stored"
     assert len(body) == size, f"{what}: {len(body)} bytes stored, the video has {size}"
-    assert body[4:8] == b"ftyp" and b"mdat" in body[:256], f"{what}: not the fake's MP4"
+    assert body.startswith(clip()), f"{what}: not the fake's MP4"
 
 
 def urlopen_status(url: str) -> int:

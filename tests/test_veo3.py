@@ -89,7 +89,8 @@ def test_start_poll_download_gemini() -> None:
             data = await fetch(client, done.videos[0], chunk_size=4096)
             assert data == build_mp4(100_000)
             assert data[4:8] == b"ftyp"
-            assert top_level_boxes(data) == [b"ftyp", b"moov", b"mdat"]
+            # The playable clip (moov first, ffmpeg's own free box), then the padding.
+            assert top_level_boxes(data) == [b"ftyp", b"moov", b"free", b"mdat", b"free"]
             assert (fake.starts, fake.polls, fake.downloads) == (1, 2, 1)
             assert fake.operations[name].polls == 2
             assert fake.requests[-1].headers["x-goog-api-key"] == KEY
@@ -237,9 +238,9 @@ def test_400_is_permanent_with_googles_message() -> None:
 def test_404_unknown_model_says_so() -> None:
     async def body() -> None:
         async with veo() as (_fake, client):
-            err = await failure(client.start("x", VideoParams(), model="veo-3.1-generate-preview"))
+            err = await failure(client.start("x", VideoParams(), model="veo-3.0-generate-001"))
             assert (err.retryable, err.status, err.code) == (False, 404, "model_not_found")
-            assert "'veo-3.1-generate-preview' is unknown or retired" in err.message
+            assert "'veo-3.0-generate-001' is unknown or retired" in err.message
 
     run(body())
 
