@@ -1,10 +1,11 @@
 """A local OAuth 2.0 token endpoint for service-account keys, and throwaway keys for it.
 
 What google-auth does with a service-account key file (`GOOGLE_APPLICATION_CREDENTIALS`):
-it signs a JWT (RS256, `iss` = the key's `client_email`, `aud` = its `token_uri`, `scope`,
-`iat`, `exp`) with the key's private key and POSTs it to `token_uri` as the JWT-bearer grant
-(RFC 7523: `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=...`); the
-answer is `{"access_token", "expires_in", "token_type": "Bearer"}`. A TokenIssuer answers
+it signs a JWT (RS256, `iss` = the key's `client_email`, `aud` = Google's token endpoint,
+`scope`, `iat`, `exp`) with the key's private key and POSTs it to the key's `token_uri` as
+the JWT-bearer grant (RFC 7523: `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&
+assertion=...`); the answer is `{"access_token", "expires_in", "token_type": "Bearer"}`.
+A TokenIssuer answers
 that grant for the keys it made, issues short-lived opaque tokens, and tells the fake Veo
 whether a bearer token is live, expired or unknown, on its own clock.
 
@@ -29,6 +30,7 @@ __all__ = ["JWT_BEARER", "ServiceAccountKey", "TokenIssuer"]
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 
 
 class _Clock(Protocol):
@@ -147,7 +149,9 @@ class TokenIssuer:
             )
         except (ValueError, InvalidSignature):
             return "Invalid JWT Signature."
-        if claims.get("aud") != url:
+        # google-auth signs for Google's endpoint whatever the key's token_uri says
+        # (service_account.py: "aud": _GOOGLE_OAUTH2_TOKEN_ENDPOINT), as Google expects.
+        if claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, url):
             return f"Invalid JWT: audience {claims.get('aud')!r} is not this token endpoint."
         if not float(claims.get("iat", 0)) - 300 <= time.time() < float(claims.get("exp", 0)):
             return "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe."
