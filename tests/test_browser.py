@@ -233,7 +233,7 @@ class Page:
             self.problems.append(" ".join(str(a.get("value", a)) for a in params["args"]))
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             entry = params["entry"]
-            # Not a failed load (the fake's video bytes do not decode), unless CSP blocked it.
+            # Not a failed load (e.g. a player cut off by a reload), unless CSP blocked it.
             if entry.get("source") != "network" or "Content Security Policy" in entry["text"]:
                 self.problems.append(entry["text"])
 
@@ -386,6 +386,10 @@ async def drive(page: Page, base_url: str, shot: Path) -> None:
         await page.wait_for(done.replace(first, job_id), f"job {job_id} to complete", 20)
     src = await page.js(f"{_row(first)}.querySelector('video').src")
     assert src == f"{base_url}/videos/ada/{first}.mp4", src
+    # The player is not black: the fake's video has an H.264 track the browser decodes.
+    await page.wait_for(
+        f"{_row(first)}.querySelector('video').videoWidth === 96", "the player's video track", 20
+    )
     assert (await page.js(f"{_row(first)}.querySelector('.status').textContent")) == "completed"
     assert await page.js(f"{_row(first)}.querySelector('progress').value") == 100
     headers = {"Authorization": f"Bearer {KEY}"}
