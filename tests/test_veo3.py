@@ -261,11 +261,12 @@ def test_wrong_or_missing_key_is_refused_and_never_echoed() -> None:
     async def body() -> None:
         async with veo(client={"api_key": wrong}) as (fake, client):
             err = await failure(client.start("x", VideoParams()))
-            assert (err.retryable, err.status, err.code) == (False, 401, "auth")
+            # Google answers a wrong key 400 INVALID_ARGUMENT with ErrorInfo API_KEY_INVALID.
+            assert (err.retryable, err.status, err.code) == (False, 400, "auth")
             assert "refused the API key" in err.message
             for text in (str(err), repr(err), err.message, repr(client)):
                 assert wrong not in text and KEY not in text
-            fake.fail_starts(status=400, reason="API_KEY_INVALID")
+            fake.fail_starts(status=401)
             assert (await failure(client.start("x", VideoParams()))).code == "auth"
         async with veo(client={"api_key": None}) as (_fake, client):
             err = await failure(client.start("x", VideoParams()))

@@ -1,6 +1,7 @@
 """Who may call which door, and Google's answers when they may not.
 
-- Gemini API: `x-goog-api-key` (a missing key is a 403, a wrong one a 401 API_KEY_INVALID).
+- Gemini API: `x-goog-api-key` (a missing key is a 403 PERMISSION_DENIED, a wrong one a
+  400 INVALID_ARGUMENT with ErrorInfo API_KEY_INVALID, as Google answers a bad key).
 - Vertex AI: `Authorization: Bearer TOKEN`. With a TokenIssuer, only a token it issued and
   that is still live passes (an expired one is a 401 with ErrorInfo ACCESS_TOKEN_EXPIRED, as
   Google answers a token past its hour); with a fixed `access_token`, only that one.
@@ -45,6 +46,8 @@ class Credentials:
         if door == "gemini":
             return self._key(request, self.api_key)
         if door == "express":
+            if self.vertex_api_key is not None and "x-goog-api-key" not in request.headers:
+                return google_error(401, NO_CREDENTIALS, reason="CREDENTIALS_MISSING")
             return self._key(request, self.vertex_api_key)
         if door == "vertex":
             return self._bearer(request)
@@ -67,7 +70,7 @@ class Credentials:
             return None
         if key is None:
             return google_error(403, NO_KEY)
-        return google_error(401, BAD_KEY, reason="API_KEY_INVALID")
+        return google_error(400, BAD_KEY, reason="API_KEY_INVALID")
 
     def _bearer(self, request: web.Request) -> web.Response | None:
         if not self._vertex_configured():
