@@ -317,6 +317,18 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--latency-s", type=float, default=3.0)
     f.add_argument("--video-size", type=int, default=256 * 1024, help="bytes per video")
     f.add_argument("--api-key", help="require this x-goog-api-key (default: any)")
+    f.add_argument("--vertex-api-key", help="require this key in Vertex express mode")
+    f.add_argument(
+        "--google-models",
+        action="store_true",
+        help="serve on each door exactly the models Google serves there (404 for the rest)",
+    )
+    f.add_argument(
+        "--service-account-key",
+        type=Path,
+        help="serve POST /token and write a service-account key file for it at this path",
+    )
+    f.add_argument("--token-lifetime-s", type=float, default=3600.0, help="issued tokens' life")
     return p
 
 
@@ -326,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return serve(args)
         if args.command == "fake-veo":
-            from genqueue.providers.fake_veo import serve_fake_veo
+            from genqueue.providers.fake_veo import GOOGLE_MODELS, KNOWN_MODELS, serve_fake_veo
 
             try:
                 serve_fake_veo(
@@ -335,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
                     latency_s=args.latency_s,
                     video_size=args.video_size,
                     api_key=args.api_key,
+                    vertex_api_key=args.vertex_api_key,
+                    models=GOOGLE_MODELS if args.google_models else KNOWN_MODELS,
+                    service_account_key=args.service_account_key,
+                    issuer_options={"lifetime_s": args.token_lifetime_s},
                 )
             except OSError as exc:
                 print(f"fake Veo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)

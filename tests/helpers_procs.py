@@ -171,12 +171,19 @@ async def get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
 class FakeVeoProc:
     """`main.py fake-veo` on a free port."""
 
-    def __init__(self, logs: Path, *, latency_s: float = 0.3, video_size: int = 256 * 1024):
+    def __init__(
+        self,
+        logs: Path,
+        *,
+        latency_s: float = 0.3,
+        video_size: int = 256 * 1024,
+        extra_args: tuple[str, ...] = (),
+    ):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.video_size = video_size
         args = [MAIN, "fake-veo", "--port", str(port), "--latency-s", str(latency_s)]
-        args += ["--video-size", str(video_size)]
+        args += ["--video-size", str(video_size), *extra_args]
         self.child = Child(args, logs, "fake-veo", child_env())
 
     def start(self) -> FakeVeoProc:

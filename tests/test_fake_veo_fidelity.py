@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from helpers_procs import FakeVeoProc
 
 from genqueue.clock import ManualClock
 from genqueue.providers.fake_veo import (
@@ -284,3 +287,41 @@ def test_each_door_refuses_the_parameters_google_refuses() -> None:
             assert (await call(fake, "POST", vertex, start, **bearer))[0] == 200
 
     run(body())
+
+
+def test_the_fake_as_a_process_serves_googles_models_and_a_key_file(tmp_path: Path) -> None:
+    """`main.py fake-veo --google-models --service-account-key PATH`: what a test of `serve`
+    in another process points GOOGLE_APPLICATION_CREDENTIALS at."""
+    import google.auth
+    import google.auth.transport.requests
+
+    key_file = tmp_path / "sa.json"
+    extra = ("--google-models", "--service-account-key", str(key_file), "--token-lifetime-s", "5")
+    fake = FakeVeoProc(tmp_path, extra_args=extra).start()
+    try:
+        info = json.loads(key_file.read_text())
+        assert info["token_uri"] == f"{fake.url}/token"
+        scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+            creds, project = google.auth.default(scopes=scopes)
+        creds.refresh(google.auth.transport.requests.Request())
+        assert project == "fake-project" and creds.token.startswith("ya29.")
+        path = f"{VERTEX}/veo-3.1-generate-001:predictLongRunning"
+        bearer = {"Authorization": f"Bearer {creds.token}"}
+        assert urlopen_json(f"{fake.url}{path}", BODY, bearer)[0] == 200
+        gemini = f"{fake.url}/v1beta/models/veo-3.1-generate-001:predictLongRunning"
+        assert urlopen_json(gemini, BODY, {})[0] == 404  # Vertex-only id, strict table
+    finally:
+        fake.stop()
+
+
+def urlopen_json(url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), headers | {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

@@ -67,9 +67,15 @@ class TokenIssuer:
         self.refused = 0  # grants refused
 
     def new_key(
-        self, directory: Path, token_uri: str, project_id: str = "fake-project"
+        self,
+        directory: Path,
+        token_uri: str,
+        project_id: str = "fake-project",
+        *,
+        path: Path | None = None,
     ) -> ServiceAccountKey:
-        """Write a new service-account key file whose `token_uri` is `token_uri`."""
+        """Write a new service-account key file whose `token_uri` is `token_uri` (in
+        `directory` under a name of its own, or at `path`)."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -91,7 +97,7 @@ class TokenIssuer:
             "token_uri": token_uri,
             "universe_domain": "googleapis.com",
         }
-        path = directory / f"service-account-{email.split('@')[0]}.json"
+        path = path or directory / f"service-account-{email.split('@')[0]}.json"
         path.write_text(json.dumps(info, indent=2))
         path.chmod(0o600)
         self._public_keys[email] = key.public_key()

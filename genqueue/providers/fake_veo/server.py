@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import signal
 import ssl
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from genqueue.providers.fake_veo.app import FakeVeo
+from genqueue.providers.fake_veo.oauth import TokenIssuer
 
 __all__ = ["FakeVeoServer", "serve_fake_veo"]
 
@@ -62,17 +64,32 @@ class FakeVeoServer:
             self._runner = None
 
 
-def serve_fake_veo(host: str, port: int, **options: Any) -> None:
-    """Serve a FakeVeo until SIGINT or SIGTERM (`python main.py fake-veo --port N`)."""
-    asyncio.run(_serve_forever(host, port, options))
+def serve_fake_veo(
+    host: str, port: int, *, service_account_key: Path | None = None, **options: Any
+) -> None:
+    """Serve a FakeVeo until SIGINT or SIGTERM (`python main.py fake-veo --port N`).
+
+    With `service_account_key`, it also serves `POST /token` and writes there a new key file
+    whose `token_uri` is that endpoint, so another process can use it as
+    GOOGLE_APPLICATION_CREDENTIALS; Vertex calls then need a token it issued.
+    """
+    issuer_options = options.pop("issuer_options", {})
+    if service_account_key is not None:
+        options.setdefault("token_issuer", TokenIssuer(**issuer_options))
+    asyncio.run(_serve_forever(host, port, options, service_account_key))
 
 
-async def _serve_forever(host: str, port: int, options: dict[str, Any]) -> None:
+async def _serve_forever(
+    host: str, port: int, options: dict[str, Any], key_path: Path | None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     async with FakeVeoServer(host, port, **options) as fake:
+        if key_path is not None and fake.token_issuer is not None:
+            token_uri = f"{fake.base_url}/token"
+            fake.token_issuer.new_key(key_path.parent, token_uri, path=key_path)
         print(f"fake Veo listening on {fake.base_url}", flush=True)
         await stop.wait()
