@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from aiohttp import web
 from helpers_procs import FakeVeoProc
 
 from genqueue.clock import ManualClock
@@ -138,6 +139,37 @@ def test_a_service_account_key_gets_a_token_that_expires(tmp_path: Path) -> None
             for headers in ({"Authorization": "Bearer ya29.made-up"}, {}):
                 assert (await call(fake, "POST", path, BODY, **headers))[0] == 401
             assert fake.starts == 1
+
+    run(body())
+
+
+def test_the_fake_trusts_a_token_endpoint_served_elsewhere(tmp_path: Path) -> None:
+    """The issuer on its own port; the fake, pointed at it, takes only the tokens it issued."""
+    import google.auth.transport.requests
+    from google.oauth2 import service_account
+
+    async def body() -> None:
+        issuer = TokenIssuer()
+        runner = web.AppRunner(issuer.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        token_uri = f"http://127.0.0.1:{runner.addresses[0][1]}/token"
+        try:
+            async with server(ManualClock(), issuer) as fake:
+                key = issuer.new_key(tmp_path, token_uri)
+                creds = service_account.Credentials.from_service_account_file(
+                    str(key.path), scopes=["https://www.googleapis.com/auth/cloud-platform"]
+                )
+                await asyncio.to_thread(creds.refresh, google.auth.transport.requests.Request())
+                path = f"{VERTEX}/veo-3.1-generate-001:predictLongRunning"
+                ok = await call(fake, "POST", path, BODY, Authorization=f"Bearer {creds.token}")
+                assert ok[0] == 200 and issuer.grants == 1
+                other = TokenIssuer().issue()  # live, but from an issuer the fake does not trust
+                assert (await call(fake, "POST", path, BODY, Authorization=f"Bearer {other}"))[
+                    0
+                ] == 401
+        finally:
+            await runner.cleanup()
 
     run(body())
 

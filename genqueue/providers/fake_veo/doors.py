@@ -12,8 +12,10 @@ Vertex AI ({location}-aiplatform.googleapis.com, OAuth bearer token; both `v1` a
   POST /{v}/projects/{p}/locations/{l}/publishers/google/models/{m}:predictLongRunning and
   `:fetchPredictOperation` (`operations.py`: `path = '{resourceName}:fetchPredictOperation'`,
   the operation name up to `/operations/`), GET /{v}/publishers/google/models/{m} (the
-  publisher model: the model check); express mode (`vertexai=True, api_key=...`, no project)
-  calls the same paths without `projects/{p}/locations/{l}/`, with `x-goog-api-key`.
+  model check: Vertex AI's `publishers.models.get`, "Gets a Model Garden publisher model",
+  name "publishers/{publisher}/models/{publisher_model}", in v1 and v1beta1); express mode
+  (`vertexai=True, api_key=...`, no project) calls the same paths without
+  `projects/{p}/locations/{l}/`, with `x-goog-api-key`.
   google-genai 3.x `_Video_from_vertex` reads `response.videos[].gcsUri` /
   `bytesBase64Encoded` / `mimeType`; `storageUri` comes from `output_gcs_uri`.
 """

@@ -117,6 +117,12 @@ class TokenIssuer:
             return "unknown"
         return "live" if self.clock.now() < expiry else "expired"
 
+    def app(self) -> web.Application:
+        """The token endpoint alone (`POST /token`), to serve apart from the fake Veo."""
+        app = web.Application()
+        app.router.add_post("/token", self.handle)
+        return app
+
     async def handle(self, request: web.Request) -> web.Response:
         """`POST /token`: the JWT-bearer grant of RFC 7523, as Google's endpoint answers it."""
         form = urllib.parse.parse_qs((await request.read()).decode("utf-8", "replace"))
