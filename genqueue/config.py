@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ import msgspec
 
 from genqueue.errors import ConfigError
 
-__all__ = ["ENV_NAMES", "Config", "load_config"]
+__all__ = ["ENV_NAMES", "SECRET_FIELDS", "Config", "load_config", "secret_values"]
 
 DispatchMode = Literal["alarm", "immediate", "cron"]
 
@@ -79,6 +80,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _check_non_negative(self, "max_per_user", "rate_limit_per_minute", "retention_days")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port")
+        _check_webhooks(self)
 
     @property
     def webhook_target(self) -> str:
@@ -92,6 +94,29 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+
+def _check_webhooks(cfg: Config) -> None:
+    """A bad WEBHOOK_SECRET or GENQUEUE_WEBHOOK_RETRY_S stops the start with one line naming
+    it (the message never quotes the secret)."""
+    from genqueue.webhooks.schedule import parse_retry_s
+    from genqueue.webhooks.signing import WebhookSigner, parse_secrets
+
+    secrets = parse_secrets(cfg.webhook_secret)
+    try:
+        if secrets:
+            WebhookSigner(secrets)
+    except ValueError as exc:
+        raise ConfigError(
+            f"webhook_secret (environment WEBHOOK_SECRET): {exc}; expected whsec_ and base64,"
+            " two secrets space-separated during a rotation"
+        ) from None
+    try:
+        parse_retry_s(cfg.webhook_retry_s)
+    except ValueError as exc:
+        raise ConfigError(
+            f"webhook_retry_s (environment GENQUEUE_WEBHOOK_RETRY_S): {exc}"
+        ) from None
 
 
 def _check_positive(cfg: Config, *names: str) -> None:
@@ -149,6 +174,26 @@ ENV_NAMES: dict[str, str] = {
 SECRET_FIELDS = frozenset(
     {"api_keys", "veo3_api_key", "vertex_access_token", "aws_secret_access_key", "webhook_secret"}
 )
+
+
+def secret_values(cfg: Config) -> list[str]:
+    """Every secret of `cfg` for the log redactor, each one on its own: a whole setting, and
+    each part of it that could show up alone in a log line (each API key of
+    GENQUEUE_API_KEYS, each secret of a WEBHOOK_SECRET rotation and its base64 body)."""
+    found: set[str] = set()
+    for name in SECRET_FIELDS:
+        value = str(getattr(cfg, name))
+        found.add(value)
+        found.update(value.split())
+    for entry in cfg.api_keys.split(","):
+        entry = entry.strip()
+        # `key=user[:admin][:maxpriority=N]`: the key is the text before one of the "="
+        # (a key may hold "=" itself); register each candidate, never miss the key.
+        found.update(entry[:i].strip() for i, ch in enumerate(entry) if ch == "=")
+    for secret in re.split(r"[\s,]+", cfg.webhook_secret):
+        found.add(secret)
+        found.add(secret.removeprefix("whsec_"))
+    return sorted(s for s in found if s)
 
 
 def load_config(
