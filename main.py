@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import fcntl
 import os
 import secrets
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,13 +31,12 @@ import msgspec
 import orjson
 from yarl import URL
 
-from genqueue.config import SECRET_FIELDS, Config, load_config
-from genqueue.errors import ConfigError
+from genqueue.config import Config, load_config, secret_values
+from genqueue.errors import ConfigError, DataDirInUse
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 EXIT_CANNOT_SERVE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 5, 130, 141
 KEY_FILE = "admin_key"
-LOCK_FILE = "serve.lock"
 POLL_S = 0.5  # how often `submit --wait` looks at the job
 
 
@@ -54,7 +50,7 @@ def ensure_api_keys(cfg: Config) -> Config:
         if not key:
             raise CannotServe(f"{path} is empty: delete it to have a new admin key made")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = "gq_" + secrets.token_urlsafe(24)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -66,32 +62,6 @@ def ensure_api_keys(cfg: Config) -> Config:
 
 class CannotServe(Exception):
     """`serve` cannot start: the port is taken, or the data directory is in use or unusable."""
-
-
-@contextlib.contextmanager
-def data_dir_lock(data_dir: Path) -> Iterator[IO[str]]:
-    """Hold an exclusive lock on the data directory: one server per directory.
-
-    Two servers on one directory would each recover the other's jobs in flight and run
-    them twice; the lock goes with the process, however it ends.
-    """
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        f = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the server's life)
-    except OSError as exc:
-        raise CannotServe(f"cannot use the data directory {data_dir}: {exc}") from exc
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CannotServe(
-                f"another genqueue server is using the data directory {data_dir}"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield f
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -123,15 +93,29 @@ def serve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
     try:
-        with data_dir_lock(Path(cfg.data_dir)), listen(cfg.host, cfg.port) as sock:
+        with listen(cfg.host, cfg.port) as sock:
             cfg = ensure_api_keys(cfg)
-            setup_logging(cfg.log_level, secrets=[str(getattr(cfg, f)) for f in SECRET_FIELDS])
-            url = f"http://{cfg.host}:{cfg.port}"
-            print(f"genqueue serving on {url} (data in {cfg.data_dir})", flush=True)
+            setup_logging(cfg.log_level, secrets=secret_values(cfg))
+            app = create_app(cfg)
+
+            async def announce(_: web.Application) -> None:
+                # After the cleanup context opened the queue (and so took the data directory):
+                # a refused start never says "serving on".
+                url = f"http://{cfg.host}:{cfg.port}"
+                print(f"genqueue serving on {url} (data in {cfg.data_dir})", flush=True)
+
+            app.on_startup.append(announce)
             # SIGTERM and SIGINT end run_app gracefully; it returns once all is closed.
-            web.run_app(create_app(cfg), sock=sock, print=None, shutdown_timeout=10)
+            web.run_app(app, sock=sock, print=None, shutdown_timeout=10)
     except CannotServe as exc:
         print(f"genqueue: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
+    except DataDirInUse as exc:  # JobQueue.open() holds the one lock per data directory
+        holder = f" (held by pid {exc.pid})" if exc.pid is not None else ""
+        print(
+            f"genqueue: another genqueue server is using the data directory {exc.data_dir}{holder}",
+            file=sys.stderr,
+        )
         return EXIT_CANNOT_SERVE
     print("genqueue stopped", flush=True)
     return EXIT_OK

@@ -2,6 +2,7 @@
 
 from genqueue.config import Config, load_config
 from genqueue.errors import (
+    DataDirInUse,
     GenqueueError,
     IllegalTransition,
     InvalidRequest,
@@ -14,6 +15,7 @@ from genqueue.models import GenerationParams, GenerationRequest, Job, JobResult,
 
 __all__ = [
     "Config",
+    "DataDirInUse",
     "GenerationParams",
     "GenerationRequest",
     "GenqueueError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataDirInUse",
     "GenqueueError",
     "IllegalTransition",
     "InvalidRequest",
@@ -19,6 +20,19 @@ class GenqueueError(Exception):
 
 class ConfigError(GenqueueError):
     """A configuration key is unknown or its value is bad (the message names the key)."""
+
+
+class DataDirInUse(GenqueueError):
+    """Another open queue (this process or another) owns the data directory."""
+
+    def __init__(self, data_dir: object, pid: int | None = None):
+        holder = f" (pid {pid})" if pid is not None else ""
+        super().__init__(
+            f"another genqueue queue{holder} is using the data directory {data_dir}:"
+            " one process, and one open JobQueue, per data directory"
+        )
+        self.data_dir = str(data_dir)
+        self.pid = pid
 
 
 class InvalidRequest(GenqueueError):

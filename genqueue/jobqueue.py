@@ -33,6 +33,7 @@ from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest, JobNotFound, StorageError
 from genqueue.models import GenerationRequest, Job, QueueStatus, validate_request
+from genqueue.storage.dirlock import DataDirLock, private_file
 from genqueue.storage.state import StateStore
 from genqueue.webhooks import Delivery
 
@@ -90,12 +91,33 @@ class JobQueue:
         self._unavailable = False  # closed by a failed store, until `reopen` succeeds
         self._lifecycle = threading.Lock()  # reopen and close, one at a time
         self._closed = False
+        self._dir_lock: DataDirLock | None = None  # held from open to close, across reopen
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> JobQueue:
+        """Take the data directory (DataDirInUse if another open queue has it), then read
+        it and start the actors. A failed open gives the directory back."""
+        took_lock = self._dir_lock is None
+        if took_lock:
+            self._closed = False
+            self._dir_lock = DataDirLock.acquire(self.config.data_dir)
+        try:
+            return self._open()
+        except BaseException:
+            if took_lock:
+                self._release_dir()
+            raise
+
+    def _open(self) -> JobQueue:
         cfg = self.config
-        self.store = StateStore(Path(cfg.data_dir) / "state.db", synchronous=cfg.synchronous)
+        db_path = Path(cfg.data_dir) / "state.db"
+        for path in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
+            # state.db before SQLite creates it (its -wal and -shm then take its mode 0600);
+            # files of an older version are narrowed to 0600.
+            if path == db_path or path.exists():
+                private_file(path)
+        self.store = StateStore(db_path, synchronous=cfg.synchronous)
         if self._loop is None:
             self._loop_thread = LoopThread()
             self._loop = self._loop_thread.start()
@@ -131,7 +153,15 @@ class JobQueue:
     def close(self) -> None:
         with self._lifecycle:  # after a reopen in progress, never beside it
             self._closed = True
-            self._shut(keep_loop=False)
+            try:
+                self._shut(keep_loop=False)
+            finally:
+                self._release_dir()
+
+    def _release_dir(self) -> None:
+        lock, self._dir_lock = self._dir_lock, None
+        if lock is not None:
+            lock.release()
 
     @property
     def unavailable(self) -> bool:
@@ -188,6 +218,7 @@ class JobQueue:
             self.store = None
         elif self._loop_thread is not None:
             self._loop_thread.stop()
+            self._loop_thread = self._loop = None  # a later open() starts a new one
 
     def __enter__(self) -> JobQueue:
         return self.open()
