@@ -242,7 +242,9 @@ class JobQueue:
         job_id = req.id or uuid.uuid4().hex
         return Job(
             id=job_id,
-            generation_id=job_id,
+            # Unique per job record, whatever the id: a client id reused after retention
+            # gets a new generation (and so new webhook-ids). A server-chosen id is unique.
+            generation_id=job_id if req.id is None else uuid.uuid4().hex,
             user_id=user_id,
             prompt=req.prompt,
             parameters=req.parameters,

@@ -25,7 +25,7 @@ from aiohttp import web
 from helpers_queue import WAIT_S, QueueFactory, poll_until, queue_factory
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from genqueue import Job, JobQueue, JobResult
+from genqueue import Job, JobNotFound, JobQueue, JobResult
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.webhook import TERMINAL_SEQ, WebhookStats
 from genqueue.clock import ManualClock
@@ -172,12 +172,12 @@ def submit(q: JobQueue, job_id: str) -> str:
 
 def test_completion_delivery_verifies(queues: QueueFactory, rx: Receiver) -> None:
     q = open_queue(queues, rx, ManualClock(time.time()))
-    submit(q, "job-1")
+    job = q.submit({"prompt": "a cat surfing", "id": "job-1"})
     (hit,) = rx.wait_count(1)
     payload = Webhook(SECRET_A).verify(hit.body, hit.headers)
     assert payload["event"] == "generation.completed" and payload["jobId"] == "job-1"
     assert payload["result"]["videoUrl"] == "https://cdn.example/job-1.mp4"
-    assert hit.webhook_id == delivery_id("job-1", TERMINAL_SEQ)
+    assert hit.webhook_id == delivery_id(job.generation_id, TERMINAL_SEQ)
     stats = wait_stats(q, lambda s: s.sent == 1, "sent == 1")
     assert (stats.pending, stats.failed_attempts, stats.dead) == (0, 0, 0)
     assert stats.oldest_pending_age_s is None
@@ -330,7 +330,7 @@ def test_sigkill_with_deliveries_pending_then_restart_delivers_all(
     clock.advance(1.2)  # the retries the child scheduled are due
     wait_stats(q, lambda s: s.sent >= n and s.pending == 0, "all delivered after restart")
     delivered = {h.webhook_id for h in rx.snapshot() if h.status == 200}
-    assert delivered == {delivery_id(job_id, TERMINAL_SEQ) for job_id in done}
+    assert delivered == {delivery_id(q.get(j).generation_id, TERMINAL_SEQ) for j in done}
 
 
 async def reports_30_then_60(job: Job, report: Any) -> JobResult:
@@ -362,7 +362,7 @@ def test_progress_events_arrive_in_order_before_completed(
     assert [(p["event"], p.get("progress")) for p in payloads] == expected
     assert all(p["jobId"] == "job-prog" and p["status"] for p in payloads)
     assert len({h.webhook_id for h in hits}) == len(hits)  # one webhook-id per event
-    assert hits[-1].webhook_id == delivery_id("job-prog", TERMINAL_SEQ)
+    assert hits[-1].webhook_id == delivery_id(q.get("job-prog").generation_id, TERMINAL_SEQ)
     assert [p["status"] for p in payloads[:-1]] == ["processing"] * (len(payloads) - 1)
 
 
@@ -411,4 +411,40 @@ def test_many_jobs_each_delivered_exactly_once(queues: QueueFactory, rx: Receive
     assert (stats.failed_attempts, stats.in_flight, stats.oldest_pending_age_s) == (0, 0, None)
     ids = [h.webhook_id for h in rx.snapshot()]
     assert len(ids) == n
-    assert set(ids) == {delivery_id(f"many-{i:03d}", TERMINAL_SEQ) for i in range(n)}
+    generations = (q.get(f"many-{i:03d}").generation_id for i in range(n))
+    assert set(ids) == {delivery_id(g, TERMINAL_SEQ) for g in generations}
+
+
+def test_a_client_id_reused_after_retention_gets_a_new_webhook_id_delivered_at_once(
+    queues: QueueFactory, rx: Receiver
+) -> None:
+    """Retention deletes job X; X is submitted again: its event is a new message (a new
+    webhook-id, so Standard Webhooks receivers do not drop it as a repeat) and it is sent
+    at once, not after a restart."""
+    # Two days ago, so that the second event's timestamp is now (standardwebhooks checks it).
+    clock = ManualClock(time.time() - 2 * 86400)
+    q = open_queue(queues, rx, clock, retention_days=1, retention_interval_s=3600)
+    first = q.submit({"prompt": "a cat surfing", "id": "order-1"})
+    (hit1,) = rx.wait_count(1)
+    wait_stats(q, lambda s: s.sent == 1, "the first event delivered")
+    poll_until(lambda: q.status().completed == 1, "the queue to count the first job's end")
+    clock.advance(2 * 86400)  # the retention pass removes the finished job
+
+    def gone() -> bool:
+        try:
+            q.get("order-1")
+        except JobNotFound:
+            return True
+        return False
+
+    poll_until(gone, "retention to remove order-1")
+    second = q.submit({"prompt": "a dog surfing", "id": "order-1"})
+    hits = rx.wait_count(2)  # promptly: the clock does not move from here
+    assert second.generation_id != first.generation_id
+    p1 = json.loads(hit1.body)  # signed two days ago: too old for a receiver now
+    p2 = Webhook(SECRET_A).verify(hits[1].body, hits[1].headers)
+    assert p1["jobId"] == p2["jobId"] == "order-1"
+    assert p1["generationId"] == first.generation_id and p2["generationId"] == second.generation_id
+    assert hits[1].webhook_id != hit1.webhook_id
+    assert hits[1].webhook_id == delivery_id(second.generation_id, TERMINAL_SEQ)
+    wait_stats(q, lambda s: s.sent == 2 and s.pending == 0, "both events delivered")

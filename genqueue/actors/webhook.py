@@ -6,9 +6,12 @@ its alarm until a 2xx or the last attempt; then it is dead-lettered: kept, count
 listed and replayable with the same `webhook-id`.
 
 Keys in the `webhook` table (all under the actor's key, `main/`):
-- `p/{job_id}/{seq:07d}`: a pending Delivery. Per job, keys sort in event order, and
-  only a job's first pending delivery is ever sent (events of one job stay in order).
-- `d/{job_id}/{seq:07d}`: a dead-lettered Delivery.
+- `p/{generation_id}/{seq:07d}`: a pending Delivery. Per job, keys sort in event order,
+  and only a job's first pending delivery is ever sent (events of one job stay in order).
+  The generation id is unique per job record (a client id reused after retention gets a
+  new one; for records of older versions it is the job id), so a reused id never meets
+  the deliveries, the webhook-ids or the memory of "already sent" of its predecessor.
+- `d/{generation_id}/{seq:07d}`: a dead-lettered Delivery.
 - `stats`: the persisted counters. Delivered events are deleted (only counted), so
   start-up reads pending deliveries only.
 
@@ -288,7 +291,9 @@ def record_event(
     delivery = build_delivery(job, config, progress_event=progress_event)
     if delivery is None:
         return None
-    return store.namespace(KIND).put(f"{KEY}/{pending_key(job.id, delivery.seq)}", delivery)
+    return store.namespace(KIND).put(
+        f"{KEY}/{pending_key(job.generation_id, delivery.seq)}", delivery
+    )
 
 
 # -- the HTTP client (lives on the I/O loop) ----------------------------------------------
@@ -323,7 +328,7 @@ class WebhookClient:
 
 # -- the courier (attempts on the I/O loop, outcomes back in batches) ---------------------------
 
-_Done = tuple[str, int, SendOutcome]  # job id, seq, what the attempt came to
+_Done = tuple[str, int, SendOutcome]  # generation id, seq, what the attempt came to
 
 
 T = TypeVar("T")
@@ -386,7 +391,7 @@ class _Courier:
             outcome = SendOutcome(
                 ok=False, status=None, retryable=True, error=repr(exc), duration_ms=0.0
             )
-        if self._done.put((delivery.job_id, delivery.seq, outcome)):
+        if self._done.put((delivery.stream, delivery.seq, outcome)):
             with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
                 self.system.tell(WebhookActor, KEY, Sent())
 
@@ -474,32 +479,32 @@ class WebhookActor(DurableActor):
         for job in self.outbox.take_fresh():
             delivery = build_delivery(job, self.config) if job.terminal else None
             if delivery is None:
-                for _, stored in self.storage.list(f"p/{job.id}/", Delivery):
+                for _, stored in self.storage.list(f"p/{job.generation_id}/", Delivery):
                     self._add(stored)
-            elif (job.id, delivery.seq) not in self._recent:
+            elif (job.generation_id, delivery.seq) not in self._recent:
                 self._add(delivery)
 
     # -- the pending set ----------------------------------------------------------------------
 
     def _add(self, delivery: Delivery) -> None:
         """Know about `delivery` (ignored if already known); make it due if it is a head."""
-        ident = (delivery.job_id, delivery.seq)
+        ident = (delivery.stream, delivery.seq)
         if ident in self._known:
             return
-        queue = self.pending.setdefault(delivery.job_id, [])
+        queue = self.pending.setdefault(delivery.stream, [])
         i = bisect.bisect_left([d.seq for d in queue], delivery.seq)
         queue.insert(i, delivery)
         self._known.add(ident)
         self._recent.pop(ident, None)
-        heapq.heappush(self._ages, (delivery.created_at, delivery.job_id, delivery.seq))
+        heapq.heappush(self._ages, (delivery.created_at, delivery.stream, delivery.seq))
         if len(self._ages) > 2 * len(self._known) + 1024:  # mostly stale entries: rebuild
-            self._ages = [(d.created_at, d.job_id, d.seq) for q in self.pending.values() for d in q]
+            self._ages = [(d.created_at, d.stream, d.seq) for q in self.pending.values() for d in q]
             heapq.heapify(self._ages)
         if i == 0:
             self._push(delivery)
 
     def _push(self, delivery: Delivery) -> None:
-        heapq.heappush(self._due, (delivery.next_attempt_at, delivery.job_id, delivery.seq))
+        heapq.heappush(self._due, (delivery.next_attempt_at, delivery.stream, delivery.seq))
 
     def _head(self, job_id: str) -> Delivery | None:
         queue = self.pending.get(job_id)
@@ -516,7 +521,7 @@ class WebhookActor(DurableActor):
         )
 
     def _replace(self, delivery: Delivery) -> None:
-        queue = self.pending[delivery.job_id]
+        queue = self.pending[delivery.stream]
         for i, d in enumerate(queue):
             if d.seq == delivery.seq:
                 queue[i] = delivery
@@ -550,7 +555,7 @@ class WebhookActor(DurableActor):
             heapq.heappop(self._due)
             head = self._head(entry[1])
             assert head is not None
-            self.in_flight[head.job_id] = head.seq
+            self.in_flight[head.stream] = head.seq
             batch.append((head, now))
         if batch:
             self.courier.start(batch)
@@ -589,8 +594,8 @@ class WebhookActor(DurableActor):
 
     def _delivered(self, delivery: Delivery, now: float) -> None:
         self.counters.sent += 1
-        self.storage.delete(pending_key(delivery.job_id, delivery.seq))
-        self._remove(delivery.job_id, delivery.seq)
+        self.storage.delete(pending_key(delivery.stream, delivery.seq))
+        self._remove(delivery.stream, delivery.seq)
         log.info(
             "webhook delivered",
             extra={
@@ -604,7 +609,7 @@ class WebhookActor(DurableActor):
     def _retry(self, delivery: Delivery, at: float) -> None:
         self.counters.retries += 1
         retry = msgspec.structs.replace(delivery, next_attempt_at=at)
-        self.storage.put(pending_key(delivery.job_id, delivery.seq), retry)
+        self.storage.put(pending_key(delivery.stream, delivery.seq), retry)
         self._replace(retry)
         self._push(retry)
         log.warning(
@@ -621,9 +626,9 @@ class WebhookActor(DurableActor):
         self.counters.dead += 1
         self.counters.dead_letters += 1
         dead = msgspec.structs.replace(delivery, state="dead")
-        self.storage.delete(pending_key(delivery.job_id, delivery.seq))
-        self.storage.put(dead_key(delivery.job_id, delivery.seq), dead)
-        self._remove(delivery.job_id, delivery.seq)
+        self.storage.delete(pending_key(delivery.stream, delivery.seq))
+        self.storage.put(dead_key(delivery.stream, delivery.seq), dead)
+        self._remove(delivery.stream, delivery.seq)
         log.error(
             "webhook dead-lettered",
             extra={
@@ -676,8 +681,8 @@ class WebhookActor(DurableActor):
             last_status=None,
             last_error=None,
         )
-        self.storage.delete(dead_key(dead.job_id, dead.seq))
-        self.storage.put(pending_key(again.job_id, again.seq), again)
+        self.storage.delete(dead_key(dead.stream, dead.seq))
+        self.storage.put(pending_key(again.stream, again.seq), again)
         self.counters.dead_letters = max(0, self.counters.dead_letters - 1)
         self.storage.put("stats", self.counters)
         self._add(again)

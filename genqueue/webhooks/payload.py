@@ -73,6 +73,12 @@ class Delivery(msgspec.Struct, frozen=True):
     created_at: float = 0.0
     delivered_at: float | None = None
 
+    @property
+    def stream(self) -> str:
+        """What orders and keys the outbox's deliveries: the job record's unique generation id
+        (the job id for records of versions before it was unique)."""
+        return self.event.generation_id or self.job_id
+
 
 _encoder = msgspec.json.Encoder()
 
@@ -88,16 +94,20 @@ def iso_timestamp(now_s: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def delivery_id(job_id: str, seq: int) -> str:
-    """A stable `webhook-id` for the `seq`-th event of a job: `msg_` and 32 hex digits."""
-    digest = hashlib.blake2b(f"{job_id}:{seq}".encode(), digest_size=16).hexdigest()
+def delivery_id(generation_id: str, seq: int) -> str:
+    """A stable `webhook-id` for the `seq`-th event of a generation: `msg_` and 32 hex digits.
+
+    From the generation id, unique per job record: a client id reused after retention
+    never repeats a webhook-id (receivers de-duplicate on it). Records of older versions
+    have generation id = job id, so their ids are what they always were."""
+    digest = hashlib.blake2b(f"{generation_id}:{seq}".encode(), digest_size=16).hexdigest()
     return f"msg_{digest}"
 
 
 def new_delivery(event: WebhookEvent, *, seq: int, now_s: float) -> Delivery:
     """A pending Delivery of `event`, due at once, with its body encoded and its id derived."""
     return Delivery(
-        id=delivery_id(event.job_id, seq),
+        id=delivery_id(event.generation_id, seq),
         job_id=event.job_id,
         seq=seq,
         event=event,
