@@ -89,6 +89,7 @@ def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from genqueue.http.app import create_app
+    from genqueue.http.server import run_app
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
@@ -106,7 +107,7 @@ def serve(args: argparse.Namespace) -> int:
 
             app.on_startup.append(announce)
             # SIGTERM and SIGINT end run_app gracefully; it returns once all is closed.
-            web.run_app(app, sock=sock, print=None, shutdown_timeout=10)
+            run_app(app, sock, shutdown_timeout_s=10)
     except CannotServe as exc:
         print(f"genqueue: {exc}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
