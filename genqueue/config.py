@@ -64,6 +64,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     aws_secret_access_key: str = ""
     aws_region: str = ""
     public_base_url: str = ""
+    video_url_ttl_s: float = 7 * 24 * 3600.0  # how long a signed local video URL is valid
     # webhooks
     webhook_url: str = ""
     nextjs_url: str = ""
@@ -76,7 +77,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
 
     def __post_init__(self) -> None:
-        _check_positive(self, "max_concurrency", "poll_interval_s", "cron_interval_s")
+        _check_positive(
+            self, "max_concurrency", "poll_interval_s", "cron_interval_s", "video_url_ttl_s"
+        )
         _check_non_negative(self, "max_per_user", "rate_limit_per_minute", "retention_days")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port")
@@ -163,6 +166,7 @@ ENV_NAMES: dict[str, str] = {
     "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
     "AWS_REGION": "aws_region",
     "GENQUEUE_PUBLIC_BASE_URL": "public_base_url",
+    "GENQUEUE_VIDEO_URL_TTL_S": "video_url_ttl_s",
     "WEBHOOK_URL": "webhook_url",
     "NEXTJS_URL": "nextjs_url",
     "WEBHOOK_SECRET": "webhook_secret",

@@ -35,6 +35,7 @@ from genqueue.errors import InvalidRequest, JobNotFound, StorageError
 from genqueue.models import GenerationRequest, Job, QueueStatus, validate_request
 from genqueue.storage.dirlock import DataDirLock, private_file
 from genqueue.storage.state import StateStore
+from genqueue.storage.videourls import VideoUrls
 from genqueue.webhooks import Delivery
 
 __all__ = ["JobQueue"]
@@ -92,6 +93,8 @@ class JobQueue:
         self._lifecycle = threading.Lock()  # reopen and close, one at a time
         self._closed = False
         self._dir_lock: DataDirLock | None = None  # held from open to close, across reopen
+        # Signs the URLs of local videos whenever a job is read (set by the first open).
+        self.video_urls: VideoUrls | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -111,6 +114,10 @@ class JobQueue:
 
     def _open(self) -> JobQueue:
         cfg = self.config
+        if self.video_urls is None:  # the data directory is ours: its secret may be made
+            self.video_urls = VideoUrls.load(
+                cfg.data_dir, ttl_s=cfg.video_url_ttl_s, clock=self.clock, storage=cfg.storage
+            )
         db_path = Path(cfg.data_dir) / "state.db"
         for path in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
             # state.db before SQLite creates it (its -wal and -shm then take its mode 0600);
@@ -131,9 +138,10 @@ class JobQueue:
             on_unexpected=self._record_error,
             queue_cls=QueueActor,
             on_idle=self._changed_now,
+            on_retained=self._forget_videos,
         )
         if cfg.webhook_target:  # the outbox: events stored in the job's turn, sent after
-            self._webhooks = WebhookOutbox(system, cfg)
+            self._webhooks = WebhookOutbox(system, cfg, video_urls=self.video_urls)
             system.services.on_event = self._webhooks.on_event  # type: ignore[attr-defined]
         system.register(QueueActor, JobActor)
         for cls in (QueueActor, JobActor):
@@ -441,6 +449,16 @@ class JobQueue:
             self._webhooks.published(job)
         if self._subscribers:  # `join` is woken by the queue's idle signal, not by events
             self._events.put(job)
+
+    def _forget_videos(self, jobs: list[Job]) -> None:
+        """Retention removed these jobs (committed): the processor deletes their videos, if
+        it keeps any (`async delete_videos(jobs)`, as the GenerationActor does). A crash
+        between the commit and the deletion leaves the file (its name is unguessable, and
+        no URL for it is signed again)."""
+        delete = getattr(self.processor, "delete_videos", None)
+        if callable(delete) and jobs and self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                asyncio.run_coroutine_threadsafe(delete(jobs), self._loop)
 
     def _record_error(self, job_id: str, exc: BaseException) -> None:
         self._errors.append(exc)

@@ -65,6 +65,11 @@ class JobResult(msgspec.Struct, rename="camel", omit_defaults=True):
     video_url: str
     duration: float | None = None
     processing_time: float | None = None
+    # Where the video store keeps it (retention deletes it with the job), and whether this
+    # server serves it only at signed, expiring URLs (the local store): then `video_url`
+    # is stored unsigned and signed afresh whenever the job is read.
+    video_key: str | None = None
+    private: bool = False
 
 
 class Job(msgspec.Struct, rename="camel", omit_defaults=True):

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -409,8 +410,10 @@ async def s3_objects(endpoint: str, bucket: str) -> dict[str, bytes]:
     return await asyncio.to_thread(read)
 
 
-def video_key(job_id: str, user: str = USER) -> str:
-    return f"videos/{user}/{job_id}.mp4"
+def video_key(job: dict[str, Any]) -> str:
+    """The store key of a completed job's video, from its URL (names are random tokens)."""
+    path = urllib.parse.urlsplit(job["result"]["videoUrl"]).path
+    return path[path.index("/videos/") + 1 :]
 
 
 def assert_whole_video(body: bytes | None, size: int, what: str) -> None:

@@ -223,9 +223,12 @@ def test_serve_generates_stores_and_prints_an_admin_key_once(server: Serve) -> N
 
 def test_submit_wait_ends_with_a_fetchable_video_url(server: Serve, completed_job: dict) -> None:
     url = completed_job["video_url"]
-    assert url == f"{server.url}/videos/admin/{completed_job['id']}.mp4"
+    assert url.startswith(f"{server.url}/videos/admin/") and "&signature=" in url, url
+    assert completed_job["id"] not in url  # the name is a random token
     status, body, headers = http(url)
     assert status == 200 and headers["Content-Type"] == "video/mp4"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert http(url.split("?")[0])[0] == 403  # unsigned: refused
     assert len(body) > 1000 and body[4:8] == b"ftyp"
 
 
@@ -392,7 +395,7 @@ def assert_resumed_to_completion(server: Serve, job_id: str, key: str) -> None:
     job = wait_for_status(server.url, key, job_id, "completed", "failed", "cancelled")
     assert job["status"] == "completed", job
     assert '"resumed":true' in server.stderr
-    assert job["result"]["videoUrl"] == f"{server.url}/videos/admin/{job_id}.mp4"
+    assert job["result"]["videoUrl"].startswith(f"{server.url}/videos/admin/")
     assert http(job["result"]["videoUrl"])[0] == 200
     listed = cli("jobs", "--status", "completed", GENQUEUE_URL=server.url, GENQUEUE_KEY=key)
     assert listed.returncode == 0 and job_id in listed.stdout

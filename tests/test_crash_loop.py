@@ -34,6 +34,7 @@ import contextlib
 import json
 import random
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -395,7 +396,9 @@ def test_crash_loop_300_jobs_10_sigkills(tmp_path: Path) -> None:
     not_done = {j: (v["status"], v["error"]) for j, v in jobs.items() if v["status"] != "completed"}
     assert not not_done, f"{len(not_done)} jobs not completed: {list(not_done.items())[:5]}"
     for job_id, job in jobs.items():
-        assert job["userId"] == USER and job["result"]["videoUrl"].endswith(f"/{job_id}.mp4")
+        url = urllib.parse.urlsplit(job["result"]["videoUrl"])
+        assert job["userId"] == USER and url.path.startswith(f"/videos/{USER}/"), url
+        assert "signature=" in url.query and job_id not in url.path  # signed, unguessable
     assert seen["again"] == {200: JOBS}, seen["again"]
 
     # A stored operation is resumed, never redone; any other start is a kill's orphan.

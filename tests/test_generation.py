@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import msgspec
 import pytest
 from aiobotocore.session import AioSession
 from helpers_queue import WAIT_S, Watcher, poll_until
 
-from genqueue import Config, GenerationParams, Job, JobQueue, JobResult, ProviderError
+from genqueue import Config, GenerationParams, Job, JobNotFound, JobQueue, JobResult, ProviderError
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.generation import GenerationActor
 from genqueue.clock import ManualClock
@@ -227,8 +228,11 @@ def test_success_stores_the_served_video(rig: Rig) -> None:
     done = finish(rig, w, job.id)
     assert done.status == "completed", done.error
     assert done.result is not None
-    key = f"videos/u1/{job.id}.mp4"
-    assert done.result.video_url == f"{BASE_URL}/{key}"
+    name = done.checkpoint["video_name"]  # a random token, kept before the upload
+    assert len(name) == 32 and job.id not in name
+    key = f"videos/u1/{name}.mp4"
+    assert done.result.video_key == key and done.result.private  # local: signed URLs only
+    assert done.result.video_url == f"{BASE_URL}/{key}"  # stored unsigned; signed on read
     assert done.result.duration == 8.0
     assert done.progress == 100 and done.attempts == 1
     assert (rig.data_dir / "media" / key).read_bytes() == served(SIZE)
@@ -376,7 +380,9 @@ def test_restart_during_polling_resumes_the_same_operation(rig: Rig) -> None:
     assert list(rig.fake.operations) == [op]
     assert rig.fake.operations[op].polls >= 2 and rig.fake.downloads == 1
     assert done.checkpoint["operation"] == op
-    key = f"videos/u2/{job.id}.mp4"
+    assert done.result is not None and done.result.video_key is not None
+    key = done.result.video_key
+    assert key == f"videos/u2/{done.checkpoint['video_name']}.mp4"
     assert (rig.data_dir / "media" / key).read_bytes() == served(SIZE)
 
 
@@ -443,13 +449,17 @@ def test_large_video_streams_to_s3_in_flat_memory(rig: Rig, moto_endpoint: str) 
     assert rig.fake.starts == 1 and rig.fake.downloads == 1
     assert reports[0]["checkpoint"]["operation"] in rig.fake.operations
 
+    key = result.video_key
+    assert key is not None and key.startswith("videos/u3/") and "big-1" not in key
+    assert not result.private  # S3 gives its own (presigned) URL
+
     async def check() -> tuple[tuple[str, int], tuple[str, int], dict[str, Any]]:
-        stored = await sha256_of(store.open_read("videos/u3/big-1.mp4"))
+        stored = await sha256_of(store.open_read(key))
         async with aiohttp.ClientSession() as session, session.get(result.video_url) as resp:
             assert resp.status == 200
             downloaded = await sha256_of(resp.content.iter_chunked(1 << 20))
         async with s3_client(moto_endpoint) as admin:
-            head = await admin.head_object(Bucket=bucket, Key="videos/u3/big-1.mp4")
+            head = await admin.head_object(Bucket=bucket, Key=key)
         return stored, downloaded, head
 
     stored, downloaded, head = worker.run(check(), timeout_s=60)
@@ -472,3 +482,36 @@ def test_actor_raises_provider_errors_when_called_directly(rig: Rig) -> None:
         rig.worker.run(actor(job, report))
     assert caught.value.retryable is False and caught.value.status == 400
     assert reports == [] and actor.calls["start"] == 1
+
+
+def test_retention_deletes_the_video_with_the_job(rig: Rig) -> None:
+    """The job's video goes when retention removes the job, and so does a video stored by
+    an older version under the job's id (its result has no `video_key`)."""
+    worker = rig.start_worker()
+    actor = rig.actor()
+    config = Config(
+        data_dir=str(rig.data_dir), synchronous="NORMAL", retention_days=1, retention_interval_s=60
+    )
+    queue = JobQueue(config, actor, loop=worker.loop, clock=rig.clock)
+    watcher = Watcher(queue)
+    rig.queues.append(queue)
+    queue.open()
+    job = queue.submit({"prompt": "a red fox in the snow"}, user_id="u1")
+    done = finish(rig, watcher, job.id)
+    assert done.result is not None and done.result.video_key is not None
+    video = rig.data_dir / "media" / done.result.video_key
+    assert video.read_bytes() == served(SIZE)
+    legacy = rig.data_dir / "media" / "videos" / "u1" / "old-1.mp4"
+    legacy.write_bytes(b"an older version's video")
+    old = msgspec.structs.replace(
+        direct_job(rig, "old-1", "u1", "old"),
+        status="completed",
+        result=JobResult(video_url=f"{BASE_URL}/videos/u1/old-1.mp4"),
+    )
+    worker.run(actor.delete_videos([old]))  # what retention asks for such a record
+    assert not legacy.exists()
+    poll_until(lambda: queue.status().completed == 1, "the queue to count the job's end")
+    rig.clock.advance(2 * 86400)  # the next retention pass removes the finished job
+    poll_until(lambda: not video.exists(), "retention to delete the video")
+    with pytest.raises(JobNotFound):
+        queue.get(job.id)

@@ -8,15 +8,18 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from genqueue.clock import ManualClock
 from genqueue.config import Config
 from genqueue.errors import ConfigError, StorageError
 from genqueue.http import EVENTS, QUEUE, create_app
@@ -130,12 +133,17 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def serve(
-    tmp: Path, processor: Any = None, *, video_root: Path | None = None, **config: Any
+    tmp: Path,
+    processor: Any = None,
+    *,
+    video_root: Path | None = None,
+    clock: ManualClock | None = None,
+    **config: Any,
 ) -> AsyncIterator[Api]:
     """The app on a free loopback port, run as `main.py serve` runs it (an AppRunner)."""
     config.setdefault("api_keys", KEYS)
     cfg = Config(data_dir=str(tmp / "data"), synchronous="NORMAL", **config)
-    app = create_app(cfg, processor=processor or Instant(), video_root=video_root)
+    app = create_app(cfg, processor=processor or Instant(), video_root=video_root, clock=clock)
     runner = web.AppRunner(app)
     await runner.setup()
     try:
@@ -201,11 +209,11 @@ def test_submit_runs_to_completion_with_public_json(tmp_path: Path) -> None:
             status, done, _ = await api.call("GET", f"/api/generations/{job['id']}")
             assert status == 200 and set(done) == JOB_FIELDS
             assert done["status"] == "completed" and done["progress"] == 100
-            assert done["result"] == {
-                "videoUrl": f"http://127.0.0.1/videos/alice/{job['id']}.mp4",
-                "duration": 8.0,
-                "processingTime": 0.01,
-            }
+            result = dict(done["result"])
+            url = urlsplit(result.pop("videoUrl"))
+            assert result == {"duration": 8.0, "processingTime": 0.01}
+            assert url.path == f"/videos/alice/{job['id']}.mp4"  # a local video: signed
+            assert set(parse_qs(url.query)) == {"expires", "signature"}
             assert done["attempts"] == 1 and done["queuePosition"] is None
             _, doc, _ = await api.call("GET", "/api/openapi.json", None)
             errors = list(schema_validator(doc, "Job").iter_errors(done))
@@ -635,25 +643,79 @@ def test_videos_are_served_read_only_without_escaping_the_folder(tmp_path: Path)
 
     async def body() -> None:
         async with serve(tmp_path, video_root=root) as api:
-            async with api.session.get("/videos/alice/job-1.mp4") as resp:
+            urls = api.app[QUEUE].video_urls
+            assert urls is not None
+            signed = urls.sign("/videos/alice/job-1.mp4")
+            async with api.session.get(signed) as resp:
                 assert resp.status == 200
                 assert resp.headers["Content-Type"] == "video/mp4"
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
                 assert (await resp.read())[4:8] == b"ftyp"
             ranged = {"Range": "bytes=4-7"}
-            async with api.session.get("/videos/alice/job-1.mp4", headers=ranged) as resp:
+            async with api.session.get(signed, headers=ranged) as resp:
                 assert resp.status == 206 and await resp.read() == b"ftyp"
+            for name in (".hidden.mp4", "notes.txt", "missing.mp4", "link.mp4"):
+                status, err, _ = await api.call("GET", urls.sign(f"/videos/alice/{name}"), None)
+                assert_error(status, err, 404, "not_found")
             for path in (
                 "/videos/alice/.hidden.mp4",
                 "/videos/alice/notes.txt",
-                "/videos/alice/missing.mp4",
-                "/videos/alice/link.mp4",
                 "/videos/..%2Foutside.mp4/x.mp4",
                 "/videos/alice/..%2F..%2Foutside.mp4",
                 "/videos/%2E%2E/outside.mp4",
             ):
                 status, err, _ = await api.call("GET", path, None)
                 assert_error(status, err, 404, "not_found")
-            status, _, _ = await api.call("PUT", "/videos/alice/job-1.mp4", None, data=b"x")
+            status, _, _ = await api.call("PUT", signed, None, data=b"x")
             assert status == 405
+
+    run(body())
+
+
+def test_local_videos_need_a_current_signature_and_are_re_signed_on_every_read(
+    tmp_path: Path,
+) -> None:
+    """No key, another user's key or a bare path: 403. The job's URL works for anyone who
+    holds it until it expires; reading the job again gives a fresh one."""
+    clock = ManualClock(time.time())
+    root = tmp_path / "data" / "videos"
+
+    async def body() -> None:
+        async with serve(tmp_path, clock=clock, video_url_ttl_s=600) as api:
+            status, job, _ = await api.call("POST", "/api/generations", json={"prompt": "a cat"})
+            assert status == 202
+            events = [(e, j["status"]) async for e, j in api.events(job["id"])]
+            assert events[-1] == ("status", "completed")
+            (root / "alice").mkdir(parents=True, exist_ok=True)
+            (root / "alice" / f"{job['id']}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+            _, done, _ = await api.call("GET", f"/api/generations/{job['id']}")
+            url = urlsplit(done["result"]["videoUrl"])
+            signed = f"{url.path}?{url.query}"
+            query = parse_qs(url.query)
+            for who in (None, "alice", "bob", "root"):  # a bare path: no key opens it
+                status, err, _ = await api.call("GET", url.path, who)
+                assert_error(status, err, 403, "forbidden")
+            async with api.session.get(signed) as resp:  # no key needed: the URL is the key
+                assert resp.status == 200 and resp.headers["X-Content-Type-Options"] == "nosniff"
+            expires, signature = query["expires"][0], query["signature"][0]
+            altered = [
+                f"{url.path}?expires={int(expires) + 60}&signature={signature}",
+                f"{url.path}?expires={expires}&signature={signature[:-2]}AA",
+                f"{url.path}?expires={expires}",
+                f"/videos/bob/{job['id']}.mp4?{url.query}",
+            ]
+            for path in altered:
+                status, err, _ = await api.call("GET", path, None)
+                assert_error(status, err, 403, "forbidden")
+            clock.advance(601 + 60)  # past the TTL (rounded up to the minute)
+            status, err, _ = await api.call("GET", signed, None)
+            assert_error(status, err, 403, "forbidden")
+            _, again, _ = await api.call("GET", f"/api/generations/{job['id']}")
+            fresh = urlsplit(again["result"]["videoUrl"])
+            assert fresh.path == url.path and fresh.query != url.query
+            _, page, _ = await api.call("GET", "/api/generations")
+            assert page["items"][0]["result"]["videoUrl"] == again["result"]["videoUrl"]
+            async with api.session.get(f"{fresh.path}?{fresh.query}") as resp:
+                assert resp.status == 200
 
     run(body())

@@ -133,11 +133,12 @@ def test_one_generation_end_to_end(stack: Stack, server: Server) -> None:
             1,
             None,
         )
-        assert video_key("p1-one") in job["result"]["videoUrl"], job["result"]
+        key = video_key(job)
+        assert key.startswith(f"videos/{USER}/") and "p1-one" not in key, key  # unguessable
         assert job["result"]["duration"] == 8 and job["result"]["processingTime"] > 0
 
         stored = await s3_objects(stack.s3, stack.bucket)
-        assert_whole_video(stored.get(video_key("p1-one")), stack.fake.video_size, "p1-one")
+        assert_whole_video(stored.get(key), stack.fake.video_size, "p1-one")
 
         hooks = await stack.receiver.events_for(
             session, {"p1-one"}, {"generation.completed"}, HOOK_TIMEOUT_S
@@ -161,7 +162,7 @@ def test_three_generations_at_once(stack: Stack, server: Server) -> None:
 
         stored = await s3_objects(stack.s3, stack.bucket)
         for j in ids:
-            assert_whole_video(stored.get(video_key(j)), stack.fake.video_size, j)
+            assert_whole_video(stored.get(video_key(jobs[j])), stack.fake.video_size, j)
         hooks = await stack.receiver.events_for(
             session, set(ids), {"generation.completed"}, HOOK_TIMEOUT_S
         )
@@ -237,6 +238,7 @@ def test_a_failing_generation_sends_the_failure_webhook(stack: Stack, server: Se
             "p1-unsafe": ("[unsafe] phase 1 a failing generation", "safety"),
             "p1-refused": ("[bad-request] phase 1 a refused generation", "invalid argument"),
         }
+        before = set(await s3_objects(stack.s3, stack.bucket))
         for job_id, (prompt, _) in cases.items():
             await api.submit({"id": job_id, "prompt": prompt})
         jobs = await api.wait_all(list(cases), JOB_TIMEOUT_S)
@@ -257,7 +259,7 @@ def test_a_failing_generation_sends_the_failure_webhook(stack: Stack, server: Se
                 job["error"],
             )
             assert "result" not in payload or payload["result"] is None, payload
-            assert video_key(job_id) not in stored
+        assert set(stored) == before  # no video for a failed job
         assert len(await stack.fake.ops(session, cases["p1-unsafe"][0])) == 1
         assert await stack.fake.ops(session, cases["p1-refused"][0]) == []  # 400: not started
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
@@ -448,3 +449,43 @@ def test_a_client_id_reused_after_retention_gets_a_new_webhook_id_delivered_at_o
     assert hits[1].webhook_id != hit1.webhook_id
     assert hits[1].webhook_id == delivery_id(second.generation_id, TERMINAL_SEQ)
     wait_stats(q, lambda s: s.sent == 2 and s.pending == 0, "both events delivered")
+
+
+async def local_video(job: Job, report: Any) -> JobResult:
+    key = f"videos/{job.user_id}/{'ab' * 16}.mp4"  # as LocalStore names and marks it
+    return JobResult(video_url=f"http://127.0.0.1:8787/{key}", video_key=key, private=True)
+
+
+def test_a_local_video_url_is_signed_afresh_at_each_attempt(
+    queues: QueueFactory, rx: Receiver
+) -> None:
+    clock = ManualClock(time.time())
+    rx.status = 503
+    q = queues.open(
+        local_video,
+        clock=clock,
+        webhook_url=rx.url,
+        webhook_secret=SECRET_A,
+        webhook_retry_s="0,120",
+        video_url_ttl_s=3600,
+    )
+    q.submit({"prompt": "a cat surfing", "id": "vid-1"}, user_id="u1")
+    rx.wait_count(1)
+    wait_stats(q, lambda s: s.failed_attempts == 1, "the first attempt failed")
+    rx.status = 200
+    clock.advance(120 * 1.11)
+    hits = rx.wait_count(2)
+    assert hits[0].webhook_id == hits[1].webhook_id  # a redelivery keeps its webhook-id
+    urls = [
+        urlsplit(Webhook(SECRET_A).verify(h.body, h.headers)["result"]["videoUrl"]) for h in hits
+    ]
+    assert urls[0].path == urls[1].path == f"/videos/u1/{'ab' * 16}.mp4"
+    expiries = [int(parse_qs(u.query)["expires"][0]) for u in urls]
+    assert expiries[1] - expiries[0] >= 120  # the retry's URL was signed when it was sent
+    assert expiries[1] >= clock.now() + 3600 - 1
+    assert q.video_urls is not None
+    for u in urls:
+        query = parse_qs(u.query)
+        assert q.video_urls.verify(u.path, query["expires"][0], query["signature"][0])
+    stored = q.get("vid-1").result
+    assert stored is not None and "?" not in stored.video_url  # the record keeps it unsigned

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from genqueue.models import Job, JobResult
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo3 import Operation, Veo3Client, VideoParams
 from genqueue.storage.videos import LocalStore, S3Store, VideoStore
+from genqueue.storage.videourls import stored_video_key
 
 __all__ = ["GenerationActor", "GenerationCheckpoint", "GenerationService"]
 
@@ -49,6 +51,9 @@ class GenerationCheckpoint(msgspec.Struct, omit_defaults=True):
     operation: str | None = None
     started_at: float | None = None
     starts: int = 0
+    # The stored video's name: a random token, durable before the upload, so a retried
+    # upload replaces the same file and nobody can guess the name from the job id.
+    video_name: str | None = None
 
 
 class GenerationActor:
@@ -104,7 +109,7 @@ class GenerationActor:
                         ) from exc
                     ckpt = msgspec.structs.replace(ckpt, operation=None)
                     await report(checkpoint=msgspec.to_builtins(ckpt))
-            result = await self._store(job, op, report, t0)
+            result = await self._store(job, op, ckpt, report, t0)
         except ProviderError as exc:
             log.warning(
                 "generation failed", extra={**ids, "error": exc.message, "retryable": exc.retryable}
@@ -183,17 +188,25 @@ class GenerationActor:
             behind = math.floor((self.clock.now() - started) / interval) if interval > 0 else 0
             ticks = max(ticks + 1, behind + 1)
 
-    async def _store(self, job: Job, op: Operation, report: ReportFn, t0: float) -> JobResult:
+    async def _store(
+        self, job: Job, op: Operation, ckpt: GenerationCheckpoint, report: ReportFn, t0: float
+    ) -> JobResult:
         if not op.videos:
             raise ProviderError("Veo finished without a video", retryable=False, code="no_video")
-        await report(progress=92)
+        name = ckpt.video_name
+        if name is None:
+            name = secrets.token_hex(16)
+            ckpt = msgspec.structs.replace(ckpt, video_name=name)
+            await report(progress=92, checkpoint=msgspec.to_builtins(ckpt))
+        else:
+            await report(progress=92)
         t = time.monotonic()
 
         async def upload() -> Any:
             chunks = self.client.download(op.videos[0])
             async with contextlib.aclosing(chunks):  # type: ignore[type-var]
                 try:
-                    return await self.store.put_stream(job.user_id, job.id, chunks)
+                    return await self.store.put_stream(job.user_id, name, chunks)
                 except StorageError as exc:
                     # The store refusing (S3 503s, a full disk) is a transient failure of
                     # this generation, retried like Veo's; never an "internal error".
@@ -215,7 +228,18 @@ class GenerationActor:
             video_url=stored.url,
             duration=float(job.parameters.duration),
             processing_time=round(time.monotonic() - t0, 3),
+            video_key=stored.key,
+            private=stored.private,
         )
+
+    async def delete_videos(self, jobs: list[Job]) -> None:
+        """Delete the stored videos of `jobs` (retention removed them); failures only warn."""
+        storage = "local" if isinstance(self.store, LocalStore) else "s3"
+        for key in filter(None, (stored_video_key(job, storage) for job in jobs)):
+            try:
+                await self.store.delete(key)
+            except StorageError as exc:
+                log.warning("could not delete a removed job's video", extra={"error": str(exc)})
 
     def _count_call(self, what: str) -> None:
         self.calls[what] = self.calls.get(what, 0) + 1
@@ -340,6 +364,11 @@ class GenerationService:
 
     async def close(self) -> None:
         await self._stack.aclose()
+
+    async def delete_videos(self, jobs: list[Job]) -> None:
+        """Delete the videos of jobs that retention removed."""
+        if self.actor is not None:
+            await self.actor.delete_videos(jobs)
 
     def stats(self) -> dict[str, Any]:
         return self.actor.stats() if self.actor is not None else {}

@@ -76,6 +76,8 @@ class QueueServices:
     on_event: Callable[[Job, bool], int | None] | None = None  # (job, is a progress event)
     # Called (after commit) when the queue has nothing queued, running or waiting to retry.
     on_idle: Callable[[], None] | None = None
+    # Called (after commit) with the jobs a retention pass removed (to delete their videos).
+    on_retained: Callable[[list[Job]], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -417,10 +417,13 @@ class QueueActor(DurableActor):
         end = f"finished/{int(cutoff * 1000):015d}"
         jobs = JobActor.table(self.system)
         removed = 0
+        with_results: list[Job] = []
         for key, _ in self.storage.list("finished/", end=end, limit=10_000):
             job_id = key.rsplit("/", 1)[1]
             job = JobActor.read(self.system, job_id)
             if job is not None:
+                if job.result is not None:
+                    with_results.append(job)
                 index = self.system.store.namespace("job_index")
                 inv = f"{INDEX_TOP - job.seq:016d}"
                 index.delete(f"{job.user_id}/{inv}")
@@ -433,6 +436,9 @@ class QueueActor(DurableActor):
         self.meta.next_retention_at = now + self.cfg.retention_interval_s
         self._count("retention_deleted", removed)
         self._save_meta()
+        on_retained = self.svc.on_retained
+        if on_retained is not None and with_results:  # their videos go once this commits
+            self.after_commit(functools.partial(on_retained, with_results))
         if removed:
             log.info("retention removed finished jobs", extra={"count": removed})
 

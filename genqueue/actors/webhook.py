@@ -43,6 +43,7 @@ from genqueue.config import Config
 from genqueue.errors import GenqueueError
 from genqueue.models import Job
 from genqueue.storage.state import StateStore
+from genqueue.storage.videourls import VideoUrls, private_video_key
 from genqueue.webhooks import (
     Delivery,
     DeliveryState,
@@ -52,6 +53,7 @@ from genqueue.webhooks import (
     WebhookEvent,
     WebhookResult,
     WebhookSigner,
+    encode_event,
     iso_timestamp,
     new_delivery,
     parse_retry_s,
@@ -277,7 +279,9 @@ def build_delivery(job: Job, config: Config, *, progress_event: bool = False) ->
     seq = event_seq(job, progress_event=progress_event)
     if name is None or seq is None:
         return None
-    return new_delivery(_event(job, name, job.updated_at), seq=seq, now_s=job.updated_at)
+    signed = private_video_key(job, config.storage) is not None
+    event = _event(job, name, job.updated_at)
+    return new_delivery(event, seq=seq, now_s=job.updated_at, signed_video=signed)
 
 
 def record_event(
@@ -302,7 +306,8 @@ def record_event(
 class WebhookClient:
     """One aiohttp session, created lazily on the I/O loop and closed there at shutdown."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, video_urls: VideoUrls | None = None):
+        self.video_urls = video_urls
         self.url = config.webhook_target
         self.timeout_s = config.webhook_timeout_s
         secrets = parse_secrets(config.webhook_secret)
@@ -315,9 +320,19 @@ class WebhookClient:
             raise RuntimeError("the webhook client is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        delivery = self._with_fresh_url(delivery)
         return await send(
             self._session, self.url, delivery, self.signer, now_s=now_s, timeout_s=self.timeout_s
         )
+
+    def _with_fresh_url(self, delivery: Delivery) -> Delivery:
+        """The attempt carries a freshly signed video URL (same webhook-id, new body)."""
+        result = delivery.event.result
+        if not delivery.signed_video or result is None or self.video_urls is None:
+            return delivery
+        fresh = msgspec.structs.replace(result, video_url=self.video_urls.sign(result.video_url))
+        event = msgspec.structs.replace(delivery.event, result=fresh)
+        return msgspec.structs.replace(delivery, event=event, body=encode_event(event))
 
     async def close(self) -> None:
         self._closed = True
@@ -696,11 +711,18 @@ class WebhookActor(DurableActor):
 class WebhookOutbox:
     """What JobQueue wires in: records events, wakes the actor, closes the client."""
 
-    def __init__(self, system: ActorSystem, config: Config, *, seed: int | None = None):
+    def __init__(
+        self,
+        system: ActorSystem,
+        config: Config,
+        *,
+        seed: int | None = None,
+        video_urls: VideoUrls | None = None,
+    ):
         self.system = system
         self.config = config
         self.seed = seed
-        self.client = WebhookClient(config)
+        self.client = WebhookClient(config, video_urls)
         self.courier = _Courier(system, self.client)
         self._fresh: _HandOff[Job] = _HandOff()  # jobs whose committed turn stored an event
         system.store.namespace(KIND)  # create the table now: a first use flushes

@@ -42,6 +42,7 @@ from genqueue.http.views import (
     MAX_SEED,
     STATUSES,
     JobPage,
+    PublicJob,
     encode,
     public_job,
 )
@@ -192,6 +193,11 @@ def _caller(request: web.Request) -> Caller:
     return request.app[KEYS].authenticate(request.headers.get("Authorization"))
 
 
+def _public(request: web.Request, job: Job) -> PublicJob:
+    """What the caller sees of `job`: a local video's URL signed afresh."""
+    return public_job(job, request.app[QUEUE].video_urls)
+
+
 def _not_found() -> ApiError:
     return ApiError(404, "no such job")
 
@@ -224,7 +230,7 @@ async def submit(request: web.Request) -> web.Response:
     if not created and not caller.may_see(job.user_id):
         raise ApiError(409, "this id is already taken", code="id_conflict", field="id")
     location = {"Location": f"/api/generations/{job.id}"}
-    return _json(public_job(job), 202 if created else 200, location)
+    return _json(_public(request, job), 202 if created else 200, location)
 
 
 @routes.get("/api/generations/{id}")
@@ -232,7 +238,7 @@ async def get_job(request: web.Request) -> web.Response:
     job = _record(request, _caller(request))
     if not job.terminal:
         job = await request.app[QUEUE].aget(job.id)
-    return _json(public_job(job))
+    return _json(_public(request, job))
 
 
 @routes.delete("/api/generations/{id}")
@@ -241,7 +247,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if job.terminal:
         raise ApiError(409, f"job {job.id} has already {job.status}", code="job_finished")
     job = await request.app[QUEUE].acancel(job.id)
-    return _json(public_job(job), 200 if job.terminal else 202)
+    return _json(_public(request, job), 200 if job.terminal else 202)
 
 
 @routes.get("/api/generations/{id}/events")
@@ -253,7 +259,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         job = _record(request, caller)
         return job if job.terminal else await queue.aget(job.id)
 
-    return await stream_job(request, request.app[EVENTS], current)
+    return await stream_job(request, request.app[EVENTS], current, queue.video_urls)
 
 
 @routes.get("/api/generations")
@@ -298,7 +304,7 @@ def _page(
             scanned += 1
             job = JobActor.read(system, job_id)
             if job is not None and (statuses is None or job.status in statuses):
-                items.append(public_job(job))
+                items.append(public_job(job, queue.video_urls))
             if len(items) == limit or scanned >= _MAX_SCAN:
                 more = index.list(prefix, start=f"{prefix}{after + 1:016d}", limit=1)
                 return JobPage(items, f"{after:016d}" if more else None)
@@ -378,15 +384,32 @@ async def replay_webhook(request: web.Request) -> web.Response:
 
 @routes.get("/videos/{user}/{name}")
 async def video(request: web.Request) -> web.StreamResponse:
-    """A stored `.mp4` under the video folder: no dot-files, no way out of the folder."""
+    """A stored `.mp4` under the video folder, at a signed, unexpired URL only (the job's
+    `videoUrl`, signed afresh on each read); no dot-files, no way out of the folder."""
     user, name = request.match_info["user"], request.match_info["name"]
     if not (_SEGMENT.fullmatch(user) and _SEGMENT.fullmatch(name) and name.endswith(".mp4")):
         raise ApiError(404, "no such video")
+    urls = request.app[QUEUE].video_urls
+    query = request.query
+    signed = urls is not None and urls.verify(
+        f"/videos/{user}/{name}", query.get("expires"), query.get("signature")
+    )
+    if not signed:  # checked first: an unsigned request learns nothing, not even existence
+        raise ApiError(
+            403,
+            "this video URL is unsigned, expired or altered: read the job again for a fresh one",
+        )
     root = request.app[VIDEO_ROOT]
     path = await asyncio.to_thread(_inside, root, root / user / name)
     if path is None:
         raise ApiError(404, "no such video")
-    return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
+    headers = {
+        "Content-Type": "video/mp4",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",  # the URL expires; so does any copy
+        "Referrer-Policy": "no-referrer",
+    }
+    return web.FileResponse(path, headers=headers)
 
 
 def _inside(root: Path, path: Path) -> Path | None:

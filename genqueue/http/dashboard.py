@@ -181,5 +181,7 @@ async def _stream(
                     newest[job.id] = job
         if newest:
             await response.write(
-                b"".join(_frame("job", encode(public_job(j))) for j in newest.values())
+                b"".join(
+                    _frame("job", encode(public_job(j, jobs.video_urls))) for j in newest.values()
+                )
             )

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from genqueue.http.views import encode, public_job
 from genqueue.models import Job
+from genqueue.storage.videourls import VideoUrls
 
 __all__ = ["JobEvents", "open_stream", "stream_job"]
 
@@ -87,21 +88,24 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _frame(event: str, event_id: int, job: Job) -> bytes:
-    return b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), event_id, encode(public_job(job)))
+def _frame(event: str, event_id: int, job: Job, urls: VideoUrls | None) -> bytes:
+    data = encode(public_job(job, urls))
+    return b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), event_id, data)
 
 
 async def stream_job(
     request: web.Request,
     events: JobEvents,
     current: Callable[[], Awaitable[Job]],
+    urls: VideoUrls | None = None,
 ) -> web.StreamResponse:
-    """Stream one job's changes; `current()` reads it (raising JobNotFound if unseen)."""
+    """Stream one job's changes; `current()` reads it (raising JobNotFound if unseen).
+    With `urls`, each event carries a freshly signed URL of a local video."""
     with events.listen(request.match_info["id"]) as changes:
         job = await current()  # listening first: no change slips between read and stream
         response = await open_stream(request)
         try:
-            await _send_changes(response, job, changes)
+            await _send_changes(response, job, changes, urls)
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away: nothing to tell it
@@ -109,10 +113,13 @@ async def stream_job(
 
 
 async def _send_changes(
-    response: web.StreamResponse, job: Job, changes: asyncio.Queue[Job | None]
+    response: web.StreamResponse,
+    job: Job,
+    changes: asyncio.Queue[Job | None],
+    urls: VideoUrls | None,
 ) -> None:
     n = 1
-    await response.write(_frame("status", n, job))
+    await response.write(_frame("status", n, job, urls))
     last = job
     while not last.terminal:
         try:
@@ -131,5 +138,5 @@ async def _send_changes(
         else:
             continue
         n += 1
-        await response.write(_frame(kind, n, nxt))
+        await response.write(_frame(kind, n, nxt, urls))
         last = nxt

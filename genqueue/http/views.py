@@ -13,6 +13,7 @@ from typing import Annotated, get_args
 import msgspec
 
 from genqueue.models import Job, JobStatus
+from genqueue.storage.videourls import VideoUrls
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -84,7 +85,10 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def public_job(job: Job) -> PublicJob:
+def public_job(job: Job, urls: VideoUrls | None = None) -> PublicJob:
+    """The public form of `job`; with `urls`, a local video's URL is signed afresh."""
+    if urls is not None:
+        job = urls.present(job)
     p, r = job.parameters, job.result
     return PublicJob(
         id=job.id,

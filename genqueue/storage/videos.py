@@ -2,15 +2,18 @@
 
 Two backends share the `VideoStore` protocol:
 
-- `LocalStore` keeps files in a folder, `root/videos/{user_id}/{job_id}.mp4`. Each video is
+- `LocalStore` keeps files in a folder, `root/videos/{user_id}/{name}.mp4`. Each video is
   written to a temporary file beside its final name, synced and renamed into place, so a
   reader never sees half a video and a failed upload leaves the previous one intact. Videos
   that finish together are synced together (`filesync.FileCommitter`).
 - `S3Store` streams into an S3-compatible bucket (R2, S3, MinIO) with aiobotocore, one part
   of `part_size` bytes in memory at a time; a failed multipart upload is aborted.
 
-Keys are `videos/{user_id}/{job_id}.mp4`. Putting the same job's video again replaces it,
-so an upload retried after a crash is harmless. Failures of the store raise `StorageError`;
+Keys are `videos/{user_id}/{name}.mp4`; the GenerationActor names a video with a random
+token kept in the job's checkpoint (never the job id, which a client may choose), so a name
+cannot be guessed. Putting the same name again replaces the video, so an upload retried
+after a crash is harmless. Local videos are `private`: served only at signed URLs
+(storage/videourls.py). Failures of the store raise `StorageError`;
 an exception raised by the caller's own chunk iterator passes through unchanged (after the
 partial upload is cleaned up), so the caller can tell its failures from the store's.
 """
@@ -54,6 +57,7 @@ class StoredVideo(msgspec.Struct, frozen=True):
     url: str
     size_bytes: int
     content_type: str = "video/mp4"
+    private: bool = False  # served by this server at signed URLs only (`url` is unsigned)
 
 
 class VideoStore(Protocol):
@@ -66,12 +70,13 @@ class VideoStore(Protocol):
     async def put_stream(
         self,
         user_id: str,
-        job_id: str,
+        name: str,
         chunks: AsyncIterable[bytes],
         *,
         content_type: str = "video/mp4",
     ) -> StoredVideo:
-        """Store the video `chunks` make up under the job's key, replacing any earlier one."""
+        """Store the video `chunks` make up at `videos/{user_id}/{name}.mp4`, replacing any
+        earlier one."""
         ...
 
     def open_read(self, key: str) -> AsyncIterator[bytes]:
@@ -85,21 +90,21 @@ class VideoStore(Protocol):
     async def exists(self, key: str) -> bool: ...
 
 
-def video_key(user_id: str, job_id: str) -> str:
-    """The key of a job's video; raises StorageError for an id that could escape its folder."""
-    for name, value in (("user_id", user_id), ("job_id", job_id)):
+def video_key(user_id: str, name: str) -> str:
+    """The key of a video; raises StorageError for a name that could escape its folder."""
+    for label, value in (("user_id", user_id), ("name", name)):
         if not _ID.fullmatch(value) or not value.strip("."):
             raise StorageError(
-                f"{name} {value[:140]!r} must be 1-128 letters, digits, '-', '_', '.' or ':'"
+                f"{label} {value[:140]!r} must be 1-128 letters, digits, '-', '_', '.' or ':'"
                 " and not only dots"
             )
-    return f"videos/{user_id}/{job_id}.mp4"
+    return f"videos/{user_id}/{name}.mp4"
 
 
 def _checked_key(key: str) -> str:
     match = _KEY.fullmatch(key)
     if match is None or video_key(*match.groups()) != key:
-        raise StorageError(f"{key[:300]!r} is not a video key (videos/USER_ID/JOB_ID.mp4)")
+        raise StorageError(f"{key[:300]!r} is not a video key (videos/USER_ID/NAME.mp4)")
     return key
 
 
@@ -127,12 +132,12 @@ class LocalStore:
     async def put_stream(
         self,
         user_id: str,
-        job_id: str,
+        name: str,
         chunks: AsyncIterable[bytes],
         *,
         content_type: str = "video/mp4",
     ) -> StoredVideo:
-        key = video_key(user_id, job_id)
+        key = video_key(user_id, name)
         path = self.root / key
         # Up to a block stays in memory; a video longer than that goes to a temporary file
         # block by block, each write in a worker thread. The last block is written by the
@@ -159,7 +164,9 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"cannot store {key}: {exc}") from exc
         url = _public_url(self.public_base_url, key)
-        return StoredVideo(key=key, url=url, size_bytes=size, content_type=content_type)
+        return StoredVideo(
+            key=key, url=url, size_bytes=size, content_type=content_type, private=True
+        )
 
     async def open_read(self, key: str) -> AsyncIterator[bytes]:
         path = self.root / _checked_key(key)
@@ -314,12 +321,12 @@ class S3Store:
     async def put_stream(
         self,
         user_id: str,
-        job_id: str,
+        name: str,
         chunks: AsyncIterable[bytes],
         *,
         content_type: str = "video/mp4",
     ) -> StoredVideo:
-        key = video_key(user_id, job_id)
+        key = video_key(user_id, name)
         self._require_client()
         upload = _Upload(self, key, content_type)
         try:

@@ -72,6 +72,9 @@ class Delivery(msgspec.Struct, frozen=True):
     last_error: str | None = None
     created_at: float = 0.0
     delivered_at: float | None = None
+    # The result's videoUrl is a local video's: signed afresh at each attempt (the stored
+    # body keeps the unsigned URL), so the receiver always gets a URL valid for the full TTL.
+    signed_video: bool = False
 
     @property
     def stream(self) -> str:
@@ -104,9 +107,12 @@ def delivery_id(generation_id: str, seq: int) -> str:
     return f"msg_{digest}"
 
 
-def new_delivery(event: WebhookEvent, *, seq: int, now_s: float) -> Delivery:
+def new_delivery(
+    event: WebhookEvent, *, seq: int, now_s: float, signed_video: bool = False
+) -> Delivery:
     """A pending Delivery of `event`, due at once, with its body encoded and its id derived."""
     return Delivery(
+        signed_video=signed_video,
         id=delivery_id(event.generation_id, seq),
         job_id=event.job_id,
         seq=seq,
