@@ -702,6 +702,8 @@ def test_local_videos_need_a_current_signature_and_are_re_signed_on_every_read(
                 f"{url.path}?expires={int(expires) + 60}&signature={signature}",
                 f"{url.path}?expires={expires}&signature={signature[:-2]}AA",
                 f"{url.path}?expires={expires}",
+                f"{url.path}?expires={expires}&signature=%C3%A9t%C3%A9",  # non-ASCII
+                f"{url.path}?expires=%D9%A3&signature={signature}",
                 f"/videos/bob/{job['id']}.mp4?{url.query}",
             ]
             for path in altered:

@@ -129,5 +129,6 @@ def test_serve_keeps_its_files_private(tmp_path: Path) -> None:
     finally:
         serve.stop()
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
-    assert {"state.db", "state.db-wal", "state.db-shm", "admin_key"} <= set(modes), modes
+    expected = {"state.db", "state.db-wal", "state.db-shm", "admin_key", "video_url.key"}
+    assert expected <= set(modes), modes
     assert all(mode == 0o600 for mode in modes.values()), modes

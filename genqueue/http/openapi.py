@@ -352,6 +352,11 @@ def _paths() -> dict[str, Any]:
                 **_PUBLIC,
                 "operationId": "video",
                 "summary": "A finished video from local storage (supports Range).",
+                "description": (
+                    "Only at the signed URL a job's `result.videoUrl` gives (re-signed on every"
+                    " read, valid for GENQUEUE_VIDEO_URL_TTL_S). No API key is needed: the"
+                    " signature is the credential."
+                ),
                 "parameters": [
                     {
                         "name": "userId",
@@ -365,6 +370,18 @@ def _paths() -> dict[str, Any]:
                         "required": True,
                         "schema": {"type": "string", "pattern": r"\.mp4$"},
                     },
+                    {
+                        "name": "expires",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                    },
+                    {
+                        "name": "signature",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -373,6 +390,7 @@ def _paths() -> dict[str, Any]:
                             "video/mp4": {"schema": {"type": "string", "format": "binary"}}
                         },
                     },
+                    "403": _err("The URL is unsigned, expired or altered."),
                     "404": _err("No such video."),
                     "default": _ERRORS["default"],
                 },

@@ -95,9 +95,12 @@ class VideoUrls:
 
     def verify(self, path: str, expires: str | None, signature: str | None) -> bool:
         """Whether `signature` signs `path` until `expires`, and that is not past."""
-        if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+        if not expires or not signature or len(expires) > 12:
             return False
-        good = hmac.compare_digest(self._mac(path, int(expires)), signature)
+        if not (expires.isascii() and expires.isdigit()):
+            return False
+        given = signature.encode("utf-8", "surrogateescape")  # any text: compared as bytes
+        good = hmac.compare_digest(self._mac(path, int(expires)).encode("ascii"), given)
         return good and int(expires) >= self.clock.now()
 
     # -- jobs --------------------------------------------------------------------------------
