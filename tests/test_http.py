@@ -684,8 +684,10 @@ def test_local_videos_need_a_current_signature_and_are_re_signed_on_every_read(
         async with serve(tmp_path, clock=clock, video_url_ttl_s=600) as api:
             status, job, _ = await api.call("POST", "/api/generations", json={"prompt": "a cat"})
             assert status == 202
-            events = [(e, j["status"]) async for e, j in api.events(job["id"])]
-            assert events[-1] == ("status", "completed")
+            events = [(e, j) async for e, j in api.events(job["id"])]
+            assert events[-1][0] == "status" and events[-1][1]["status"] == "completed"
+            streamed = urlsplit(events[-1][1]["result"]["videoUrl"])  # SSE: signed too
+            assert set(parse_qs(streamed.query)) == {"expires", "signature"}
             (root / "alice").mkdir(parents=True, exist_ok=True)
             (root / "alice" / f"{job['id']}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
             _, done, _ = await api.call("GET", f"/api/generations/{job['id']}")
