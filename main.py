@@ -88,8 +88,8 @@ def listen(host: str, port: int) -> socket.socket:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from genqueue.http import run_app
     from genqueue.http.app import create_app
-    from genqueue.http.server import run_app
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)

@@ -22,7 +22,7 @@ from multidict import CIMultiDictProxy
 from genqueue.clock import ManualClock
 from genqueue.config import Config
 from genqueue.errors import ConfigError, StorageError
-from genqueue.http import EVENTS, QUEUE, create_app
+from genqueue.http import EVENTS, QUEUE, JsonErrorRunner, create_app
 from genqueue.models import Job, JobResult
 
 T = TypeVar("T")
@@ -144,7 +144,7 @@ async def serve(
     config.setdefault("api_keys", KEYS)
     cfg = Config(data_dir=str(tmp / "data"), synchronous="NORMAL", **config)
     app = create_app(cfg, processor=processor or Instant(), video_root=video_root, clock=clock)
-    runner = web.AppRunner(app)
+    runner = JsonErrorRunner(app)  # as `main.py serve` runs it
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from genqueue.config import Config
-from genqueue.http import create_app
+from genqueue.http import JsonErrorRunner, create_app
 from genqueue.http.openapi import build_openapi
 from genqueue.models import Job, JobResult
 
@@ -85,7 +85,7 @@ class LoopbackServer:
 
         async def start() -> str:
             cfg = Config(data_dir=str(self.data_dir), synchronous="NORMAL", api_keys=KEYS)
-            self.runner = web.AppRunner(create_app(cfg, processor=Instant()))
+            self.runner = JsonErrorRunner(create_app(cfg, processor=Instant()))
             await self.runner.setup()
             await web.TCPSite(self.runner, "127.0.0.1", 0).start()
             return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
