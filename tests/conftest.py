@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,3 +49,48 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def open_sqlite_connections() -> list[sqlite3.Connection]:
+    """Every `sqlite3.Connection` in this process that is not closed, reachable or not
+    (garbage the collector has not reached yet is still listed)."""
+    found = []
+    for obj in gc.get_objects():
+        if isinstance(obj, sqlite3.Connection):
+            try:
+                obj.in_transaction  # noqa: B018 (raises once closed)
+            except sqlite3.ProgrammingError as exc:
+                if "closed" in str(exc):
+                    continue
+            found.append(obj)
+    return found
+
+
+def sqlite_fds() -> list[str]:
+    """The files this process holds open that belong to an SQLite database."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed already
+            continue
+        if target.endswith((".db", ".db-wal", ".db-shm", ".db-journal")):
+            names.append(target)
+    return names
+
+
+@pytest.fixture
+def sqlite_closed() -> Iterator[None]:
+    """Fails a test that leaves an SQLite connection open (or one of its files).
+
+    Python 3.13 warns about an unclosed connection only when the collector frees it, which
+    may be in a later test; and Python 3.11 never warns. So this looks for open connections
+    itself, on either Python, then collects: on 3.13 a connection freed unclosed raises its
+    ResourceWarning here, as an error, in the test that leaked it."""
+    before = {id(conn) for conn in open_sqlite_connections()}
+    fds_before = sqlite_fds()
+    yield
+    left = [repr(conn) for conn in open_sqlite_connections() if id(conn) not in before]
+    gc.collect()
+    assert not left, f"SQLite connections left open: {left}"
+    assert sorted(sqlite_fds()) == sorted(fds_before), "SQLite files left open"

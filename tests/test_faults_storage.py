@@ -7,8 +7,8 @@ Two ways to make SQLite refuse a write, each test running with both:
   root, so a real mount is the only honest way): without it these cases are skipped.
 - `page_cap`: `PRAGMA max_page_count` on the store's own connection, so SQLite answers
   SQLITE_FULL ("database or disk is full") as it does on a full disk; runs everywhere.
-A real full disk fails inside `conn.commit()`, which kills sqlitedict's worker thread (hence
-the ignored unhandled-thread-exception warning); the cap fails inside a statement.
+A real full disk fails inside `conn.commit()`, which ends sqlitedict's worker thread (its
+connection closed: `sqlite_closed` checks it); the cap fails inside a statement.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from genqueue.storage.state import StateStore
 FAULTS = ["disk_full", "page_cap"]
 ANSWER_S = 5.0  # every request must answer within this, fault or not
 BIG_PROMPT = "a cat surfing a wave " * 190  # ~4,000 characters: the disk fills quicker
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+pytestmark = pytest.mark.usefixtures("sqlite_closed")
 
 
 @contextlib.contextmanager

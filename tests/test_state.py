@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import sqlite3
@@ -20,6 +21,8 @@ from hypothesis import strategies as st
 
 from genqueue.errors import StorageError
 from genqueue.storage.state import Namespace, StateStore
+
+pytestmark = pytest.mark.usefixtures("sqlite_closed")
 
 
 class Record(msgspec.Struct):
@@ -42,7 +45,7 @@ def store(db: Path) -> Iterator[StateStore]:
 
 def raw_rows(db: Path, table: str) -> dict[str, bytes]:
     """The table as another process sees it (committed rows only)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         return dict(conn.execute(f'SELECT key, value FROM "{table}"').fetchall())
 
 
@@ -66,13 +69,13 @@ def test_acknowledged_writes_survive_sigkill(db: Path, mode: str, arg: int | Non
 
 
 def test_synchronous_full_by_default_and_wal(store: StateStore, db: Path) -> None:
-    # Read back through the store's own connection: sqlitedict set OFF on it at open.
+    # Read back through the store's own connection (sqlitedict alone would set OFF on it).
     assert store._conn.select_one("PRAGMA synchronous") == (2,)
     assert store._conn.select_one("PRAGMA journal_mode") == ("wal",)
     ns = store.namespace("t")
     store.flush(ns.put("k", 1))
     assert store._conn.select_one("PRAGMA synchronous") == (2,)  # still held after commits
-    with sqlite3.connect(db) as conn:  # WAL is a property of the file
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # WAL is a property of the file
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -234,7 +237,7 @@ def test_listing_a_live_prefix_searches_the_key_index(store: StateStore, db: Pat
     finally:
         del store._select
     assert len(seen) == 2
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         for sql, args in seen:
             plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
             assert any(p.startswith("SEARCH") and "INDEX" in p for p in plan), plan
@@ -407,7 +410,6 @@ def test_writes_waiting_for_the_commit_are_read_and_listed(store: StateStore) ->
     assert ns.list("k/") == listed
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_read_fails_promptly_when_the_sqlite_worker_has_died(tmp_path: Path) -> None:
     """A commit refused by the disk kills sqlitedict's worker thread (see
     test_faults_storage.py); a read sent to it then must fail, not wait forever."""

@@ -1,7 +1,8 @@
 """The state store: one SQLite file through sqlitedict, with group commit and an output gate.
 
 One `SqliteDict` owns the file: one connection and one worker thread, so there is
-exactly one writer (two writers on one file lose writes, see measured-facts.md).
+exactly one writer (two writers on one file lose writes, see measured-facts.md). It is a
+`SqliteFile` (sqlite_file.py), whose connection is closed however the store ends.
 Each namespace is its own table (`key TEXT PRIMARY KEY, value BLOB`, sqlitedict's
 schema) reached through that same connection, so a prefix listing is a range scan
 of the primary-key index: it costs what it returns, not the size of the table.
@@ -33,9 +34,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
-from sqlitedict import SqliteDict
 
 from genqueue.errors import StorageError
+from genqueue.storage.sqlite_file import SqliteFile, Worker, shut
 
 __all__ = ["Namespace", "StateStore", "SyncLevel"]
 
@@ -71,21 +72,25 @@ class StateStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = SqliteDict(
+        # The worker sets `synchronous` as it opens the connection (sqlitedict would set OFF).
+        self._db = SqliteFile(
             str(path),
             tablename="meta",
-            journal_mode="WAL",
-            autocommit=False,
+            synchronous=synchronous,
             encode=_ENCODER.encode,
             decode=_decoder(Any).decode,
-            outer_stack=False,
         )
-        self._conn = self._db.conn
-        # sqlitedict sets synchronous=OFF on its connection: override it, then check it held.
-        self._conn.execute(f"PRAGMA synchronous={synchronous}")
-        row = self._conn.select_one("PRAGMA synchronous")
-        if row is None or row[0] != _SYNC_CODES[synchronous]:
-            raise StorageError(f"could not set PRAGMA synchronous={synchronous} (got {row})")
+        self._conn: Worker = self._db.conn
+        try:  # from here on, a failure closes the file before it is reported
+            row = self._conn.select_one("PRAGMA synchronous")  # check that it held
+            if row is None or row[0] != _SYNC_CODES[synchronous]:
+                raise StorageError(f"could not set PRAGMA synchronous={synchronous} (got {row})")
+            self._start(synchronous)
+        except BaseException:
+            shut(self._db)
+            raise
+
+    def _start(self, synchronous: SyncLevel) -> None:
         self.synchronous: SyncLevel = synchronous
         self._tables: dict[str, Namespace] = {}
         self._cv = threading.Condition()
@@ -111,7 +116,11 @@ class StateStore:
         self._releaser = threading.Thread(target=self._release_loop, name="state-releaser")
         self._releaser.daemon = True
         self._committer.start()
-        self._releaser.start()
+        try:
+            self._releaser.start()
+        except BaseException:
+            self.close()  # the committer stops; the file is closed
+            raise
 
     # -- namespaces -------------------------------------------------------------------------
 
@@ -268,7 +277,9 @@ class StateStore:
             except queue.Empty:
                 if not self._conn.is_alive():
                     self._check()
-                    died = StorageError("state store read failed: the SQLite worker died")
+                    died = StorageError(
+                        f"state store read failed: the SQLite worker died{self._death()}"
+                    )
                     with self._cv:  # the store is failed: writes refused, close forced
                         self._fail(died)
                     raise died from None
@@ -404,8 +415,14 @@ class StateStore:
                 if not self._conn.is_alive():
                     raise StorageError(
                         f"the SQLite worker died during {what} (disk full or I/O error)"
+                        f"{self._death()}"
                     ) from None
         raise StorageError(f"the SQLite worker did not finish {what} in 120 s")
+
+    def _death(self) -> str:
+        """What ended the SQLite worker (its thread has ended), for a message."""
+        death = self._conn.death
+        return f": {death}" if death is not None else ""
 
     def _complete(self, snap: int) -> None:
         with self._cv:
@@ -453,7 +470,8 @@ class StateStore:
         return self._failure
 
     def close(self) -> None:
-        """Commit what is queued, then close the file."""
+        """Commit what is queued, then close the file (its connection closed on return, even
+        after a failure: a store reopened after every fault holds one connection)."""
         with self._cv:
             if self._closing:
                 return
@@ -461,11 +479,9 @@ class StateStore:
             self._cv.notify_all()
         self._committer.join(timeout=30)
         self._released.put(None)
-        self._releaser.join(timeout=30)
-        if self._failure is None:
-            self._db.close()
-        else:
-            self._db.close(force=True)
+        if self._releaser.is_alive():
+            self._releaser.join(timeout=30)
+        shut(self._db)  # returns once the connection is closed, whatever state it was in
 
 
 class _WriteCache:
