@@ -1,6 +1,8 @@
 # The two commands of the README: `make run` and `make test`. Both create .venv first.
+# Another Python gets its own virtualenv: `make test PYTHON=python3.13` uses .venv-python3.13
+# (PYTHON may be a command or a path; VENV=... overrides the folder).
 PYTHON ?= python3
-VENV ?= .venv
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean chromium
