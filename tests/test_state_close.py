@@ -195,7 +195,7 @@ def test_a_queue_reopened_after_100_store_failures_keeps_its_fds_flat(tmp_path: 
     with queue_factory(tmp_path) as queues:
         queue = queues.open(Recorder(hold_all=True))
         queue.submit(request(id="first"))
-        fds, threads = None, 0
+        fds, threads = -1, -1
         for i in range(101):
             assert queue.store is not None
             refuse_new_pages(queue.store)
@@ -203,7 +203,7 @@ def test_a_queue_reopened_after_100_store_failures_keeps_its_fds_flat(tmp_path: 
                 for n in range(100):  # a fuller page may take a few more
                     queue.submit(request("x" * 4000, id=f"late-{i}-{n}"))
             queue.reopen()
-            if fds is None:  # after the first reopen: everything lazily made is made
+            if i == 0:  # after the first reopen: everything lazily made is made
                 fds, threads = fd_count(), threading.active_count()
         assert fd_count() == fds, "a reopened queue kept file descriptors"
         assert threading.active_count() == threads, "a reopened queue kept threads"
