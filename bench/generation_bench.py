@@ -53,7 +53,7 @@ async def _submit_all(queue: JobQueue, jobs: int, clients: int = 64) -> list[str
 
     async def client() -> None:
         for i in next_i:
-            ids[i] = (await queue.asubmit({"prompt": f"bench video {i}"})).id
+            ids[i] = (await queue.asubmit({"prompt": f"bench video {i}"})).job.id
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return ids

@@ -85,7 +85,7 @@ def restart_round(root: Path, n: int) -> Round:
     try:
         queued = q.status().queued
         t2 = time.perf_counter()
-        probe = q.submit({"prompt": "probe after restart"})
+        probe, _ = q.submit({"prompt": "probe after restart"})
         t3 = time.perf_counter()
         if queued != n:
             raise RuntimeError(f"{queued} queued after restart, expected {n}")

@@ -199,9 +199,9 @@ def outbox_rate(url: str, n: int) -> Rate:
         t0, c0 = time.perf_counter(), _cpu_s()
         for job in jobs:
             outbox.published(job)  # what JobQueue does once a job's turn has committed
-        _wait_for(lambda: q.webhook_stats().sent >= n, 600, f"{n} deliveries")
+        _wait_for(lambda: q.webhooks.stats().sent >= n, 600, f"{n} deliveries")
         rate = Rate(n / (time.perf_counter() - t0), (_cpu_s() - c0) / n * 1e6)
-        stats = q.webhook_stats()
+        stats = q.webhooks.stats()
         if stats.failed_attempts or stats.pending:
             raise RuntimeError(f"the outbox did not deliver cleanly: {stats}")
     return rate
@@ -277,7 +277,7 @@ def queue_rate(url: str, n: int) -> tuple[float, float | None]:
             jobs_s = n / (time.perf_counter() - t0)
             if not url:
                 return jobs_s, None
-            _wait_for(lambda: q.webhook_stats().sent >= n, 600, f"{n} deliveries")
+            _wait_for(lambda: q.webhooks.stats().sent >= n, 600, f"{n} deliveries")
             return jobs_s, n / (time.perf_counter() - t0)
     finally:
         shutil.rmtree(cfg.data_dir, ignore_errors=True)

@@ -1,32 +1,112 @@
-"""genqueue: a durable, actor-model job queue for AI video generation."""
+"""genqueue: a durable, actor-model job queue for AI video generation.
 
+Everything a caller needs is here: `JobQueue` (embedded) and `genqueue.client.Client`
+(the same methods over HTTP), the models they take and return, a `Processor` protocol for
+the work, and the errors. Everything under `genqueue.actors` and `genqueue.storage` is
+private.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from genqueue.clock import Clock, ManualClock, RealClock
 from genqueue.config import Config, load_config
 from genqueue.errors import (
+    ConfigError,
     DataDirInUse,
+    DeliveryNotDead,
+    DeliveryNotFound,
     GenqueueError,
     IllegalTransition,
     InvalidRequest,
+    JobFailed,
     JobNotFound,
     ProviderError,
     StorageError,
+    Unauthorized,
+    Unreachable,
 )
 from genqueue.jobqueue import JobQueue
-from genqueue.models import GenerationParams, GenerationRequest, Job, JobResult, QueueStatus
+from genqueue.models import (
+    JOB_ID,
+    MAX_PROMPT_CHARS,
+    TERMINAL,
+    GenerationParams,
+    GenerationRequest,
+    Job,
+    JobPage,
+    JobResult,
+    JobStatus,
+    QueueStatus,
+    Submission,
+)
+from genqueue.outbox import Webhooks
+from genqueue.processor import Processor, Report
+from genqueue.requests import RequestLike, parse_request
+from genqueue.webhooks import (
+    DeadLetters,
+    Delivery,
+    DeliveryState,
+    EventName,
+    WebhookEvent,
+    WebhookStats,
+    iso_timestamp,
+)
+
+if TYPE_CHECKING:
+    from genqueue.actors.generation import GenerationService
 
 __all__ = [
+    "JOB_ID",
+    "MAX_PROMPT_CHARS",
+    "TERMINAL",
+    "Clock",
     "Config",
+    "ConfigError",
     "DataDirInUse",
+    "DeadLetters",
+    "Delivery",
+    "DeliveryNotDead",
+    "DeliveryNotFound",
+    "DeliveryState",
+    "EventName",
     "GenerationParams",
     "GenerationRequest",
     "GenqueueError",
     "IllegalTransition",
     "InvalidRequest",
     "Job",
+    "JobFailed",
     "JobNotFound",
+    "JobPage",
     "JobQueue",
     "JobResult",
+    "JobStatus",
+    "ManualClock",
+    "Processor",
     "ProviderError",
     "QueueStatus",
+    "RealClock",
+    "Report",
+    "RequestLike",
     "StorageError",
+    "Submission",
+    "Unauthorized",
+    "Unreachable",
+    "WebhookEvent",
+    "WebhookStats",
+    "Webhooks",
+    "iso_timestamp",
     "load_config",
+    "parse_request",
+    "veo_processor",
 ]
+
+
+def veo_processor(config: Config, *, clock: Clock | None = None) -> GenerationService:
+    """The processor that generates videos with Veo 3 (or the built-in fake) and stores
+    them; `await start()` it before the queue opens and `await close()` it after."""
+    from genqueue.actors.generation import GenerationService  # aiobotocore: only when used
+
+    return GenerationService.from_config(config, clock=clock)

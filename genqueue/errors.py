@@ -5,12 +5,17 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataDirInUse",
+    "DeliveryNotDead",
+    "DeliveryNotFound",
     "GenqueueError",
     "IllegalTransition",
     "InvalidRequest",
+    "JobFailed",
     "JobNotFound",
     "ProviderError",
     "StorageError",
+    "Unauthorized",
+    "Unreachable",
 ]
 
 
@@ -49,6 +54,23 @@ class JobNotFound(GenqueueError):
     """No job has this id (or the caller may not see it)."""
 
 
+class JobFailed(GenqueueError):
+    """`result` of a job that ended without one (failed or cancelled); `job` is its record."""
+
+    def __init__(self, job: object):
+        status, error = getattr(job, "status", "?"), getattr(job, "error", None)
+        super().__init__(f"job {getattr(job, 'id', '?')} {status}: {error or 'no reason given'}")
+        self.job = job
+
+
+class DeliveryNotFound(GenqueueError):
+    """No dead-lettered or pending webhook delivery has this id (delivered ones are not kept)."""
+
+
+class DeliveryNotDead(GenqueueError):
+    """The delivery exists but is still pending: only a dead-lettered one can be replayed."""
+
+
 class IllegalTransition(GenqueueError):
     """A job state change that the state machine refuses."""
 
@@ -75,3 +97,11 @@ class ProviderError(GenqueueError):
         self.status = status
         self.retry_after_s = retry_after_s
         self.code = code
+
+
+class Unauthorized(GenqueueError):
+    """The server refused the client's API key (or the key may not do this)."""
+
+
+class Unreachable(GenqueueError):
+    """No genqueue server answered the client (refused, timed out, or not HTTP)."""

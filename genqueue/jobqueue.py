@@ -1,11 +1,14 @@
-"""JobQueue: the embeddable API. The same actors the HTTP server uses, without HTTP.
+"""JobQueue: the whole public API of the queue. The HTTP server is its first client, and
+`genqueue.client.Client` offers the same methods over HTTP.
 
     with JobQueue(config, processor) as q:
-        job = q.submit({"prompt": "a cat surfing"}, user_id="u1")
-        q.join(timeout_s=60)
+        job, created = q.submit({"prompt": "a cat surfing"}, user_id="u1")
+        print(q.result(job.id, timeout_s=60).video_url)
 
-Usable from plain threads (`submit`, `get`, ...) and from asyncio code (`asubmit`,
-`aget`, ...: they never block the loop). Every acknowledged submit is durable.
+Usable from plain threads (`submit`, `get`, `cancel`, `list_jobs`, `status`, `wait`,
+`result`, `healthy`, `webhooks.stats/dead/replay`) and from asyncio code (`asubmit`,
+`aget`, ..., `await_job`, `aresult`: they never block the loop). Every acknowledged
+submit is durable. Jobs read through it carry a local video's URL signed afresh.
 """
 
 from __future__ import annotations
@@ -17,50 +20,43 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from genqueue.actors.bridge import LoopThread, post
-from genqueue.actors.job import JobActor, Processor, QueueServices
+from genqueue.actors.job import JobActor, QueueServices
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit, SubmitMany
 from genqueue.actors.queue import QueueActor
 from genqueue.actors.system import ActorSystem
-from genqueue.actors.webhook import DeadLetters, DeliveryNotFound, WebhookOutbox, WebhookStats
+from genqueue.actors.webhook import WebhookOutbox
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
-from genqueue.errors import InvalidRequest, JobNotFound, StorageError
-from genqueue.models import GenerationRequest, Job, QueueStatus, validate_request
+from genqueue.errors import JobFailed, JobNotFound, StorageError
+from genqueue.models import (
+    GenerationRequest,
+    Job,
+    JobPage,
+    JobResult,
+    JobStatus,
+    QueueStatus,
+    Submission,
+)
+from genqueue.outbox import Webhooks
+from genqueue.processor import Processor
+from genqueue.requests import RequestLike, parse_request
 from genqueue.storage.dirlock import DataDirLock, private_file
+from genqueue.storage.jobindex import JobIndex
 from genqueue.storage.state import StateStore
 from genqueue.storage.videourls import VideoUrls
-from genqueue.webhooks import Delivery
+from genqueue.webhooks import WebhookStats
 
 __all__ = ["JobQueue"]
 
 log = logging.getLogger("genqueue.jobqueue")
 QUEUE_KEY = "main"
-_REQUEST = msgspec.json.Decoder(GenerationRequest)
-
-
-def parse_request(request: GenerationRequest | dict[str, Any] | bytes) -> GenerationRequest:
-    """Decode and validate a request; InvalidRequest names the bad field."""
-    try:
-        if isinstance(request, bytes):
-            req = _REQUEST.decode(request)
-        elif isinstance(request, dict):
-            req = msgspec.convert(request, GenerationRequest)
-        else:
-            req = request
-    except msgspec.ValidationError as exc:
-        field = str(exc).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(exc) else None
-        raise InvalidRequest(str(exc), field=field) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-    validate_request(req)
-    return req
 
 
 class JobQueue:
@@ -89,6 +85,10 @@ class JobQueue:
         self.store: StateStore | None = None
         self.system: ActorSystem | None = None
         self._webhooks: WebhookOutbox | None = None
+        # The webhook outbox: counters, dead letters, replay.
+        self.webhooks = Webhooks(lambda: self._webhooks)
+        self._watchers: dict[str, list[Callable[[Job], None]]] = {}  # job id -> `wait`s
+        self._watch_lock = threading.Lock()
         self._unavailable = False  # closed by a failed store, until `reopen` succeeds
         self._lifecycle = threading.Lock()  # reopen and close, one at a time
         self._closed = False
@@ -199,7 +199,7 @@ class JobQueue:
                 raise
             self._unavailable = False
 
-    def parts(self) -> tuple[ActorSystem, StateStore]:
+    def _parts(self) -> tuple[ActorSystem, StateStore]:
         """The open actor system and store, read together once (`reopen` replaces them):
         StorageError while the store is unavailable."""
         system, store = self.system, self.store
@@ -236,80 +236,86 @@ class JobQueue:
 
     # -- the API (threads) -------------------------------------------------------------------------
 
-    def new_job(self, request: GenerationRequest | dict[str, Any] | bytes, user_id: str) -> Job:
-        return self._submission(request, user_id).job
-
-    def _submission(
-        self, request: GenerationRequest | dict[str, Any] | bytes, user_id: str
-    ) -> Submit:
-        req = parse_request(request)
-        return Submit(self._job_from(req, user_id), client_id=req.id is not None)
-
-    def _job_from(self, req: GenerationRequest, user_id: str) -> Job:
-        now = self.clock.now()
-        job_id = req.id or uuid.uuid4().hex
-        return Job(
-            id=job_id,
-            # Unique per job record, whatever the id: a client id reused after retention
-            # gets a new generation (and so new webhook-ids). A server-chosen id is unique.
-            generation_id=job_id if req.id is None else uuid.uuid4().hex,
-            user_id=user_id,
-            prompt=req.prompt,
-            parameters=req.parameters,
-            provider=req.provider,
-            model=req.model or self.config.veo3_model,
-            priority=req.priority,
-            created_at=now,
-            updated_at=now,
-        )
-
-    def submit_detailed(
-        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
-    ) -> tuple[Job, bool]:
-        """Submit; returns (job, created). `created` is False for a known client-chosen id."""
-        submission = self._submission(request, user_id)
-        result: tuple[Job, bool] = self._sys().ask(QueueActor, QUEUE_KEY, submission)
-        return result
-
-    def submit(
-        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
-    ) -> Job:
-        """Store the job durably and queue it; returns it once it survives a crash."""
-        return self.submit_detailed(request, user_id=user_id)[0]
+    def submit(self, request: RequestLike, *, user_id: str = "default") -> Submission:
+        """Store the job durably and queue it; returns (job, created) once it survives a
+        crash. `created` is False for a known client-chosen id: the stored job is returned."""
+        job, created = self._sys().ask(QueueActor, QUEUE_KEY, self._submission(request, user_id))
+        return Submission(self._present(job), created)
 
     def get(self, job_id: str) -> Job:
-        job = JobActor.read(self._sys(), job_id)
-        if job is None:
-            raise JobNotFound(f"job {job_id} does not exist")
-        return self._sys().ask(JobActor, job_id, GetJob()) if not job.terminal else job
+        """The job as it is now; JobNotFound if there is none."""
+        job = self._stored(job_id)
+        return self._present(job if job.terminal else self._sys().ask(JobActor, job_id, GetJob()))
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
-        if JobActor.read(self._sys(), job_id) is None:
-            raise JobNotFound(f"job {job_id} does not exist")
-        job: Job = self._sys().ask(JobActor, job_id, Cancel(reason))
-        return job
+        """Cancel a queued job at once, stop a running one; a finished job is returned as is."""
+        self._stored(job_id)
+        return self._present(self._sys().ask(JobActor, job_id, Cancel(reason)))
+
+    def list_jobs(
+        self,
+        user_id: str | None = None,
+        statuses: Collection[JobStatus] | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """A page of jobs (of `user_id`, or everyone's), newest first, whose status is among
+        `statuses`; pass `next_cursor` as `cursor` for the next page. Blocking reads."""
+        system, store = self._parts()
+        page = JobIndex(store).page(
+            lambda job_id: JobActor.read(system, job_id),
+            user_id=user_id,
+            statuses=statuses,
+            limit=limit,
+            cursor=cursor,
+        )
+        return JobPage([self._present(job) for job in page.items], page.next_cursor)
 
     def status(self) -> QueueStatus:
         """The queue's figures, with the webhook outbox's counters in `webhooks`."""
         return msgspec.structs.replace(
             self._queue_status(),
-            webhooks=self.webhook_stats().as_status(),
+            webhooks=self.webhooks.stats().as_status(),
             provider=self._provider_stats(),
         )
 
-    def _provider_stats(self) -> dict[str, Any]:
-        """The processor's own figures (the GenerationActor's Veo calls), if it keeps any."""
-        stats = getattr(self.processor, "stats", None)
-        return dict(stats()) if callable(stats) else {}
+    def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """The job once it is finished (completed, failed or cancelled); TimeoutError after
+        `timeout_s` (None: no limit)."""
+        done = threading.Event()
+        ended: list[Job] = []
 
-    def _queue_status(self) -> QueueStatus:
-        status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
-        return status
+        def finished(job: Job) -> None:
+            ended.append(job)
+            done.set()
+
+        with self._watching(job_id, finished):
+            job = self.get(job_id)
+            if job.terminal:
+                return job
+            if not done.wait(timeout_s):
+                raise TimeoutError(f"job {job_id} has not finished after {timeout_s} s")
+        return self._present(ended[0])
+
+    def result(self, job_id: str, timeout_s: float | None = None) -> JobResult:
+        """The job's result once it completes; JobFailed if it failed or was cancelled."""
+        return _result_of(self.wait(job_id, timeout_s))
 
     def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
         """Call `callback(job)` on every stored change of a job; returns an unsubscribe function."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback)
+
+    def healthy(self) -> bool:
+        """Whether the queue is open and its state store takes writes."""
+        store = self.store
+        return self.system is not None and store is not None and store.failure is None
+
+    def video_url_valid(self, path: str, expires: str | None, signature: str | None) -> bool:
+        """Whether a local video's URL (path, `expires`, `signature`) is one this queue signed
+        and it has not expired (what a server of the video folder checks)."""
+        urls = self.video_urls
+        return urls is not None and urls.verify(path, expires, signature)
 
     def join(self, timeout_s: float = 60.0) -> None:
         """Wait until nothing is queued, running or waiting to retry; re-raise processor bugs."""
@@ -332,11 +338,9 @@ class JobQueue:
                 if self._changes == seen:
                     self._changed.wait(min(remaining, 0.5))
 
-    # -- the API (asyncio) -------------------------------------------------------------------------
+    # -- the API (asyncio): the same, never blocking the loop ------------------------------
 
-    async def asubmit_detailed(
-        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
-    ) -> tuple[Job, bool]:
+    async def asubmit(self, request: RequestLike, *, user_id: str = "default") -> Submission:
         submission = self._submission(request, user_id)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[Job, bool]] = loop.create_future()
@@ -345,7 +349,88 @@ class JobQueue:
             # Every submission made in this turn of the loop goes in one message and one
             # commit: far fewer thread hand-offs per request under load.
             loop.call_soon(self._send_batch)
-        return await fut
+        job, created = await fut
+        return Submission(self._present(job), created)
+
+    async def aget(self, job_id: str) -> Job:
+        job = self._stored(job_id)
+        if not job.terminal:
+            job = await self._sys().ask_async(JobActor, job_id, GetJob())
+        return self._present(job)
+
+    async def acancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
+        self._stored(job_id)
+        job: Job = await self._sys().ask_async(JobActor, job_id, Cancel(reason))
+        return self._present(job)
+
+    async def alist_jobs(
+        self,
+        user_id: str | None = None,
+        statuses: Collection[JobStatus] | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobPage:
+        return await asyncio.to_thread(self.list_jobs, user_id, statuses, limit, cursor)
+
+    async def astatus(self) -> QueueStatus:
+        status: QueueStatus
+        webhooks: WebhookStats
+        status, webhooks = await asyncio.gather(
+            self._sys().ask_async(QueueActor, QUEUE_KEY, Status()), self.webhooks.astats()
+        )
+        return msgspec.structs.replace(
+            status, webhooks=webhooks.as_status(), provider=self._provider_stats()
+        )
+
+    async def await_job(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """`wait` for asyncio code."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[Job] = loop.create_future()
+
+        def finished(job: Job) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                post(loop, _settle, ended, job)
+
+        with self._watching(job_id, finished):
+            job = await self.aget(job_id)
+            if job.terminal:
+                return job
+            try:
+                return self._present(await asyncio.wait_for(ended, timeout_s))
+            except TimeoutError:
+                raise TimeoutError(f"job {job_id} has not finished after {timeout_s} s") from None
+
+    async def aresult(self, job_id: str, timeout_s: float | None = None) -> JobResult:
+        """`result` for asyncio code: the job's result once it completes, like arq's
+        `Job.result()` or a Temporal handle's; JobFailed if it failed or was cancelled."""
+        return _result_of(await self.await_job(job_id, timeout_s))
+
+    async def ahealthy(self) -> bool:
+        return self.healthy()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _submission(self, request: RequestLike, user_id: str) -> Submit:
+        req = parse_request(request)
+        return Submit(self._job_from(req, user_id), client_id=req.id is not None)
+
+    def _job_from(self, req: GenerationRequest, user_id: str) -> Job:
+        now = self.clock.now()
+        job_id = req.id or uuid.uuid4().hex
+        return Job(
+            id=job_id,
+            # Unique per job record, whatever the id: a client id reused after retention
+            # gets a new generation (and so new webhook-ids). A server-chosen id is unique.
+            generation_id=job_id if req.id is None else uuid.uuid4().hex,
+            user_id=user_id,
+            prompt=req.prompt,
+            parameters=req.parameters,
+            provider=req.provider,
+            model=req.model or self.config.veo3_model,
+            priority=req.priority,
+            created_at=now,
+            updated_at=now,
+        )
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
@@ -373,69 +458,42 @@ class JobQueue:
         except Exception as exc:
             settle(False, exc)
 
-    async def asubmit(
-        self, request: GenerationRequest | dict[str, Any] | bytes, *, user_id: str = "default"
-    ) -> Job:
-        return (await self.asubmit_detailed(request, user_id=user_id))[0]
-
-    async def aget(self, job_id: str) -> Job:
+    def _stored(self, job_id: str) -> Job:
+        """The job's stored record (no actor activated); JobNotFound if there is none."""
         job = JobActor.read(self._sys(), job_id)
         if job is None:
             raise JobNotFound(f"job {job_id} does not exist")
-        if job.terminal:
-            return job
-        live: Job = await self._sys().ask_async(JobActor, job_id, GetJob())
-        return live
-
-    async def acancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
-        if JobActor.read(self._sys(), job_id) is None:
-            raise JobNotFound(f"job {job_id} does not exist")
-        job: Job = await self._sys().ask_async(JobActor, job_id, Cancel(reason))
         return job
 
-    async def astatus(self) -> QueueStatus:
-        status: QueueStatus
-        webhooks: WebhookStats
-        status, webhooks = await asyncio.gather(
-            self._sys().ask_async(QueueActor, QUEUE_KEY, Status()), self.awebhook_stats()
-        )
-        return msgspec.structs.replace(
-            status, webhooks=webhooks.as_status(), provider=self._provider_stats()
-        )
+    def _present(self, job: Job) -> Job:
+        """`job` as a caller gets it: a local video's URL signed afresh (the record keeps
+        it unsigned), so every read hands out a URL valid for the full TTL."""
+        urls = self.video_urls
+        return urls.present(job) if urls is not None and job.result is not None else job
 
-    # -- webhooks (the outbox) ---------------------------------------------------------------
+    def _provider_stats(self) -> dict[str, Any]:
+        """The processor's own figures (the GenerationActor's Veo calls), if it keeps any."""
+        stats = getattr(self.processor, "stats", None)
+        return dict(stats()) if callable(stats) else {}
 
-    def webhook_stats(self) -> WebhookStats:
-        """Counters of the webhook outbox (all zero when no webhook target is configured)."""
-        return self._webhooks.stats() if self._webhooks is not None else WebhookStats()
+    def _queue_status(self) -> QueueStatus:
+        status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
+        return status
 
-    async def awebhook_stats(self) -> WebhookStats:
-        return await self._webhooks.astats() if self._webhooks is not None else WebhookStats()
-
-    def dead_webhooks(self) -> list[Delivery]:
-        """Dead-lettered deliveries: kept until replayed."""
-        return self._webhooks.dead() if self._webhooks is not None else []
-
-    def replay_webhook(self, delivery_id: str) -> Delivery:
-        """Send a dead-lettered delivery again, with the same webhook-id."""
-        if self._webhooks is None:
-            raise InvalidRequest("no webhook target is configured", field="webhook_url")
-        return self._webhooks.replay(delivery_id)
-
-    async def adead_webhooks(self, *, limit: int = 100, after: str | None = None) -> DeadLetters:
-        """A page of dead-lettered deliveries; pass `next_after` as `after` for the next one."""
-        if self._webhooks is None:
-            return DeadLetters([])
-        return await self._webhooks.apage_dead(limit, after)
-
-    async def areplay_webhook(self, delivery_id: str) -> Delivery:
-        """Send a dead-lettered delivery again. DeliveryNotFound for an unknown id (or no
-        webhook target), DeliveryNotDead for one still pending."""
-        if self._webhooks is None:
-            raise DeliveryNotFound("no webhook target is configured")
-        return await self._webhooks.areplay(delivery_id)
-
-    # -- internals ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _watching(self, job_id: str, finished: Callable[[Job], None]) -> Iterator[None]:
+        """Call `finished(job)` (from the committer thread) when the job's terminal change
+        is committed, while inside this block."""
+        with self._watch_lock:
+            self._watchers.setdefault(job_id, []).append(finished)
+        try:
+            yield
+        finally:
+            with self._watch_lock:
+                watchers = self._watchers.get(job_id, [])
+                watchers.remove(finished)
+                if not watchers:
+                    self._watchers.pop(job_id, None)
 
     def _sys(self) -> ActorSystem:
         if self.system is None:
@@ -447,6 +505,11 @@ class JobQueue:
     def _publish(self, job: Job) -> None:
         if self._webhooks is not None:
             self._webhooks.published(job)
+        if self._watchers and job.terminal:
+            with self._watch_lock:
+                watchers = list(self._watchers.get(job.id, ()))
+            for finished in watchers:
+                finished(job)
         if self._subscribers:  # `join` is woken by the queue's idle signal, not by events
             self._events.put(job)
 
@@ -470,9 +533,10 @@ class JobQueue:
             with contextlib.suppress(queue.Empty):
                 while len(batch) < 1000:
                     batch.append(self._events.get_nowait())
-            for job in batch:
-                if job is None:
+            for stored in batch:
+                if stored is None:
                     return
+                job = self._present(stored)
                 for callback in list(self._subscribers):
                     try:
                         callback(job)
@@ -485,3 +549,14 @@ class JobQueue:
         with self._changed:
             self._changes += 1
             self._changed.notify_all()
+
+
+def _result_of(job: Job) -> JobResult:
+    if job.status != "completed" or job.result is None:
+        raise JobFailed(job)
+    return job.result
+
+
+def _settle(future: asyncio.Future[Job], job: Job) -> None:
+    if not future.done():
+        future.set_result(job)

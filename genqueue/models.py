@@ -6,7 +6,7 @@ Stored records evolve by adding fields with defaults; a field's type never chang
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -17,9 +17,11 @@ __all__ = [
     "GenerationParams",
     "GenerationRequest",
     "Job",
+    "JobPage",
     "JobResult",
     "JobStatus",
     "QueueStatus",
+    "Submission",
     "validate_request",
 ]
 
@@ -100,6 +102,21 @@ class Job(msgspec.Struct, rename="camel", omit_defaults=True):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+class JobPage(msgspec.Struct):
+    """One page of `list_jobs`, newest first; pass `next_cursor` back while it is not None."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+class Submission(NamedTuple):
+    """What `submit` returns: the job, and False for a known client-chosen id (then the job
+    is the one stored under that id, unchanged)."""
+
+    job: Job
+    created: bool
 
 
 class QueueStatus(msgspec.Struct, rename="camel"):

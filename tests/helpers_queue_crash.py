@@ -57,7 +57,7 @@ def main() -> None:
     queue.subscribe(on_event)
     with queue:
         for i in range(first, total):
-            job, created = queue.submit_detailed({"id": f"job-{i:04d}", "prompt": f"video {i}"})
+            job, created = queue.submit({"id": f"job-{i:04d}", "prompt": f"video {i}"})
             say(f"ACK {job.id} {created}")
         queue.join(timeout_s=60)
         if not final:

@@ -89,7 +89,7 @@ def test_a_second_queue_in_this_process_is_refused_until_the_first_closes(
     rec = Recorder(hold_all=True)
     with queue_factory(tmp_path) as queues:
         first = queues.open(rec)
-        job = first.submit(request(id="only-once"))
+        job, _ = first.submit(request(id="only-once"))
         rec.wait_running(job.id)
         with pytest.raises(DataDirInUse) as refused:
             queues.open(rec)

@@ -224,7 +224,7 @@ def direct_job(rig: Rig, job_id: str, user_id: str, prompt: str) -> Job:
 
 def test_success_stores_the_served_video(rig: Rig) -> None:
     q, w = rig.queue(rig.actor())
-    job = q.submit({"prompt": "a red fox in the snow"}, user_id="u1")
+    job, _ = q.submit({"prompt": "a red fox in the snow"}, user_id="u1")
     done = finish(rig, w, job.id)
     assert done.status == "completed", done.error
     assert done.result is not None
@@ -232,7 +232,8 @@ def test_success_stores_the_served_video(rig: Rig) -> None:
     assert len(name) == 32 and job.id not in name
     key = f"videos/u1/{name}.mp4"
     assert done.result.video_key == key and done.result.private  # local: signed URLs only
-    assert done.result.video_url == f"{BASE_URL}/{key}"  # stored unsigned; signed on read
+    # stored unsigned; what a reader (here a subscriber) gets is signed afresh
+    assert done.result.video_url.startswith(f"{BASE_URL}/{key}?expires=")
     assert done.result.duration == 8.0
     assert done.progress == 100 and done.attempts == 1
     assert (rig.data_dir / "media" / key).read_bytes() == served(SIZE)
@@ -255,7 +256,7 @@ def test_429_on_start_waits_for_retry_after(rig: Rig) -> None:
     rig.fake.latency_s = 0
     rig.fake.fail_starts(429, retry_after_s=7)
     q, w = rig.queue(rig.actor())
-    job = q.submit({"prompt": "a busy day"})
+    job, _ = q.submit({"prompt": "a busy day"})
     assert next_delay(rig.clock) == 7  # Retry-After, not the default 1 s backoff
     t0 = rig.clock.now()
     assert (rig.start_requests(), rig.fake.starts) == (1, 0)
@@ -276,7 +277,7 @@ def test_5xx_on_poll_then_success(rig: Rig) -> None:
     rig.fake.fail_polls(503, count=1)
     rig.fake.fail_polls(500, count=1, html=True)  # a proxy's HTML page, not Google's JSON
     q, w = rig.queue(rig.actor())
-    job = q.submit({"prompt": "a flaky network"})
+    job, _ = q.submit({"prompt": "a flaky network"})
     assert next_delay(rig.clock) == 10  # the first poll, one interval after the start
     rig.clock.advance(10)
     poll_until(lambda: rig.poll_requests() == 1, "the first poll")
@@ -292,7 +293,7 @@ def test_5xx_on_poll_then_success(rig: Rig) -> None:
 
 def test_safety_block_fails_with_the_reason_and_no_retry(rig: Rig) -> None:
     q, w = rig.queue(rig.actor(), max_attempts=3)
-    job = q.submit({"prompt": "something nasty [unsafe]"})
+    job, _ = q.submit({"prompt": "something nasty [unsafe]"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"
     assert done.error is not None and SAFETY_REASON in done.error
@@ -302,7 +303,7 @@ def test_safety_block_fails_with_the_reason_and_no_retry(rig: Rig) -> None:
 
 def test_operation_error_13_is_retried_up_to_max_retries(rig: Rig) -> None:
     q, w = rig.queue(rig.actor(max_retries=2), max_attempts=3)
-    job = q.submit({"prompt": "an unlucky one [op-error:13]"})
+    job, _ = q.submit({"prompt": "an unlucky one [op-error:13]"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"
     assert done.error is not None and "gRPC code 13" in done.error
@@ -313,7 +314,7 @@ def test_operation_error_13_is_retried_up_to_max_retries(rig: Rig) -> None:
 
 def test_operation_error_3_fails_at_once(rig: Rig) -> None:
     q, w = rig.queue(rig.actor(max_retries=2), max_attempts=3)
-    job = q.submit({"prompt": "a bad argument [op-error:3]"})
+    job, _ = q.submit({"prompt": "a bad argument [op-error:3]"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"
     assert done.error is not None and "gRPC code 3" in done.error
@@ -322,7 +323,7 @@ def test_operation_error_3_fails_at_once(rig: Rig) -> None:
 
 def test_bad_request_fails_at_once_with_googles_message(rig: Rig) -> None:
     q, w = rig.queue(rig.actor(), max_attempts=3)
-    job = q.submit({"prompt": "a refused one [bad-request]"})
+    job, _ = q.submit({"prompt": "a refused one [bad-request]"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"
     assert done.error is not None and "Request contains an invalid argument." in done.error
@@ -332,7 +333,7 @@ def test_bad_request_fails_at_once_with_googles_message(rig: Rig) -> None:
 def test_timeout_fails_with_a_clear_message(rig: Rig) -> None:
     rig.fake.latency_s = 1000
     q, w = rig.queue(rig.actor(timeout_s=25), max_attempts=3)
-    job = q.submit({"prompt": "a very long one"})
+    job, _ = q.submit({"prompt": "a very long one"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"
     assert done.error == "Veo did not finish within 25 s"
@@ -343,7 +344,7 @@ def test_timeout_fails_with_a_clear_message(rig: Rig) -> None:
 def test_cancel_during_polling_stops_polling(rig: Rig) -> None:
     rig.fake.latency_s = 1000
     q, w = rig.queue(rig.actor())
-    job = q.submit({"prompt": "never mind"})
+    job, _ = q.submit({"prompt": "never mind"})
     poll_until(lambda: checkpointed(w, job.id) is not None, "the operation checkpoint")
     assert next_delay(rig.clock) == 10.0  # a fresh operation: first polled one interval on
     rig.clock.advance(10)
@@ -362,7 +363,7 @@ def test_cancel_during_polling_stops_polling(rig: Rig) -> None:
 
 def test_restart_during_polling_resumes_the_same_operation(rig: Rig) -> None:
     q1, w1 = rig.queue(rig.actor())
-    job = q1.submit({"prompt": "a sunrise over the sea"}, user_id="u2")
+    job, _ = q1.submit({"prompt": "a sunrise over the sea"}, user_id="u2")
     poll_until(lambda: checkpointed(w1, job.id) is not None, "the operation checkpoint")
     op = checkpointed(w1, job.id)
     assert op is not None
@@ -496,7 +497,7 @@ def test_retention_deletes_the_video_with_the_job(rig: Rig) -> None:
     watcher = Watcher(queue)
     rig.queues.append(queue)
     queue.open()
-    job = queue.submit({"prompt": "a red fox in the snow"}, user_id="u1")
+    job, _ = queue.submit({"prompt": "a red fox in the snow"}, user_id="u1")
     done = finish(rig, watcher, job.id)
     assert done.result is not None and done.result.video_key is not None
     video = rig.data_dir / "media" / done.result.video_key

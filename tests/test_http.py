@@ -558,7 +558,7 @@ def test_a_store_that_refuses_writes_is_a_503(tmp_path: Path) -> None:
             async def refuse(*args: Any, **kw: Any) -> Any:
                 raise StorageError("database or disk is full")
 
-            queue.asubmit_detailed = refuse  # type: ignore[method-assign]
+            queue.asubmit = refuse  # type: ignore[method-assign]
             status, err, headers = await api.call("POST", "/api/generations", json={"prompt": "x"})
             assert_error(status, err, 503, "storage_unavailable")
             assert headers["Retry-After"]

@@ -61,7 +61,7 @@ def test_fifo_within_a_priority_and_priority_across_them_over_1000_jobs(queues):
     priorities = [rng.randint(0, 10) for _ in range(1000)]
     ids = [f"job-{i:04d}" for i in range(1000)]
     for job_id, priority in zip(ids, priorities, strict=True):
-        job = q.submit(request(id=job_id, priority=priority))
+        job, _ = q.submit(request(id=job_id, priority=priority))
         assert job.status == "queued"
     st = q.status()
     assert st.queued == 1000
@@ -102,7 +102,7 @@ def test_rate_limit_holds_over_a_manual_clock_minute(queues):
     t0 = clock.now()
     rec = Recorder(clock)
     q = queues.open(rec, clock=clock, rate_limit_per_minute=5, max_concurrency=50)
-    ids = [q.submit(request(prompt=f"job {i}")).id for i in range(12)]
+    ids = [q.submit(request(prompt=f"job {i}")).job.id for i in range(12)]
 
     rec.wait_calls(5)
     poll_until(lambda: q.status().completed == 5, "the first five to complete")
@@ -171,7 +171,7 @@ def test_each_dispatch_mode_processes_the_same_100_jobs(queues, mode):
     t0 = clock.now()
     rec = Recorder(clock)
     q = queues.open(rec, clock=clock, dispatch=mode, max_concurrency=10, cron_interval_s=10)
-    ids = [q.submit(request(id=f"job-{i:03d}", priority=i % 3)).id for i in range(100)]
+    ids = [q.submit(request(id=f"job-{i:03d}", priority=i % 3)).job.id for i in range(100)]
 
     if mode == "cron":
         assert rec.calls == []  # nothing starts before the first pass
@@ -196,7 +196,7 @@ def test_each_dispatch_mode_processes_the_same_100_jobs(queues, mode):
 def test_immediate_mode_starts_on_submit_without_a_cap(queues):
     rec = Recorder(hold_all=True)
     q = queues.open(rec, dispatch="immediate", max_concurrency=1)
-    ids = [q.submit(request()).id for _ in range(3)]
+    ids = [q.submit(request()).job.id for _ in range(3)]
     rec.wait_running(*ids)
     rec.release(*ids)
     q.join(timeout_s=20)
@@ -272,14 +272,14 @@ def test_retention_removes_only_finished_jobs_older_than_the_window(queues):
 def test_idempotent_submission_returns_the_same_job_and_queues_nothing(queues):
     rec = Recorder()
     q = queues.open(rec)
-    first, created = q.submit_detailed(request(id="client-1", prompt="first"))
-    again, created_again = q.submit_detailed(request(id="client-1", prompt="second"))
+    first, created = q.submit(request(id="client-1", prompt="first"))
+    again, created_again = q.submit(request(id="client-1", prompt="second"))
     assert (created, created_again) == (True, False)
     assert again.id == first.id
     assert again.prompt == "first"
     assert again.created_at == first.created_at
     q.join(timeout_s=20)
-    done, created_after = q.submit_detailed(request(id="client-1"))
+    done, created_after = q.submit(request(id="client-1"))
     assert not created_after
     assert done.status == "completed"
 
@@ -288,7 +288,7 @@ def test_idempotent_submission_returns_the_same_job_and_queues_nothing(queues):
 
     def racer() -> None:
         barrier.wait()
-        results.append(q.submit_detailed(request(id="client-2"))[1])
+        results.append(q.submit(request(id="client-2"))[1])
 
     threads = [threading.Thread(target=racer) for _ in range(8)]
     for t in threads:
@@ -620,9 +620,9 @@ def test_the_async_api_never_blocks_the_callers_loop(queues):
                 await asyncio.sleep(0)
 
         t = asyncio.create_task(ticker())
-        job, created = await q.asubmit_detailed(request(id="async-1"))
+        job, created = await q.asubmit(request(id="async-1"))
         assert created and job.status == "queued"
-        held = await q.asubmit(request(id="held"))
+        held, _ = await q.asubmit(request(id="held"))
         await asyncio.to_thread(rec.wait_running, held.id)
         assert (await q.aget(held.id)).status == "processing"
         cancelled = await q.acancel(held.id)

@@ -84,7 +84,7 @@ class QueueMachine(RuleBasedStateMachine):
     def submit(self, user: str, priority: int) -> None:
         self.n += 1
         job_id = f"job-{self.n:03d}"
-        job = self.queue().submit(request(id=job_id, priority=priority), user_id=user)
+        job, _ = self.queue().submit(request(id=job_id, priority=priority), user_id=user)
         assert (job.id, job.status) == (job_id, "queued")
         self.model.pending.append((-priority, self.n, job_id, user))
         self.settle()

@@ -26,9 +26,9 @@ from aiohttp import web
 from helpers_queue import WAIT_S, QueueFactory, poll_until, queue_factory
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from genqueue import Job, JobNotFound, JobQueue, JobResult
+from genqueue import Job, JobNotFound, JobQueue, JobResult, WebhookStats
 from genqueue.actors.bridge import LoopThread
-from genqueue.actors.webhook import TERMINAL_SEQ, WebhookStats
+from genqueue.actors.webhook import TERMINAL_SEQ
 from genqueue.clock import ManualClock
 from genqueue.webhooks import delivery_id
 
@@ -160,12 +160,12 @@ def open_queue(queues: QueueFactory, rx: Receiver, clock: ManualClock, **setting
 
 def wait_stats(q: JobQueue, predicate: Callable[[WebhookStats], bool], what: str) -> WebhookStats:
     """The outbox's counters raise no event: check them until `predicate` holds."""
-    poll_until(lambda: predicate(q.webhook_stats()), what)
-    return q.webhook_stats()
+    poll_until(lambda: predicate(q.webhooks.stats()), what)
+    return q.webhooks.stats()
 
 
 def submit(q: JobQueue, job_id: str) -> str:
-    return q.submit({"prompt": "a cat surfing", "id": job_id}).id
+    return q.submit({"prompt": "a cat surfing", "id": job_id}).job.id
 
 
 # -- tests ---------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def submit(q: JobQueue, job_id: str) -> str:
 
 def test_completion_delivery_verifies(queues: QueueFactory, rx: Receiver) -> None:
     q = open_queue(queues, rx, ManualClock(time.time()))
-    job = q.submit({"prompt": "a cat surfing", "id": "job-1"})
+    job, _ = q.submit({"prompt": "a cat surfing", "id": "job-1"})
     (hit,) = rx.wait_count(1)
     payload = Webhook(SECRET_A).verify(hit.body, hit.headers)
     assert payload["event"] == "generation.completed" and payload["jobId"] == "job-1"
@@ -197,7 +197,7 @@ def test_receiver_down_then_up_delivers_with_one_webhook_id(
         clock.advance(delay_s * 1.11)  # the schedule, plus its most jitter
     rx.wait_count(3)
     wait_stats(q, lambda s: s.failed_attempts == 3, "3 failed attempts")
-    stats = q.webhook_stats()
+    stats = q.webhooks.stats()
     assert stats.pending == 1 and stats.sent == 0
     assert stats.oldest_pending_age_s is not None and stats.oldest_pending_age_s >= 3
     rx.status = 200
@@ -220,17 +220,17 @@ def test_410_dead_letters_at_once_and_replay_resends(queues: QueueFactory, rx: R
     rx.wait_count(1)
     stats = wait_stats(q, lambda s: s.dead == 1, "dead == 1")
     assert (stats.pending, stats.dead_letters, stats.retries) == (0, 1, 0)
-    (dead,) = q.dead_webhooks()
+    (dead,) = q.webhooks.dead().deliveries
     assert dead.state == "dead" and dead.last_status == 410 and dead.attempts == 1
     rx.status = 200
-    q.replay_webhook(dead.id)
+    q.webhooks.replay(dead.id)
     hits = rx.wait_count(2)
     assert [h.status for h in hits] == [410, 200]
     assert hits[0].webhook_id == hits[1].webhook_id == dead.id
     assert hits[0].body == hits[1].body
     stats = wait_stats(q, lambda s: s.sent == 1, "sent == 1")
     assert (stats.dead, stats.dead_letters, stats.pending) == (1, 0, 0)
-    assert q.dead_webhooks() == []
+    assert q.webhooks.dead().deliveries == []
 
 
 def test_last_attempt_dead_letters_and_survives_reopen(queues: QueueFactory, rx: Receiver) -> None:
@@ -244,9 +244,9 @@ def test_last_attempt_dead_letters_and_survives_reopen(queues: QueueFactory, rx:
     assert (stats.failed_attempts, stats.retries, stats.pending) == (2, 1, 0)
     queues.close(q)
     q = open_queue(queues, rx, clock, webhook_retry_s="0,1")
-    (dead,) = q.dead_webhooks()
+    (dead,) = q.webhooks.dead().deliveries
     assert dead.attempts == 2 and dead.last_status == 500
-    assert q.webhook_stats().dead_letters == 1  # counters are persisted
+    assert q.webhooks.stats().dead_letters == 1  # counters are persisted
 
 
 def test_rotation_verifies_with_either_secret(queues: QueueFactory, rx: Receiver) -> None:
@@ -425,7 +425,7 @@ def test_a_client_id_reused_after_retention_gets_a_new_webhook_id_delivered_at_o
     # Two days ago, so that the second event's timestamp is now (standardwebhooks checks it).
     clock = ManualClock(time.time() - 2 * 86400)
     q = open_queue(queues, rx, clock, retention_days=1, retention_interval_s=3600)
-    first = q.submit({"prompt": "a cat surfing", "id": "order-1"})
+    first, _ = q.submit({"prompt": "a cat surfing", "id": "order-1"})
     (hit1,) = rx.wait_count(1)
     wait_stats(q, lambda s: s.sent == 1, "the first event delivered")
     poll_until(lambda: q.status().completed == 1, "the queue to count the first job's end")
@@ -439,7 +439,7 @@ def test_a_client_id_reused_after_retention_gets_a_new_webhook_id_delivered_at_o
         return False
 
     poll_until(gone, "retention to remove order-1")
-    second = q.submit({"prompt": "a dog surfing", "id": "order-1"})
+    second, _ = q.submit({"prompt": "a dog surfing", "id": "order-1"})
     hits = rx.wait_count(2)  # promptly: the clock does not move from here
     assert second.generation_id != first.generation_id
     p1 = json.loads(hit1.body)  # signed two days ago: too old for a receiver now
@@ -483,9 +483,8 @@ def test_a_local_video_url_is_signed_afresh_at_each_attempt(
     expiries = [int(parse_qs(u.query)["expires"][0]) for u in urls]
     assert expiries[1] - expiries[0] >= 120  # the retry's URL was signed when it was sent
     assert expiries[1] >= clock.now() + 3600 - 1
-    assert q.video_urls is not None
-    for u in urls:
+    read = q.get("vid-1").result  # a read signs afresh too
+    assert read is not None
+    for u in [*urls, urlsplit(read.video_url)]:
         query = parse_qs(u.query)
-        assert q.video_urls.verify(u.path, query["expires"][0], query["signature"][0])
-    stored = q.get("vid-1").result
-    assert stored is not None and "?" not in stored.video_url  # the record keeps it unsigned
+        assert q.video_url_valid(u.path, query["expires"][0], query["signature"][0])

@@ -27,11 +27,11 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
-from genqueue.actors.job import ReportFn
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
 from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult
+from genqueue.processor import Report as ReportFn
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo3 import Operation, Veo3Client, VideoParams
 from genqueue.storage.videos import LocalStore, S3Store, VideoStore

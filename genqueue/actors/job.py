@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
@@ -38,13 +38,13 @@ from genqueue.actors.system import ActorSystem
 from genqueue.config import Config
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
 from genqueue.models import Job, JobResult
+from genqueue.processor import Processor
+from genqueue.processor import Report as ReportFn
 from genqueue.storage.state import Namespace
 
-__all__ = ["JobActor", "Processor", "QueueServices", "ReportFn"]
+__all__ = ["JobActor", "QueueServices"]
 
 log = logging.getLogger("genqueue.job")
-
-ReportFn = Callable[..., Awaitable[None]]
 
 ALLOWED: dict[str, frozenset[str]] = {
     "queued": frozenset({"processing", "cancelled"}),
@@ -54,12 +54,6 @@ ALLOWED: dict[str, frozenset[str]] = {
     "failed": frozenset(),
     "cancelled": frozenset(),
 }
-
-
-class Processor(Protocol):
-    """Does the work of a job. `report(progress=, checkpoint=)` is stored before it returns."""
-
-    async def __call__(self, job: Job, report: ReportFn) -> JobResult: ...
 
 
 @dataclass

@@ -47,6 +47,7 @@ from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.stats import QueueStats
 from genqueue.actors.system import ActorSystem
 from genqueue.models import Job, QueueStatus
+from genqueue.storage.jobindex import JobIndex
 
 __all__ = ["QueueActor"]
 
@@ -85,10 +86,6 @@ class QueueMeta(msgspec.Struct):
     spent_tokens: list[float] = msgspec.field(default_factory=list)
     next_retention_at: float = 0.0
     counters: dict[str, int] = msgspec.field(default_factory=dict)
-
-
-INDEX_TOP = 10**16 - 1
-ALL_USERS = "*"
 
 
 def pending_key(priority: int, seq: int) -> str:
@@ -217,11 +214,8 @@ class QueueActor(DurableActor):
             self.set_alarm(at)
 
     def _index(self, job: Job) -> int:
-        """List order for `GET /api/generations`: per user and for admins, newest first."""
-        index = self.system.store.namespace("job_index")
-        inv = f"{INDEX_TOP - job.seq:016d}"
-        index.put(f"{job.user_id}/{inv}", job.id)
-        return index.put(f"{ALL_USERS}/{inv}", job.id)
+        """List order for `list_jobs`: per user and for all users, newest first."""
+        return JobIndex(self.system.store).add(job)
 
     def _finished(self, msg: Finished) -> None:
         flight = self.in_flight.pop(msg.job_id, None)
@@ -416,6 +410,7 @@ class QueueActor(DurableActor):
         cutoff = now - self.cfg.retention_days * 86400
         end = f"finished/{int(cutoff * 1000):015d}"
         jobs = JobActor.table(self.system)
+        index = JobIndex(self.system.store)
         removed = 0
         with_results: list[Job] = []
         for key, _ in self.storage.list("finished/", end=end, limit=10_000):
@@ -424,10 +419,7 @@ class QueueActor(DurableActor):
             if job is not None:
                 if job.result is not None:
                     with_results.append(job)
-                index = self.system.store.namespace("job_index")
-                inv = f"{INDEX_TOP - job.seq:016d}"
-                index.delete(f"{job.user_id}/{inv}")
-                index.delete(f"{ALL_USERS}/{inv}")
+                index.remove(job)
             for sub, _ in jobs.list(f"{job_id}/"):
                 jobs.delete(sub)
             self.storage.delete(key)

@@ -40,19 +40,20 @@ from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.system import ActorSystem
 from genqueue.clock import Clock
 from genqueue.config import Config
-from genqueue.errors import GenqueueError
+from genqueue.errors import DeliveryNotDead, DeliveryNotFound
 from genqueue.models import Job
 from genqueue.storage.state import StateStore
 from genqueue.storage.videourls import VideoUrls, private_video_key
 from genqueue.webhooks import (
+    DeadLetters,
     Delivery,
-    DeliveryState,
     EventName,
     RetrySchedule,
     SendOutcome,
     WebhookEvent,
     WebhookResult,
     WebhookSigner,
+    WebhookStats,
     encode_event,
     iso_timestamp,
     new_delivery,
@@ -62,25 +63,17 @@ from genqueue.webhooks import (
 )
 
 __all__ = [
-    "DeadLetters",
-    "DeliveryNotDead",
-    "DeliveryNotFound",
-    "DeliveryPage",
     "Fresh",
     "GetWebhookStats",
-    "ListDead",
     "PageDead",
-    "PublicDelivery",
     "Replay",
     "Sent",
     "Wake",
     "WebhookActor",
     "WebhookClient",
     "WebhookOutbox",
-    "WebhookStats",
     "build_delivery",
     "event_seq",
-    "public_delivery",
     "record_event",
 ]
 
@@ -95,14 +88,6 @@ _TERMINAL_EVENTS: dict[str, EventName] = {
     "failed": "generation.failed",
     "cancelled": "generation.cancelled",
 }
-
-
-class DeliveryNotFound(GenqueueError):
-    """No dead-lettered or pending webhook delivery has this id (delivered ones are not kept)."""
-
-
-class DeliveryNotDead(GenqueueError):
-    """The delivery exists but is still pending: only a dead-lettered one can be replayed."""
 
 
 # -- messages (frozen, tagged) ------------------------------------------------------------
@@ -126,10 +111,6 @@ class GetWebhookStats(msgspec.Struct, frozen=True, tag=True):
     """Ask for the counters (a WebhookStats)."""
 
 
-class ListDead(msgspec.Struct, frozen=True, tag=True):
-    """Ask for the dead-lettered deliveries, oldest job event first."""
-
-
 class PageDead(msgspec.Struct, frozen=True, tag=True):
     """Ask for up to `limit` dead-lettered deliveries after the cursor `after` (a DeadLetters),
     in job id order, then each job's events in order."""
@@ -138,71 +119,10 @@ class PageDead(msgspec.Struct, frozen=True, tag=True):
     after: str | None = None
 
 
-class DeadLetters(msgspec.Struct, frozen=True):
-    """A page of dead-lettered deliveries; `next_after` continues it (None: the end)."""
-
-    deliveries: list[Delivery]
-    next_after: str | None = None
-
-
 class Replay(msgspec.Struct, frozen=True, tag=True):
     """Send a dead-lettered delivery again (same webhook-id, a fresh schedule)."""
 
     delivery_id: str
-
-
-class WebhookStats(msgspec.Struct, frozen=True, rename="camel"):
-    """Counters for the status endpoint. `dead` counts dead-letterings ever;
-    `dead_letters` is how many are stored now (replay takes one out)."""
-
-    sent: int = 0
-    failed_attempts: int = 0
-    retries: int = 0
-    dead: int = 0
-    dead_letters: int = 0
-    pending: int = 0
-    in_flight: int = 0
-    oldest_pending_age_s: float | None = None
-
-    def as_status(self) -> dict[str, Any]:
-        """The `webhooks` figures of QueueStatus: `{sent, failedAttempts, ...}`."""
-        figures: dict[str, Any] = msgspec.to_builtins(self)
-        return figures
-
-
-class PublicDelivery(msgspec.Struct, frozen=True, rename="camel"):
-    """A webhook delivery as the HTTP API shows it; `payload` is the body that is sent."""
-
-    id: str
-    job_id: str
-    event: EventName
-    state: DeliveryState
-    attempts: int
-    last_status: int | None
-    last_error: str | None
-    created_at: str
-    payload: WebhookEvent
-
-
-class DeliveryPage(msgspec.Struct, frozen=True, rename="camel"):
-    """`GET /api/webhooks/dead`: continue with `cursor=nextCursor` while it is not null."""
-
-    items: list[PublicDelivery]
-    next_cursor: str | None
-
-
-def public_delivery(delivery: Delivery) -> PublicDelivery:
-    return PublicDelivery(
-        id=delivery.id,
-        job_id=delivery.job_id,
-        event=delivery.event.event,
-        state=delivery.state,
-        attempts=delivery.attempts,
-        last_status=delivery.last_status,
-        last_error=delivery.last_error,
-        created_at=iso_timestamp(delivery.created_at),
-        payload=delivery.event,
-    )
 
 
 class _Counters(msgspec.Struct):
@@ -477,8 +397,6 @@ class WebhookActor(DurableActor):
                 return None
             case GetWebhookStats():
                 return self._stats()
-            case ListDead():
-                return [d for _, d in self.storage.list("d/", Delivery)]
             case PageDead(limit=limit, after=after):
                 return self._page_dead(limit, after)
             case Replay(delivery_id=delivery_id):
@@ -779,8 +697,8 @@ class WebhookOutbox:
         result: WebhookStats = await self.system.ask_async(WebhookActor, KEY, GetWebhookStats())
         return result
 
-    def dead(self) -> list[Delivery]:
-        result: list[Delivery] = self.system.ask(WebhookActor, KEY, ListDead())
+    def page_dead(self, limit: int, after: str | None = None) -> DeadLetters:
+        result: DeadLetters = self.system.ask(WebhookActor, KEY, PageDead(limit, after))
         return result
 
     def replay(self, delivery_id: str) -> Delivery:

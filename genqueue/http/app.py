@@ -19,16 +19,19 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from genqueue.actors.job import JobActor, Processor
-from genqueue.actors.queue import ALL_USERS, INDEX_TOP
-from genqueue.actors.webhook import (
+from genqueue import (
+    JOB_ID,
+    Clock,
+    Config,
     DeliveryNotDead,
     DeliveryNotFound,
-    DeliveryPage,
-    public_delivery,
+    Job,
+    JobNotFound,
+    JobQueue,
+    JobStatus,
+    Processor,
+    veo_processor,
 )
-from genqueue.clock import Clock
-from genqueue.config import Config
 from genqueue.http.auth import ApiKeys, Caller
 from genqueue.http.body import parse_body
 from genqueue.http.dashboard import add_dashboard
@@ -36,18 +39,17 @@ from genqueue.http.errors import ApiError, error_middleware
 from genqueue.http.metrics import CONTENT_TYPE, Metrics
 from genqueue.http.openapi import build_openapi
 from genqueue.http.sse import JobEvents, stream_job
-from genqueue.http.views import (
+from genqueue.wire import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     MAX_SEED,
     STATUSES,
+    DeliveryPage,
     JobPage,
-    PublicJob,
     encode,
+    public_delivery,
     public_job,
 )
-from genqueue.jobqueue import JobQueue
-from genqueue.models import JOB_ID, Job
 
 __all__ = ["EVENTS", "MAX_BODY_BYTES", "QUEUE", "create_app"]
 
@@ -67,8 +69,6 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9._:\-]{0,127}")
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 _DEAD_CURSOR = re.compile(r"[A-Za-z0-9._:\-]{1,128}/[0-9]{7}")  # a dead letter's key
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SCAN_BATCH = 100
-_MAX_SCAN = 1000  # index entries one page may read when filtering by status
 
 routes = web.RouteTableDef()
 
@@ -91,7 +91,7 @@ def create_app(
     app.cleanup_ctx.append(_lifecycle(config, processor, clock))
     app.on_shutdown.append(_end_streams)
     app.add_routes(routes)
-    add_dashboard(app, authenticate=_caller, queue=QUEUE, events=EVENTS, page=_page)
+    add_dashboard(app, authenticate=_caller, queue=QUEUE, events=EVENTS)
     return app
 
 
@@ -103,9 +103,7 @@ def _lifecycle(
         async with contextlib.AsyncExitStack() as stack:
             proc = processor
             if proc is None:
-                from genqueue.actors.generation import GenerationService
-
-                service = GenerationService.from_config(config, clock=clock)
+                service = veo_processor(config, clock=clock)
                 await service.start()
                 stack.push_async_callback(service.close)
                 proc = service
@@ -193,23 +191,20 @@ def _caller(request: web.Request) -> Caller:
     return request.app[KEYS].authenticate(request.headers.get("Authorization"))
 
 
-def _public(request: web.Request, job: Job) -> PublicJob:
-    """What the caller sees of `job`: a local video's URL signed afresh."""
-    return public_job(job, request.app[QUEUE].video_urls)
-
-
 def _not_found() -> ApiError:
     return ApiError(404, "no such job")
 
 
-def _record(request: web.Request, caller: Caller) -> Job:
-    """The stored record of the path's job, if the caller may see it; else a 404."""
+async def _visible(request: web.Request, caller: Caller) -> Job:
+    """The path's job as it is now, if the caller may see it; else a 404."""
     job_id = request.match_info["id"]
     if not JOB_ID.fullmatch(job_id):
         raise _not_found()
-    system, _ = request.app[QUEUE].parts()
-    job = JobActor.read(system, job_id)
-    if job is None or not caller.may_see(job.user_id):
+    try:
+        job = await request.app[QUEUE].aget(job_id)
+    except JobNotFound:
+        raise _not_found() from None
+    if not caller.may_see(job.user_id):
         raise _not_found()
     return job
 
@@ -226,91 +221,57 @@ async def submit(request: web.Request) -> web.Response:
     seed = req.parameters.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ApiError(400, f"seed must be from 0 to {MAX_SEED}", field="parameters.seed")
-    job, created = await request.app[QUEUE].asubmit_detailed(req, user_id=caller.user_id)
+    job, created = await request.app[QUEUE].asubmit(req, user_id=caller.user_id)
     if not created and not caller.may_see(job.user_id):
         raise ApiError(409, "this id is already taken", code="id_conflict", field="id")
     location = {"Location": f"/api/generations/{job.id}"}
-    return _json(_public(request, job), 202 if created else 200, location)
+    return _json(public_job(job), 202 if created else 200, location)
 
 
 @routes.get("/api/generations/{id}")
 async def get_job(request: web.Request) -> web.Response:
-    job = _record(request, _caller(request))
-    if not job.terminal:
-        job = await request.app[QUEUE].aget(job.id)
-    return _json(_public(request, job))
+    return _json(public_job(await _visible(request, _caller(request))))
 
 
 @routes.delete("/api/generations/{id}")
 async def cancel_job(request: web.Request) -> web.Response:
-    job = _record(request, _caller(request))
+    job = await _visible(request, _caller(request))
     if job.terminal:
         raise ApiError(409, f"job {job.id} has already {job.status}", code="job_finished")
     job = await request.app[QUEUE].acancel(job.id)
-    return _json(_public(request, job), 200 if job.terminal else 202)
+    return _json(public_job(job), 200 if job.terminal else 202)
 
 
 @routes.get("/api/generations/{id}/events")
 async def job_events(request: web.Request) -> web.StreamResponse:
     caller = _caller(request)
-    queue = request.app[QUEUE]
-
-    async def current() -> Job:
-        job = _record(request, caller)
-        return job if job.terminal else await queue.aget(job.id)
-
-    return await stream_job(request, request.app[EVENTS], current, queue.video_urls)
+    return await stream_job(request, request.app[EVENTS], lambda: _visible(request, caller))
 
 
 @routes.get("/api/generations")
 async def list_jobs(request: web.Request) -> web.Response:
     caller = _caller(request)
     limit, statuses, cursor = _list_query(request)
-    prefix = f"{ALL_USERS}/" if caller.admin else f"{caller.user_id}/"
-    page = await asyncio.to_thread(_page, request.app[QUEUE], prefix, cursor, limit, statuses)
-    return _json(page)
+    user_id = None if caller.admin else caller.user_id
+    page = await request.app[QUEUE].alist_jobs(user_id, statuses, limit, cursor)
+    return _json(JobPage([public_job(job) for job in page.items], page.next_cursor))
 
 
-def _list_query(request: web.Request) -> tuple[int, frozenset[str] | None, int | None]:
+def _list_query(request: web.Request) -> tuple[int, frozenset[JobStatus] | None, str | None]:
     query = request.query
     raw_limit = query.get("limit", str(DEFAULT_LIMIT))
     if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
-    statuses = None
+    statuses: frozenset[JobStatus] | None = None
     if query.get("status"):
-        statuses = frozenset(query["status"].split(","))  # exactly as the document says
-        if not statuses <= set(STATUSES):
+        asked = query["status"].split(",")  # exactly as the document says
+        statuses = frozenset(s for s in STATUSES if s in asked)
+        if len(statuses) != len(set(asked)):
             raise ApiError(400, "status must be among " + ", ".join(STATUSES), field="status")
-    cursor = None
-    if "cursor" in query:
-        if not _CURSOR.fullmatch(query["cursor"]):
-            raise ApiError(400, "cursor must be a nextCursor this API returned", field="cursor")
-        cursor = int(query["cursor"])
+    cursor = query.get("cursor")
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
+        raise ApiError(400, "cursor must be a nextCursor this API returned", field="cursor")
     return int(raw_limit), statuses, cursor
-
-
-def _page(
-    queue: JobQueue, prefix: str, cursor: int | None, limit: int, statuses: frozenset[str] | None
-) -> JobPage:
-    """A page of the job index after `cursor` (blocking reads: run in a worker thread)."""
-    system, store = queue.parts()
-    index = store.namespace("job_index")
-    after = -1 if cursor is None else cursor
-    items, scanned = [], 0
-    while after < INDEX_TOP - 1:
-        batch = index.list(prefix, start=f"{prefix}{after + 1:016d}", limit=_SCAN_BATCH)
-        for key, job_id in batch:
-            after = int(key[len(prefix) :])
-            scanned += 1
-            job = JobActor.read(system, job_id)
-            if job is not None and (statuses is None or job.status in statuses):
-                items.append(public_job(job, queue.video_urls))
-            if len(items) == limit or scanned >= _MAX_SCAN:
-                more = index.list(prefix, start=f"{prefix}{after + 1:016d}", limit=1)
-                return JobPage(items, f"{after:016d}" if more else None)
-        if len(batch) < _SCAN_BATCH:
-            break
-    return JobPage(items, None)
 
 
 # -- the queue, health, metrics, the document ----------------------------------------------------
@@ -331,8 +292,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    queue = request.app[QUEUE]
-    if queue.system is None or queue.store is None or queue.store.failure is not None:
+    if not await request.app[QUEUE].ahealthy():
         raise ApiError(503, "the state store has failed", code="storage_unavailable")
     return _json({"status": "ok"})
 
@@ -359,7 +319,7 @@ async def dead_webhooks(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     if cursor is not None and not _DEAD_CURSOR.fullmatch(cursor):
         raise ApiError(400, "cursor must be a nextCursor this API returned", field="cursor")
-    page = await request.app[QUEUE].adead_webhooks(limit=int(raw_limit), after=cursor)
+    page = await request.app[QUEUE].webhooks.adead(int(raw_limit), cursor)
     items = [public_delivery(d) for d in page.deliveries]
     return _json(DeliveryPage(items, page.next_after))
 
@@ -371,7 +331,7 @@ async def replay_webhook(request: web.Request) -> web.Response:
     try:
         if not _DELIVERY_ID.fullmatch(delivery_id):
             raise DeliveryNotFound(delivery_id)
-        delivery = await request.app[QUEUE].areplay_webhook(delivery_id)
+        delivery = await request.app[QUEUE].webhooks.areplay(delivery_id)
     except DeliveryNotFound:
         raise ApiError(404, "no dead-lettered or pending webhook delivery has this id") from None
     except DeliveryNotDead:
@@ -389,9 +349,8 @@ async def video(request: web.Request) -> web.StreamResponse:
     user, name = request.match_info["user"], request.match_info["name"]
     if not (_SEGMENT.fullmatch(user) and _SEGMENT.fullmatch(name) and name.endswith(".mp4")):
         raise ApiError(404, "no such video")
-    urls = request.app[QUEUE].video_urls
     query = request.query
-    signed = urls is not None and urls.verify(
+    signed = request.app[QUEUE].video_url_valid(
         f"/videos/{user}/{name}", query.get("expires"), query.get("signature")
     )
     if not signed:  # checked first: an unsigned request learns nothing, not even existence

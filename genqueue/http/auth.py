@@ -14,7 +14,7 @@ import re
 
 import msgspec
 
-from genqueue.errors import ConfigError
+from genqueue import ConfigError
 from genqueue.http.errors import ApiError
 
 __all__ = ["ApiKeys", "Caller"]

@@ -12,9 +12,7 @@ from typing import Any
 
 import orjson
 
-from genqueue.errors import InvalidRequest
-from genqueue.jobqueue import parse_request
-from genqueue.models import GenerationRequest
+from genqueue import GenerationRequest, InvalidRequest, parse_request
 
 __all__ = ["parse_body"]
 

@@ -29,12 +29,10 @@ from importlib import resources
 import msgspec
 from aiohttp import web
 
-from genqueue.actors.queue import ALL_USERS
+from genqueue import Job, JobQueue, QueueStatus
 from genqueue.http.auth import Caller
 from genqueue.http.sse import JobEvents, open_stream
-from genqueue.http.views import JobPage, PublicJob, encode, public_job
-from genqueue.jobqueue import JobQueue
-from genqueue.models import Job, QueueStatus
+from genqueue.wire import PublicJob, encode, public_job
 
 __all__ = ["EventSnapshot", "Page", "add_dashboard", "load_page"]
 
@@ -42,7 +40,6 @@ QUEUE_EVERY_S = 2.0  # a `queue` event this often; also keeps proxies from closi
 SNAPSHOT_JOBS = 25  # the newest jobs in a snapshot
 _COALESCE_MAX = 500  # job changes folded into one write, at most
 
-PageReader = Callable[[JobQueue, str, int | None, int, frozenset[str] | None], JobPage]
 Authenticate = Callable[[web.Request], Caller]
 
 
@@ -102,7 +99,6 @@ def add_dashboard(
     authenticate: Authenticate,
     queue: web.AppKey[JobQueue],
     events: web.AppKey[JobEvents],
-    page: PageReader,
 ) -> None:
     """Add `GET /` and `GET /api/events` to `app` (the page is read now, once)."""
     app[PAGE] = load_page()
@@ -124,9 +120,9 @@ def add_dashboard(
 
     async def snapshot(request: web.Request, caller: Caller) -> EventSnapshot:
         jobs = request.app[queue]
-        prefix = f"{ALL_USERS}/" if caller.admin else f"{caller.user_id}/"
-        recent = await asyncio.to_thread(page, jobs, prefix, None, SNAPSHOT_JOBS, None)
-        return EventSnapshot(await jobs.astatus(), recent.items)
+        user_id = None if caller.admin else caller.user_id
+        recent = await jobs.alist_jobs(user_id, limit=SNAPSHOT_JOBS)
+        return EventSnapshot(await jobs.astatus(), [public_job(job) for job in recent.items])
 
     async def feed(request: web.Request) -> web.StreamResponse:
         caller = authenticate(request)
@@ -181,7 +177,5 @@ async def _stream(
                     newest[job.id] = job
         if newest:
             await response.write(
-                b"".join(
-                    _frame("job", encode(public_job(j, jobs.video_urls))) for j in newest.values()
-                )
+                b"".join(_frame("job", encode(public_job(j))) for j in newest.values())
             )

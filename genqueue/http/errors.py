@@ -17,7 +17,7 @@ import pykka
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, StorageError
+from genqueue import IllegalTransition, InvalidRequest, JobNotFound, StorageError
 
 __all__ = [
     "ALL_CODES",

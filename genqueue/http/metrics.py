@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from genqueue.models import QueueStatus
+from genqueue import QueueStatus
 
 __all__ = ["CONTENT_TYPE", "Metrics", "QueueCollector"]
 

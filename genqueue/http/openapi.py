@@ -12,18 +12,18 @@ from typing import Any
 
 import msgspec
 
-from genqueue.actors.webhook import DeliveryPage, WebhookStats
+from genqueue import MAX_PROMPT_CHARS, QueueStatus, WebhookStats
 from genqueue.http.dashboard import QUEUE_EVERY_S, EventSnapshot
 from genqueue.http.errors import ALL_CODES, ErrorBody
-from genqueue.http.views import (
+from genqueue.wire import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     MAX_SEED,
     STATUSES,
+    DeliveryPage,
     JobPage,
     PublicJob,
 )
-from genqueue.models import MAX_PROMPT_CHARS, QueueStatus
 
 __all__ = ["build_openapi"]
 

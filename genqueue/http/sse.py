@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-from genqueue.http.views import encode, public_job
-from genqueue.models import Job
-from genqueue.storage.videourls import VideoUrls
+from genqueue import Job
+from genqueue.wire import encode, public_job
 
 __all__ = ["JobEvents", "open_stream", "stream_job"]
 
@@ -88,8 +87,8 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _frame(event: str, event_id: int, job: Job, urls: VideoUrls | None) -> bytes:
-    data = encode(public_job(job, urls))
+def _frame(event: str, event_id: int, job: Job) -> bytes:
+    data = encode(public_job(job))
     return b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), event_id, data)
 
 
@@ -97,15 +96,14 @@ async def stream_job(
     request: web.Request,
     events: JobEvents,
     current: Callable[[], Awaitable[Job]],
-    urls: VideoUrls | None = None,
 ) -> web.StreamResponse:
-    """Stream one job's changes; `current()` reads it (raising JobNotFound if unseen).
-    With `urls`, each event carries a freshly signed URL of a local video."""
+    """Stream one job's changes; `current()` reads it (raising JobNotFound if unseen). The
+    jobs come from the queue, so a local video's URL is signed afresh in each event."""
     with events.listen(request.match_info["id"]) as changes:
         job = await current()  # listening first: no change slips between read and stream
         response = await open_stream(request)
         try:
-            await _send_changes(response, job, changes, urls)
+            await _send_changes(response, job, changes)
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away: nothing to tell it
@@ -116,10 +114,9 @@ async def _send_changes(
     response: web.StreamResponse,
     job: Job,
     changes: asyncio.Queue[Job | None],
-    urls: VideoUrls | None,
 ) -> None:
     n = 1
-    await response.write(_frame("status", n, job, urls))
+    await response.write(_frame("status", n, job))
     last = job
     while not last.terminal:
         try:
@@ -138,5 +135,5 @@ async def _send_changes(
         else:
             continue
         n += 1
-        await response.write(_frame(kind, n, nxt, urls))
+        await response.write(_frame(kind, n, nxt))
         last = nxt

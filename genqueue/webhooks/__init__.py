@@ -15,9 +15,11 @@ from genqueue.webhooks.payload import (
 from genqueue.webhooks.schedule import DEFAULT_DELAYS_S, RetrySchedule, parse_retry_s
 from genqueue.webhooks.sender import SendOutcome, attempt_headers, send
 from genqueue.webhooks.signing import WebhookSigner, parse_secrets
+from genqueue.webhooks.stats import DeadLetters, WebhookStats
 
 __all__ = [
     "DEFAULT_DELAYS_S",
+    "DeadLetters",
     "Delivery",
     "DeliveryState",
     "EventName",
@@ -26,6 +28,7 @@ __all__ = [
     "WebhookEvent",
     "WebhookResult",
     "WebhookSigner",
+    "WebhookStats",
     "attempt_headers",
     "delivery_id",
     "encode_event",

@@ -1,4 +1,4 @@
-"""What the API shows of a job: the public JSON shape, without internal fields.
+"""The API's JSON shapes (server and client): a job, a page of jobs, a webhook delivery.
 
 A stored `Job` carries internals (`checkpoint`, `seq`, the provider's operation); the
 public form lists exactly the fields of DESIGN.md, every one present (absent values are
@@ -7,27 +7,35 @@ public form lists exactly the fields of DESIGN.md, every one present (absent val
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, get_args
 
 import msgspec
 
-from genqueue.models import Job, JobStatus
-from genqueue.storage.videourls import VideoUrls
+from genqueue import (
+    Delivery,
+    DeliveryState,
+    EventName,
+    Job,
+    JobStatus,
+    WebhookEvent,
+    iso_timestamp,
+)
 
 __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "MAX_SEED",
     "STATUSES",
+    "DeliveryPage",
     "JobPage",
+    "PublicDelivery",
     "PublicJob",
     "encode",
-    "iso_utc",
+    "public_delivery",
     "public_job",
 ]
 
-STATUSES: tuple[str, ...] = get_args(JobStatus)
+STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 DEFAULT_LIMIT = 20  # jobs per page of GET /api/generations
 MAX_LIMIT = 100
 MAX_SEED = 2**32 - 1  # Veo's seed is a uint32
@@ -80,15 +88,8 @@ class JobPage(msgspec.Struct, rename="camel"):
     next_cursor: str | None
 
 
-def iso_utc(ts: float) -> str:
-    """Unix seconds as `2026-01-02T03:04:05.678Z`."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def public_job(job: Job, urls: VideoUrls | None = None) -> PublicJob:
-    """The public form of `job`; with `urls`, a local video's URL is signed afresh."""
-    if urls is not None:
-        job = urls.present(job)
+def public_job(job: Job) -> PublicJob:
+    """The public form of `job` (as the queue gave it: a local video's URL already signed)."""
     p, r = job.parameters, job.result
     return PublicJob(
         id=job.id,
@@ -106,8 +107,8 @@ def public_job(job: Job, urls: VideoUrls | None = None) -> PublicJob:
         queue_position=job.queue_position if job.status == "queued" else None,
         result=None if r is None else PublicResult(r.video_url, r.duration, r.processing_time),
         error=job.error,
-        created_at=iso_utc(job.created_at),
-        updated_at=iso_utc(job.updated_at),
+        created_at=iso_timestamp(job.created_at),
+        updated_at=iso_timestamp(job.updated_at),
     )
 
 
@@ -117,3 +118,38 @@ _ENCODER = msgspec.json.Encoder()
 def encode(value: object) -> bytes:
     """JSON bytes of a Struct (or of plain data)."""
     return _ENCODER.encode(value)
+
+
+class PublicDelivery(msgspec.Struct, frozen=True, rename="camel"):
+    """A webhook delivery as the HTTP API shows it; `payload` is the body that is sent."""
+
+    id: str
+    job_id: str
+    event: EventName
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    created_at: str
+    payload: WebhookEvent
+
+
+class DeliveryPage(msgspec.Struct, frozen=True, rename="camel"):
+    """`GET /api/webhooks/dead`: continue with `cursor=nextCursor` while it is not null."""
+
+    items: list[PublicDelivery]
+    next_cursor: str | None
+
+
+def public_delivery(delivery: Delivery) -> PublicDelivery:
+    return PublicDelivery(
+        id=delivery.id,
+        job_id=delivery.job_id,
+        event=delivery.event.event,
+        state=delivery.state,
+        attempts=delivery.attempts,
+        last_status=delivery.last_status,
+        last_error=delivery.last_error,
+        created_at=iso_timestamp(delivery.created_at),
+        payload=delivery.event,
+    )

@@ -1,0 +1,213 @@
+"""JobQueue is the whole public API, and `genqueue.client.Client` offers the same over HTTP.
+
+The behavioural cases run twice (parametrized): against an embedded JobQueue, and against
+a Client talking to a real server on loopback (the same processor behind it). The client's
+key is an admin's for the user "default", the user an embedded submit gets by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from helpers_queue import QueueFactory, Recorder, queue_factory, request
+
+from genqueue import (
+    TERMINAL,
+    Config,
+    IllegalTransition,
+    InvalidRequest,
+    JobFailed,
+    JobNotFound,
+    ProviderError,
+)
+from genqueue.client import AsyncClient, Client
+from genqueue.http import JsonErrorRunner, create_app
+
+KEY = "k-default"
+
+
+@contextmanager
+def http_server(data_dir: Path, processor: Any, **settings: Any) -> Iterator[str]:
+    """`create_app` run as `main.py serve` runs it, on its own loop thread; its base URL."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
+    thread.start()
+    cfg = Config(
+        data_dir=str(data_dir), synchronous="NORMAL", api_keys=f"{KEY}=default:admin", **settings
+    )
+
+    async def start() -> web.AppRunner:
+        runner = JsonErrorRunner(create_app(cfg, processor=processor))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    runner = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+class Opener:
+    """Opens the API under test: an embedded JobQueue, or a Client of a server."""
+
+    def __init__(self, kind: str, root: Path, queues: QueueFactory):
+        self.kind, self.root, self.queues = kind, root, queues
+        self._exits: list[Any] = []
+
+    def open(self, processor: Any, **settings: Any) -> Any:
+        if self.kind == "embedded":
+            return self.queues.open(processor, **settings)
+        server = http_server(self.root / "served", processor, **settings)
+        url = server.__enter__()
+        client = Client(url, KEY)
+        self._exits += [lambda: server.__exit__(None, None, None), client.close]
+        return client
+
+    def close(self) -> None:
+        while self._exits:
+            self._exits.pop()()
+
+
+@pytest.fixture(params=["embedded", "client"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    with queue_factory(tmp_path) as queues:
+        opener = Opener(request.param, tmp_path, queues)
+        try:
+            yield opener
+        finally:
+            opener.close()
+
+
+def test_submit_says_whether_it_created_the_job(api: Opener) -> None:
+    q = api.open(Recorder())
+    job, created = q.submit(request(id="mine"))
+    again, created_again = q.submit(request(id="mine", prompt="another"))
+    assert (created, created_again) == (True, False)
+    assert again.id == job.id == "mine" and again.prompt == job.prompt
+    with pytest.raises(InvalidRequest) as bad:
+        q.submit(request(priority=11))
+    assert bad.value.field == "priority"
+
+
+def test_get_and_cancel(api: Opener) -> None:
+    rec = Recorder(hold_all=True)
+    q = api.open(rec, max_concurrency=1)
+    q.submit(request(id="running"))
+    rec.wait_running("running")
+    q.submit(request(id="waiting"))
+    assert q.get("waiting").status == "queued"
+    assert q.cancel("waiting").status == "cancelled"
+    with pytest.raises(IllegalTransition):
+        q.cancel("waiting")
+    with pytest.raises(JobNotFound):
+        q.get("nobody")
+    rec.release_all()
+    assert q.wait("running", timeout_s=20).status == "completed"
+
+
+def test_list_jobs_pages_newest_first_and_filters_by_status(api: Opener) -> None:
+    rec = Recorder(hold_all=True)
+    q = api.open(rec, max_concurrency=1)
+    for i in range(5):
+        q.submit(request(id=f"a-{i}"))
+    first = q.list_jobs(limit=3)
+    assert [j.id for j in first.items] == ["a-4", "a-3", "a-2"]
+    assert first.next_cursor is not None
+    rest = q.list_jobs(limit=3, cursor=first.next_cursor)
+    assert [j.id for j in rest.items] == ["a-1", "a-0"] and rest.next_cursor is None
+    rec.wait_running("a-0")
+    assert [j.id for j in q.list_jobs(statuses={"processing"}).items] == ["a-0"]
+    with pytest.raises(InvalidRequest) as bad:
+        q.list_jobs(cursor="not-a-cursor")
+    assert bad.value.field == "cursor"
+    rec.release_all()
+
+
+def test_wait_and_result_end_with_the_job(api: Opener) -> None:
+    rec = Recorder()
+    rec.script["bad"] = [ProviderError("refused", retryable=False, status=400)]
+    q = api.open(rec)
+    q.submit(request(id="good"))
+    q.submit(request(id="bad"))
+    assert q.result("good", timeout_s=20).video_url == "memory://good.mp4"
+    ended = q.wait("bad", timeout_s=20)
+    assert ended.status in TERMINAL and ended.status == "failed"
+    with pytest.raises(JobFailed):
+        q.result("bad", timeout_s=20)
+    with pytest.raises(JobNotFound):
+        q.wait("nobody", timeout_s=5)
+    assert q.status().max_concurrency == 4  # (its counters follow the job's end, not with it)
+
+
+def test_wait_times_out_on_a_job_that_does_not_end(api: Opener) -> None:
+    rec = Recorder(hold_all=True)
+    q = api.open(rec)
+    q.submit(request(id="held"))
+    rec.wait_running("held")
+    with pytest.raises(TimeoutError):
+        q.wait("held", timeout_s=0.05)
+    rec.release_all()
+    assert q.wait("held", timeout_s=20).status == "completed"
+
+
+def test_healthy_and_no_webhook_target_means_no_dead_letters(api: Opener) -> None:
+    q = api.open(Recorder())
+    assert q.healthy()
+    assert q.webhooks.dead().deliveries == [] and q.webhooks.stats().sent == 0
+
+
+# -- embedded only, or asyncio -------------------------------------------------------------
+
+
+@pytest.fixture
+def queues(tmp_path: Path) -> Iterator[QueueFactory]:
+    with queue_factory(tmp_path) as factory:
+        yield factory
+
+
+def test_an_embedder_lists_one_users_jobs_or_everyones(queues: QueueFactory) -> None:
+    q = queues.open(Recorder(hold_all=True), max_concurrency=1)
+    q.submit(request(id="a-0"), user_id="alice")
+    q.submit(request(id="b-0"), user_id="bob")
+    q.submit(request(id="a-1"), user_id="alice")
+    assert [j.id for j in q.list_jobs("alice").items] == ["a-1", "a-0"]
+    assert [j.id for j in q.list_jobs().items] == ["a-1", "b-0", "a-0"]
+    q.close()
+    assert not q.healthy()
+
+
+def test_the_async_twins_give_the_same_answers(queues: QueueFactory, tmp_path: Path) -> None:
+    rec = Recorder()
+    q = queues.open(rec)
+
+    async def cases(api: Any) -> None:
+        job, created = await api.asubmit(request(prompt="async"))
+        assert created
+        assert (await api.aget(job.id)).id == job.id
+        assert job.id in [j.id for j in (await api.alist_jobs()).items]
+        assert (await api.aresult(job.id, timeout_s=20)).video_url == f"memory://{job.id}.mp4"
+        assert (await api.await_job(job.id)).status == "completed"
+        assert await api.ahealthy()
+        assert (await api.astatus()).max_concurrency == 4
+        assert (await api.webhooks.astats()).sent == 0
+        assert (await api.webhooks.adead()).deliveries == []
+
+    async def remote(url: str) -> None:
+        async with AsyncClient(url, KEY) as client:
+            await cases(client)
+
+    asyncio.run(asyncio.wait_for(cases(q), 30))
+    with http_server(tmp_path / "served", rec) as url:
+        asyncio.run(asyncio.wait_for(remote(url), 30))
