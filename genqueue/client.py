@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Collection
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -190,7 +190,7 @@ class AsyncClient:
             raise _error(resp.status, raw, path)
         return resp.status, raw
 
-    async def _events(self, path: str) -> AsyncIterator[bytes]:
+    async def _events(self, path: str) -> AsyncGenerator[bytes, None]:
         """The `data` of each Server-Sent Event at `path` (no overall timeout)."""
         url = self.base_url + path
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total)
