@@ -19,20 +19,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
-import aiohttp
 import msgspec
 import orjson
 from yarl import URL
 
-from genqueue.config import Config, load_config, secret_values
-from genqueue.errors import ConfigError, DataDirInUse
+from genqueue import (
+    Config,
+    ConfigError,
+    DataDirInUse,
+    GenqueueError,
+    IllegalTransition,
+    InvalidRequest,
+    JobNotFound,
+    Unauthorized,
+    load_config,
+)
+from genqueue.client import AsyncClient
+from genqueue.config import secret_values
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 EXIT_CANNOT_SERVE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 5, 130, 141
@@ -148,43 +160,23 @@ def _client_settings(args: argparse.Namespace) -> tuple[str, str]:
     return url.rstrip("/"), key
 
 
-async def _call(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    key: str,
-    body: Any = None,
-    params: dict[str, str] | None = None,
-) -> Any:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+@contextlib.asynccontextmanager
+async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncClient]:
+    """The HTTP client (JobQueue's methods); its errors become the CLI's exit codes."""
+    url, key = _client_settings(args)
     try:
-        async with session.request(method, url, json=body, params=params, headers=headers) as resp:
-            raw = await resp.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ClientError(f"cannot reach genqueue at {url}: {reason}", EXIT_UNREACHABLE) from exc
-    try:
-        data = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        data = None
-    err = data.get("error") if isinstance(data, dict) else None
-    err = err if isinstance(err, dict) else {}
-    message = err.get("message") or raw.decode("utf-8", "replace")[:200].strip() or resp.reason
-    if resp.status == 401:
+        async with AsyncClient(url, key) as client:
+            yield client
+    except Unauthorized as exc:
         hint = "set GENQUEUE_KEY" if key else "no API key: set GENQUEUE_KEY"
-        raise ClientError(f"the API key was refused: {message} ({hint})", EXIT_AUTH)
-    if resp.status >= 500:
-        raise ClientError(f"genqueue answered {resp.status}: {message}", EXIT_UNREACHABLE)
-    if resp.status >= 400:
-        field = f" (field {err['field']})" if err.get("field") else ""
-        raise ClientError(f"error {resp.status}: {message}{field}", EXIT_USAGE)
-    if data is None:
-        raise ClientError(f"genqueue at {url} did not answer JSON", EXIT_UNREACHABLE)
-    return data
-
-
-def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        raise ClientError(f"{exc} ({hint})", EXIT_AUTH) from exc
+    except InvalidRequest as exc:
+        field = f" (field {exc.field})" if exc.field else ""
+        raise ClientError(f"error 400: {exc.message}{field}", EXIT_USAGE) from exc
+    except (JobNotFound, IllegalTransition) as exc:
+        raise ClientError(f"error: {exc}", EXIT_USAGE) from exc
+    except GenqueueError as exc:  # unreachable, unavailable (503), or a server error
+        raise ClientError(str(exc), EXIT_UNREACHABLE) from exc
 
 
 class Progress:
@@ -214,30 +206,29 @@ class Progress:
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    url, key = _client_settings(args)
     body: dict[str, Any] = {
         "prompt": args.prompt,
         "priority": args.priority,
         "parameters": {"duration": args.duration, "aspectRatio": args.aspect_ratio},
     }
-    async with _session() as session:
-        job = await _call(session, "POST", f"{url}/api/generations", key, body)
-        print(f"submitted {job['id']} ({job['status']})", flush=True)
+    async with _client(args) as client:
+        job, _ = await client.asubmit(body)
+        print(f"submitted {job.id} ({job.status})", flush=True)
         if not args.wait:
             return EXIT_OK
         progress = Progress(sys.stdout)
         try:
-            while job["status"] not in ("completed", "failed", "cancelled"):
-                progress.show(job["status"], int(job.get("progress") or 0))
+            while not job.terminal:
+                progress.show(job.status, job.progress)
                 await asyncio.sleep(POLL_S)
-                job = await _call(session, "GET", f"{url}/api/generations/{job['id']}", key)
-            progress.show(job["status"], int(job.get("progress") or 0))
+                job = await client.aget(job.id)
+            progress.show(job.status, job.progress)
         finally:
             progress.end()
-    if job["status"] == "completed":
-        print(job["result"]["videoUrl"])
+    if job.status == "completed" and job.result is not None:
+        print(job.result.video_url)
         return EXIT_OK
-    print(f"job {job['id']} {job['status']}: {job.get('error')}", file=sys.stderr)
+    print(f"job {job.id} {job.status}: {job.error}", file=sys.stderr)
     return EXIT_JOB_FAILED
 
 
@@ -252,9 +243,8 @@ def _shown(value: Any) -> str:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    url, key = _client_settings(args)
-    async with _session() as session:
-        st = await _call(session, "GET", f"{url}/api/queue/status", key)
+    async with _client(args) as client:
+        st: dict[str, Any] = msgspec.to_builtins(await client.astatus())
     width = max(len(k) for k in st)
     for k, v in st.items():
         print(f"{k:<{width}}  {_shown(v)}")
@@ -262,18 +252,15 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _jobs(args: argparse.Namespace) -> int:
-    url, key = _client_settings(args)
-    params = {"limit": str(args.limit)}
-    if args.status:
-        params["status"] = args.status
-    async with _session() as session:
-        page = await _call(session, "GET", f"{url}/api/generations", key, params=params)
+    statuses = args.status.split(",") if args.status else None
+    async with _client(args) as client:
+        page = await client.alist_jobs(statuses=statuses, limit=args.limit)
     print(f"{'id':<34} {'status':<11} {'progress':>8}  prompt")
-    for job in page["items"]:
-        prompt = " ".join(job["prompt"].split())[:40]
-        print(f"{job['id']:<34} {job['status']:<11} {job['progress']:>7}%  {prompt}")
-    if page.get("nextCursor"):
-        print(f"(the newest {len(page['items'])}; --limit shows up to 100)")
+    for job in page.items:
+        prompt = " ".join(job.prompt.split())[:40]
+        print(f"{job.id:<34} {job.status:<11} {job.progress:>7}%  {prompt}")
+    if page.next_cursor:
+        print(f"(the newest {len(page.items)}; --limit shows up to 100)")
     return EXIT_OK
 
 
