@@ -188,7 +188,7 @@ def outbox_rate(url: str, n: int) -> Rate:
     """Deliveries per second through the WebhookActor (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp, JobQueue(_config(Path(tmp), url), _noop) as q:
         assert q.store is not None and q.system is not None
-        outbox = q.system.services.extra["webhooks"]  # type: ignore[attr-defined]
+        outbox = q.system.queue_services().webhooks
         assert isinstance(outbox, WebhookOutbox)
         clock = RealClock()
         now = clock.now()

@@ -27,9 +27,10 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.bridge import LoopThread, post
-from genqueue.actors.job import JobActor, QueueServices
+from genqueue.actors.job import JobActor
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit, SubmitMany
 from genqueue.actors.queue import QueueActor
+from genqueue.actors.services import QUEUE, QueueServices
 from genqueue.actors.system import ActorSystem
 from genqueue.actors.webhook import WebhookOutbox
 from genqueue.clock import Clock, RealClock
@@ -56,7 +57,7 @@ from genqueue.webhooks import WebhookStats
 __all__ = ["JobQueue"]
 
 log = logging.getLogger("genqueue.jobqueue")
-QUEUE_KEY = "main"
+QUEUE_KEY = QUEUE.key
 
 
 class JobQueue:
@@ -128,21 +129,25 @@ class JobQueue:
         if self._loop is None:
             self._loop_thread = LoopThread()
             self._loop = self._loop_thread.start()
-        system = ActorSystem(
-            self.store, clock=self.clock, loop=self._loop, idle_timeout_s=cfg.idle_timeout_s
-        )
-        system.services = QueueServices(  # type: ignore[attr-defined]
+        services = QueueServices(
             config=cfg,
             processor=self.processor,
             publish=self._publish,
             on_unexpected=self._record_error,
-            queue_cls=QueueActor,
             on_idle=self._changed_now,
             on_retained=self._forget_videos,
         )
+        system = ActorSystem(
+            self.store,
+            clock=self.clock,
+            loop=self._loop,
+            idle_timeout_s=cfg.idle_timeout_s,
+            services=services,
+        )
         if cfg.webhook_target:  # the outbox: events stored in the job's turn, sent after
-            self._webhooks = WebhookOutbox(system, cfg, video_urls=self.video_urls)
-            system.services.on_event = self._webhooks.on_event  # type: ignore[attr-defined]
+            self._webhooks = services.webhooks = WebhookOutbox(
+                system, cfg, video_urls=self.video_urls
+            )
         system.register(QueueActor, JobActor)
         for cls in (QueueActor, JobActor):
             # Create the tables now: creating one flushes, and a first use could otherwise

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -34,15 +32,14 @@ from genqueue.actors.messages import (
     TimedOut,
 )
 from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.services import QUEUE
 from genqueue.actors.system import ActorSystem
-from genqueue.config import Config
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
 from genqueue.models import Job, JobResult
-from genqueue.processor import Processor
 from genqueue.processor import Report as ReportFn
 from genqueue.storage.state import Namespace
 
-__all__ = ["JobActor", "QueueServices"]
+__all__ = ["JobActor"]
 
 log = logging.getLogger("genqueue.job")
 
@@ -56,33 +53,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
-@dataclass
-class QueueServices:
-    """What the queue's actors share, set once by JobQueue (passed in, never global)."""
-
-    config: Config
-    processor: Processor
-    publish: Callable[[Job], None]
-    on_unexpected: Callable[[str, BaseException], None]
-    queue_cls: Any = None
-    # Called inside the JobActor's turn on every status change; may write to the store
-    # (e.g. the webhook outbox) and returns the sequence number of its last write.
-    on_event: Callable[[Job, bool], int | None] | None = None  # (job, is a progress event)
-    # Called (after commit) when the queue has nothing queued, running or waiting to retry.
-    on_idle: Callable[[], None] | None = None
-    # Called (after commit) with the jobs a retention pass removed (to delete their videos).
-    on_retained: Callable[[list[Job]], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def services(system: ActorSystem) -> QueueServices:
-    svc = getattr(system, "services", None)
-    if svc is None:
-        raise RuntimeError("the actor system has no queue services")
-    assert isinstance(svc, QueueServices)
-    return svc
-
-
 class JobActor(DurableActor):
     kind = "job"
     hosted = True  # one per job: turns on shared shard threads, not a thread each
@@ -90,7 +60,7 @@ class JobActor(DurableActor):
 
     def __init__(self, system: ActorSystem, key: str):
         super().__init__(system, key)
-        self.svc = services(system)
+        self.svc = system.queue_services()
         self.job: Job | None = None
 
     def activate(self) -> None:
@@ -289,14 +259,15 @@ class JobActor(DurableActor):
         self.storage.put("record", new)
         self.job = new
         progressed = status == job.status and new.progress != job.progress
-        if self.svc.on_event is not None and (status != job.status or progressed):
+        webhooks = self.svc.webhooks
+        if webhooks is not None and (status != job.status or progressed):
             # Same turn, same commit: a terminal job and its webhook are stored together.
-            seq = self.svc.on_event(new, progressed)
+            seq = webhooks.on_event(new, progressed)
             self.storage.last_seq = max(self.storage.last_seq, seq or 0)
         self.after_commit(functools.partial(self.svc.publish, new))
 
     def _tell_queue(self, message: Any) -> None:
-        self.tell_after_commit(self.svc.queue_cls, "main", message)
+        self.tell_after_commit(self.system.kind_of(QUEUE.kind), QUEUE.key, message)
 
     @staticmethod
     def create(system: ActorSystem, job: Job) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from genqueue.actors.job import JobActor, services
+from genqueue.actors.job import JobActor
 from genqueue.actors.messages import (
     Finished,
     PauseDispatch,
@@ -44,6 +44,7 @@ from genqueue.actors.messages import (
 )
 from genqueue.actors.ratelimit import RateWindow
 from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.services import QUEUE
 from genqueue.actors.stats import QueueStats
 from genqueue.actors.system import ActorSystem
 from genqueue.models import Job, QueueStatus
@@ -93,12 +94,12 @@ def pending_key(priority: int, seq: int) -> str:
 
 
 class QueueActor(DurableActor):
-    kind = "queue"
+    kind = QUEUE.kind
     passivate_when_idle = False
 
     def __init__(self, system: ActorSystem, key: str):
         super().__init__(system, key)
-        self.svc = services(system)
+        self.svc = system.queue_services()
         self.cfg = self.svc.config
         self.pending: dict[int, deque[Pending]] = {}
         self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it

@@ -30,6 +30,7 @@ from genqueue.actors.runtime import (
     _Passivate,
 )
 from genqueue.actors.scheduler import Scheduler
+from genqueue.actors.services import QueueServices
 from genqueue.clock import Clock, RealClock
 from genqueue.storage.state import StateStore
 
@@ -49,6 +50,12 @@ class _Release:
         self.replies: list[tuple[Reply, bool, Any]] = []
 
 
+class _ReleaserLocal(threading.local):
+    """Per thread: the group of after-commit callbacks being gathered (the releaser's)."""
+
+    release: _Release | None = None
+
+
 class ActorSystem:
     """Activation, messaging, alarms and passivation for durable actors."""
 
@@ -60,8 +67,10 @@ class ActorSystem:
         loop: asyncio.AbstractEventLoop | None = None,
         idle_timeout_s: float = 60.0,
         shards: int = 2,
+        services: QueueServices | None = None,
     ):
         self.store = store
+        self.services = services  # what the queue's actors share (None: a bare system)
         self.clock: Clock = clock or RealClock()
         self.loop = loop  # the I/O loop, set before the first run_async
         self.idle_timeout_s = idle_timeout_s
@@ -80,7 +89,7 @@ class ActorSystem:
         self._token = 0
         self._stopped = False
         self._loop_tells: list[tuple[type[DurableActor], str, Any]] = []  # loop thread only
-        self._local = threading.local()  # .release: the releaser's group being gathered
+        self._local = _ReleaserLocal()
         store.set_release_context(self._releasing)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -88,6 +97,16 @@ class ActorSystem:
     def register(self, *classes: type[DurableActor]) -> None:
         for cls in classes:
             self._kinds[cls.kind] = cls
+
+    def queue_services(self) -> QueueServices:
+        """The services the queue's actors were given (a bare system has none)."""
+        if self.services is None:
+            raise RuntimeError("this actor system was built without queue services")
+        return self.services
+
+    def kind_of(self, kind: str) -> type[DurableActor]:
+        """The registered class of actor `kind` (an Address's kind)."""
+        return self._kinds[kind]
 
     def start(self) -> None:
         """Start the scheduler and re-arm every stored alarm (due ones fire now)."""
@@ -189,7 +208,7 @@ class ActorSystem:
     # -- messaging -------------------------------------------------------------------------------
 
     def tell(self, cls: type[DurableActor], key: str, message: Any) -> None:
-        release = getattr(self._local, "release", None)
+        release = self._local.release
         if release is not None:  # keep the order of the group's sends (see tell_many)
             release.tells.append((cls, key, message))
         else:
@@ -219,7 +238,7 @@ class ActorSystem:
 
         On the releaser thread, while it runs a group of after-commit callbacks, sends are
         gathered and leave together at the end of the group, before its replies."""
-        release = getattr(self._local, "release", None)
+        release = self._local.release
         if release is not None:
             release.tells.extend(messages)
             return
@@ -242,7 +261,7 @@ class ActorSystem:
 
     def reply(self, reply: Reply, ok: bool, value: Any) -> None:
         """Answer an ask; on the releaser thread, after the group's sends have left."""
-        release = getattr(self._local, "release", None)
+        release = self._local.release
         if release is not None:
             release.replies.append((reply, ok, value))
         else:

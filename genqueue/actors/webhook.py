@@ -37,6 +37,7 @@ import msgspec
 import pykka
 
 from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.services import WEBHOOK_OUTBOX
 from genqueue.actors.system import ActorSystem
 from genqueue.clock import Clock
 from genqueue.config import Config
@@ -79,8 +80,7 @@ __all__ = [
 
 log = logging.getLogger("genqueue.webhook")
 
-KIND = "webhook"
-KEY = "main"
+KIND, KEY = WEBHOOK_OUTBOX
 MAX_IN_FLIGHT = 64
 TERMINAL_SEQ = 9_999_999  # a job's terminal event comes after all of its others
 _TERMINAL_EVENTS: dict[str, EventName] = {
@@ -352,8 +352,9 @@ class WebhookActor(DurableActor):
 
     def __init__(self, system: ActorSystem, key: str):
         super().__init__(system, key)
-        outbox = system.services.extra["webhooks"]  # type: ignore[attr-defined]
-        assert isinstance(outbox, WebhookOutbox)
+        outbox = system.queue_services().webhooks
+        if outbox is None:
+            raise RuntimeError("the WebhookActor runs only with a webhook outbox configured")
         self.outbox = outbox
         self.config = outbox.config
         self.courier = outbox.courier
@@ -644,11 +645,10 @@ class WebhookOutbox:
         self.courier = _Courier(system, self.client)
         self._fresh: _HandOff[Job] = _HandOff()  # jobs whose committed turn stored an event
         system.store.namespace(KIND)  # create the table now: a first use flushes
-        system.services.extra["webhooks"] = self  # type: ignore[attr-defined]
         system.register(WebhookActor)
 
     def on_event(self, job: Job, progress_event: bool = False) -> int | None:
-        """QueueServices.on_event: store the job's event in its own turn."""
+        """Store the job's event in the JobActor's own turn (same commit as the job)."""
         return record_event(
             self.system.store, job, self.config, self.system.clock, progress_event=progress_event
         )
