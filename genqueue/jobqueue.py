@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.bridge import LoopThread, post
+from genqueue.actors.coalesce import Coalescer
 from genqueue.actors.job import JobActor
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit, SubmitMany
 from genqueue.actors.queue import QueueActor
@@ -82,7 +83,10 @@ class JobQueue:
         self._changed = threading.Condition()
         self._changes = 0  # counts wake-ups of `join` (under `_changed`)
         self._errors: list[BaseException] = []
-        self._batch: list[tuple[Submit, asyncio.Future[tuple[Job, bool]]]] = []
+        # Submissions made in one turn of the loop: one message and one commit for them all.
+        self._batch: Coalescer[tuple[Submit, asyncio.Future[tuple[Job, bool]]]] = Coalescer(
+            self._wake_batch
+        )
         self.store: StateStore | None = None
         self.system: ActorSystem | None = None
         self._webhooks: WebhookOutbox | None = None
@@ -349,11 +353,7 @@ class JobQueue:
         submission = self._submission(request, user_id)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[Job, bool]] = loop.create_future()
-        self._batch.append((submission, fut))
-        if len(self._batch) == 1:
-            # Every submission made in this turn of the loop goes in one message and one
-            # commit: far fewer thread hand-offs per request under load.
-            loop.call_soon(self._send_batch)
+        self._batch.put((submission, fut))
         job, created = await fut
         return Submission(self._present(job), created)
 
@@ -437,8 +437,11 @@ class JobQueue:
             updated_at=now,
         )
 
+    def _wake_batch(self) -> None:
+        asyncio.get_running_loop().call_soon(self._send_batch)
+
     def _send_batch(self) -> None:
-        batch, self._batch = self._batch, []
+        batch = self._batch.take()
         if not batch:
             return
         message = SubmitMany(tuple(sub for sub, _ in batch))

@@ -14,9 +14,10 @@ import functools
 import logging
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from genqueue.actors.coalesce import Coalescer
 
 __all__ = ["LoopThread", "Outcome", "Reply", "SyncWaiter", "future_reply", "post"]
 
@@ -49,29 +50,17 @@ class _LoopInbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
-        self._items: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
-        self._lock = threading.Lock()
-        self._scheduled = False
+        self._calls: Coalescer[tuple[Callable[..., Any], tuple[Any, ...]]] = Coalescer(self._wake)
 
     def post(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._items.append((fn, args))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self._loop.call_soon_threadsafe(self._run)
-        except RuntimeError:  # the loop is closed: nothing posted will run
-            with self._lock:
-                self._scheduled = False
-                self._items.clear()
-            raise
+        """RuntimeError if the loop is closed (nothing posted will run)."""
+        self._calls.put((fn, args))
+
+    def _wake(self) -> None:
+        self._loop.call_soon_threadsafe(self._run)
 
     def _run(self) -> None:
-        with self._lock:
-            items, self._items = self._items, deque()
-            self._scheduled = False
-        for fn, args in items:
+        for fn, args in self._calls.take():
             try:
                 fn(*args)
             except Exception as exc:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pykka
 
 from genqueue.actors.bridge import Reply, SyncWaiter, future_reply
+from genqueue.actors.coalesce import Coalescer
 from genqueue.actors.hosting import Envelope, Envelopes, HostedRef, Shard, shard_of
 from genqueue.actors.runtime import (
     AlarmTable,
@@ -88,7 +89,10 @@ class ActorSystem:
         self._kinds: dict[str, type[DurableActor]] = {}
         self._token = 0
         self._stopped = False
-        self._loop_tells: list[tuple[type[DurableActor], str, Any]] = []  # loop thread only
+        # What the I/O loop's current iteration sends: it leaves together at its end.
+        self._loop_tells: Coalescer[tuple[type[DurableActor], str, Any]] = Coalescer(
+            self._wake_loop_tells
+        )
         self._local = _ReleaserLocal()
         store.set_release_context(self._releasing)
 
@@ -290,15 +294,15 @@ class ActorSystem:
     def tell_from_loop(self, cls: type[DurableActor], key: str, message: Any) -> None:
         """`tell`, from the I/O loop's thread: what this loop iteration sends leaves together
         at its end (`tell_many`)."""
-        if not self._loop_tells:
-            assert self.loop is not None
-            self.loop.call_soon(self._flush_loop_tells)
-        self._loop_tells.append((cls, key, message))
+        self._loop_tells.put((cls, key, message))
+
+    def _wake_loop_tells(self) -> None:
+        assert self.loop is not None
+        self.loop.call_soon(self._flush_loop_tells)
 
     def _flush_loop_tells(self) -> None:
-        tells, self._loop_tells = self._loop_tells, []
         with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
-            self.tell_many(tells)
+            self.tell_many(self._loop_tells.take())
 
     def ask(self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0) -> Any:
         """Send `message` and wait (in a plain thread) for the gated reply."""

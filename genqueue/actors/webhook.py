@@ -29,13 +29,13 @@ import contextlib
 import heapq
 import logging
 import random
-import threading
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiohttp
 import msgspec
 import pykka
 
+from genqueue.actors.coalesce import Coalescer
 from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.services import WEBHOOK_OUTBOX
 from genqueue.actors.system import ActorSystem
@@ -266,29 +266,6 @@ class WebhookClient:
 _Done = tuple[str, int, SendOutcome]  # generation id, seq, what the attempt came to
 
 
-T = TypeVar("T")
-
-
-class _HandOff(Generic[T]):
-    """Items handed from other threads to the actor in batches: `put` says whether the
-    batch was empty (then one message wakes the actor); the actor `take`s them all."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[T] = []
-
-    def put(self, item: T) -> bool:
-        with self._lock:
-            first = not self._items
-            self._items.append(item)
-        return first
-
-    def take(self) -> list[T]:
-        with self._lock:
-            items, self._items = self._items, []
-        return items
-
-
 class _Courier:
     """Runs attempts on the I/O loop; hands their outcomes to the actor in batches.
 
@@ -300,7 +277,7 @@ class _Courier:
     def __init__(self, system: ActorSystem, client: WebhookClient):
         self.system = system
         self.client = client
-        self._done: _HandOff[_Done] = _HandOff()
+        self._done: Coalescer[_Done] = Coalescer(self._wake)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, batch: list[tuple[Delivery, float]]) -> None:
@@ -326,9 +303,11 @@ class _Courier:
             outcome = SendOutcome(
                 ok=False, status=None, retryable=True, error=repr(exc), duration_ms=0.0
             )
-        if self._done.put((delivery.stream, delivery.seq, outcome)):
-            with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
-                self.system.tell(WebhookActor, KEY, Sent())
+        with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
+            self._done.put((delivery.stream, delivery.seq, outcome))
+
+    def _wake(self) -> None:
+        self.system.tell(WebhookActor, KEY, Sent())
 
     def take(self) -> list[_Done]:
         return self._done.take()
@@ -643,7 +622,8 @@ class WebhookOutbox:
         self.seed = seed
         self.client = WebhookClient(config, video_urls)
         self.courier = _Courier(system, self.client)
-        self._fresh: _HandOff[Job] = _HandOff()  # jobs whose committed turn stored an event
+        # Jobs whose committed turn stored an event; the first wakes the actor (`Fresh`).
+        self._fresh: Coalescer[Job] = Coalescer(self._wake)
         system.store.namespace(KIND)  # create the table now: a first use flushes
         system.register(WebhookActor)
 
@@ -659,8 +639,10 @@ class WebhookOutbox:
         progress = self.config.webhook_events_progress and job.status == "processing"
         if not progress and _event_name(job, self.config, False) is None:
             return
-        if self._fresh.put(job):
-            self.system.tell(WebhookActor, KEY, Fresh())
+        self._fresh.put(job)
+
+    def _wake(self) -> None:
+        self.system.tell(WebhookActor, KEY, Fresh())
 
     def take_fresh(self) -> list[Job]:
         """The actor's side of the hand-off: every job handed over so far."""
