@@ -16,29 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
-import uuid
-from collections.abc import Callable, Collection, Iterator
-from pathlib import Path
+from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
 
-from genqueue.actors.bridge import LoopThread, post
-from genqueue.actors.coalesce import Coalescer
+from genqueue.actors.bridge import LoopThread
 from genqueue.actors.job import JobActor
-from genqueue.actors.messages import Cancel, GetJob, Status, Submit, SubmitMany
+from genqueue.actors.messages import Cancel, GetJob, Status, Submit
 from genqueue.actors.queue import QueueActor
 from genqueue.actors.services import QUEUE, QueueServices
 from genqueue.actors.system import ActorSystem
 from genqueue.actors.webhook import WebhookOutbox
+from genqueue.changes import JobChanges, result_of
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
-from genqueue.errors import JobFailed, JobNotFound, StorageError
+from genqueue.errors import JobNotFound, StorageError
 from genqueue.models import (
-    GenerationRequest,
     Job,
     JobPage,
     JobResult,
@@ -46,13 +42,15 @@ from genqueue.models import (
     QueueStatus,
     Submission,
 )
+from genqueue.opening import open_actors
 from genqueue.outbox import Webhooks
 from genqueue.processor import Processor
-from genqueue.requests import RequestLike, parse_request
-from genqueue.storage.dirlock import DataDirLock, private_file
+from genqueue.requests import RequestLike, new_job, parse_request
+from genqueue.storage.dirlock import DataDirLock
 from genqueue.storage.jobindex import JobIndex
 from genqueue.storage.state import StateStore
 from genqueue.storage.videourls import VideoUrls
+from genqueue.submissions import Submissions
 from genqueue.webhooks import WebhookStats
 
 __all__ = ["JobQueue"]
@@ -77,23 +75,14 @@ class JobQueue:
         self.clock: Clock = clock or RealClock()
         self._loop = loop
         self._loop_thread: LoopThread | None = None
-        self._subscribers: list[Callable[[Job], None]] = []
-        self._events: queue.Queue[Job | None] = queue.Queue()
-        self._event_thread: threading.Thread | None = None
-        self._changed = threading.Condition()
-        self._changes = 0  # counts wake-ups of `join` (under `_changed`)
+        self._changes = JobChanges(self._present)
         self._errors: list[BaseException] = []
-        # Submissions made in one turn of the loop: one message and one commit for them all.
-        self._batch: Coalescer[tuple[Submit, asyncio.Future[tuple[Job, bool]]]] = Coalescer(
-            self._wake_batch
-        )
+        self._submissions = Submissions(self._sys)
         self.store: StateStore | None = None
         self.system: ActorSystem | None = None
         self._webhooks: WebhookOutbox | None = None
         # The webhook outbox: counters, dead letters, replay.
         self.webhooks = Webhooks(lambda: self._webhooks)
-        self._watchers: dict[str, list[Callable[[Job], None]]] = {}  # job id -> `wait`s
-        self._watch_lock = threading.Lock()
         self._unavailable = False  # closed by a failed store, until `reopen` succeeds
         self._lifecycle = threading.Lock()  # reopen and close, one at a time
         self._closed = False
@@ -123,13 +112,6 @@ class JobQueue:
             self.video_urls = VideoUrls.load(
                 cfg.data_dir, ttl_s=cfg.video_url_ttl_s, clock=self.clock, storage=cfg.storage
             )
-        db_path = Path(cfg.data_dir) / "state.db"
-        for path in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
-            # state.db before SQLite creates it (its -wal and -shm then take its mode 0600);
-            # files of an older version are narrowed to 0600.
-            if path == db_path or path.exists():
-                private_file(path)
-        self.store = StateStore(db_path, synchronous=cfg.synchronous)
         if self._loop is None:
             self._loop_thread = LoopThread()
             self._loop = self._loop_thread.start()
@@ -138,29 +120,13 @@ class JobQueue:
             processor=self.processor,
             publish=self._publish,
             on_unexpected=self._record_error,
-            on_idle=self._changed_now,
+            on_idle=self._changes.changed_now,
             on_retained=self._forget_videos,
         )
-        system = ActorSystem(
-            self.store,
-            clock=self.clock,
-            loop=self._loop,
-            idle_timeout_s=cfg.idle_timeout_s,
-            services=services,
-        )
-        if cfg.webhook_target:  # the outbox: events stored in the job's turn, sent after
-            self._webhooks = services.webhooks = WebhookOutbox(
-                system, cfg, video_urls=self.video_urls
-            )
-        system.register(QueueActor, JobActor)
-        for cls in (QueueActor, JobActor):
-            # Create the tables now: creating one flushes, and a first use could otherwise
-            # come from an after-commit callback on the committer thread (a deadlock).
-            self.store.namespace(cls.kind)
+        self.store, system = open_actors(cfg, services, self.clock, self._loop, self.video_urls)
+        self._webhooks = services.webhooks
         self.system = system
-        self._event_thread = threading.Thread(target=self._deliver_events, name="job-events")
-        self._event_thread.daemon = True
-        self._event_thread.start()
+        self._changes.start()
         system.start()
         system.get(QueueActor, QUEUE_KEY)  # activation recovers in-flight jobs
         if self._webhooks is not None:
@@ -225,13 +191,9 @@ class JobQueue:
             self._webhooks = None
         if self.store is not None:
             self.store.close()
-        self._events.put(None)
-        if self._event_thread is not None:
-            self._event_thread.join(timeout=10)
-            self._event_thread = None
+        self._changes.stop()
         self.system = None
         if keep_loop:
-            self._events = queue.Queue()
             self.store = None
         elif self._loop_thread is not None:
             self._loop_thread.stop()
@@ -291,29 +253,15 @@ class JobQueue:
     def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """The job once it is finished (completed, failed or cancelled); TimeoutError after
         `timeout_s` (None: no limit)."""
-        done = threading.Event()
-        ended: list[Job] = []
-
-        def finished(job: Job) -> None:
-            ended.append(job)
-            done.set()
-
-        with self._watching(job_id, finished):
-            job = self.get(job_id)
-            if job.terminal:
-                return job
-            if not done.wait(timeout_s):
-                raise TimeoutError(f"job {job_id} has not finished after {timeout_s} s")
-        return self._present(ended[0])
+        return self._present(self._changes.wait_end(job_id, lambda: self.get(job_id), timeout_s))
 
     def result(self, job_id: str, timeout_s: float | None = None) -> JobResult:
         """The job's result once it completes; JobFailed if it failed or was cancelled."""
-        return _result_of(self.wait(job_id, timeout_s))
+        return result_of(self.wait(job_id, timeout_s))
 
     def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
         """Call `callback(job)` on every stored change of a job; returns an unsubscribe function."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
+        return self._changes.subscribe(callback)
 
     def healthy(self) -> bool:
         """Whether the queue is open and its state store takes writes."""
@@ -332,8 +280,7 @@ class JobQueue:
         while True:
             if self._errors:
                 raise self._errors.pop(0)
-            with self._changed:
-                seen = self._changes
+            seen = self._changes.seen()
             st = self._queue_status()
             if st.queued == 0 and st.in_flight == 0 and st.retry_wait == 0:
                 return
@@ -343,17 +290,13 @@ class JobQueue:
                     f"queue not drained after {timeout_s} s: {st.queued} queued, "
                     f"{st.in_flight} in flight, {st.retry_wait} waiting to retry"
                 )
-            with self._changed:  # a change since the status was asked: look again at once
-                if self._changes == seen:
-                    self._changed.wait(min(remaining, 0.5))
+            # a change since the status was asked: look again at once
+            self._changes.wait_after(seen, min(remaining, 0.5))
 
     # -- the API (asyncio): the same, never blocking the loop ------------------------------
 
     async def asubmit(self, request: RequestLike, *, user_id: str = "default") -> Submission:
-        submission = self._submission(request, user_id)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[Job, bool]] = loop.create_future()
-        self._batch.put((submission, fut))
+        fut = self._submissions.put(self._submission(request, user_id))
         job, created = await fut
         return Submission(self._present(job), created)
 
@@ -389,26 +332,13 @@ class JobQueue:
 
     async def await_job(self, job_id: str, timeout_s: float | None = None) -> Job:
         """`wait` for asyncio code."""
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[Job] = loop.create_future()
-
-        def finished(job: Job) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                post(loop, _settle, ended, job)
-
-        with self._watching(job_id, finished):
-            job = await self.aget(job_id)
-            if job.terminal:
-                return job
-            try:
-                return self._present(await asyncio.wait_for(ended, timeout_s))
-            except TimeoutError:
-                raise TimeoutError(f"job {job_id} has not finished after {timeout_s} s") from None
+        ended = await self._changes.await_end(job_id, lambda: self.aget(job_id), timeout_s)
+        return self._present(ended)
 
     async def aresult(self, job_id: str, timeout_s: float | None = None) -> JobResult:
         """`result` for asyncio code: the job's result once it completes, like arq's
         `Job.result()` or a Temporal handle's; JobFailed if it failed or was cancelled."""
-        return _result_of(await self.await_job(job_id, timeout_s))
+        return result_of(await self.await_job(job_id, timeout_s))
 
     async def ahealthy(self) -> bool:
         return self.healthy()
@@ -417,54 +347,8 @@ class JobQueue:
 
     def _submission(self, request: RequestLike, user_id: str) -> Submit:
         req = parse_request(request)
-        return Submit(self._job_from(req, user_id), client_id=req.id is not None)
-
-    def _job_from(self, req: GenerationRequest, user_id: str) -> Job:
-        now = self.clock.now()
-        job_id = req.id or uuid.uuid4().hex
-        return Job(
-            id=job_id,
-            # Unique per job record, whatever the id: a client id reused after retention
-            # gets a new generation (and so new webhook-ids). A server-chosen id is unique.
-            generation_id=job_id if req.id is None else uuid.uuid4().hex,
-            user_id=user_id,
-            prompt=req.prompt,
-            parameters=req.parameters,
-            provider=req.provider,
-            model=req.model or self.config.veo3_model,
-            priority=req.priority,
-            created_at=now,
-            updated_at=now,
-        )
-
-    def _wake_batch(self) -> None:
-        asyncio.get_running_loop().call_soon(self._send_batch)
-
-    def _send_batch(self) -> None:
-        batch = self._batch.take()
-        if not batch:
-            return
-        message = SubmitMany(tuple(sub for sub, _ in batch))
-        waiters = [fut for _, fut in batch]
-        loop = asyncio.get_running_loop()
-
-        def settle(ok: bool, value: Any) -> None:
-            for i, fut in enumerate(waiters):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value[i])
-                else:
-                    fut.set_exception(value)
-
-        def reply(ok: bool, value: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                post(loop, settle, ok, value)
-
-        try:
-            self._sys().send(QueueActor, QUEUE_KEY, message, reply)
-        except Exception as exc:
-            settle(False, exc)
+        job = new_job(req, user_id, now_s=self.clock.now(), model=self.config.veo3_model)
+        return Submit(job, client_id=req.id is not None)
 
     def _stored(self, job_id: str) -> Job:
         """The job's stored record (no actor activated); JobNotFound if there is none."""
@@ -488,21 +372,6 @@ class JobQueue:
         status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
         return status
 
-    @contextlib.contextmanager
-    def _watching(self, job_id: str, finished: Callable[[Job], None]) -> Iterator[None]:
-        """Call `finished(job)` (from the committer thread) when the job's terminal change
-        is committed, while inside this block."""
-        with self._watch_lock:
-            self._watchers.setdefault(job_id, []).append(finished)
-        try:
-            yield
-        finally:
-            with self._watch_lock:
-                watchers = self._watchers.get(job_id, [])
-                watchers.remove(finished)
-                if not watchers:
-                    self._watchers.pop(job_id, None)
-
     def _sys(self) -> ActorSystem:
         if self.system is None:
             if self._unavailable:
@@ -513,13 +382,7 @@ class JobQueue:
     def _publish(self, job: Job) -> None:
         if self._webhooks is not None:
             self._webhooks.published(job)
-        if self._watchers and job.terminal:
-            with self._watch_lock:
-                watchers = list(self._watchers.get(job.id, ()))
-            for finished in watchers:
-                finished(job)
-        if self._subscribers:  # `join` is woken by the queue's idle signal, not by events
-            self._events.put(job)
+        self._changes.publish(job)
 
     def _forget_videos(self, jobs: list[Job]) -> None:
         """Retention removed these jobs (committed): the processor deletes their videos, if
@@ -533,38 +396,3 @@ class JobQueue:
 
     def _record_error(self, job_id: str, exc: BaseException) -> None:
         self._errors.append(exc)
-
-    def _deliver_events(self) -> None:
-        """Deliver events in order; whatever queued up meanwhile goes out in one wake-up."""
-        while True:
-            batch = [self._events.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < 1000:
-                    batch.append(self._events.get_nowait())
-            for stored in batch:
-                if stored is None:
-                    return
-                job = self._present(stored)
-                for callback in list(self._subscribers):
-                    try:
-                        callback(job)
-                    except Exception:
-                        log.exception("job event subscriber failed")
-            self._changed_now()
-
-    def _changed_now(self) -> None:
-        """Wake `join`: a job changed, or the queue became idle."""
-        with self._changed:
-            self._changes += 1
-            self._changed.notify_all()
-
-
-def _result_of(job: Job) -> JobResult:
-    if job.status != "completed" or job.result is None:
-        raise JobFailed(job)
-    return job.result
-
-
-def _settle(future: asyncio.Future[Job], job: Job) -> None:
-    if not future.done():
-        future.set_result(job)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import msgspec
 
 from genqueue.errors import InvalidRequest
-from genqueue.models import GenerationRequest, validate_request
+from genqueue.models import GenerationRequest, Job, validate_request
 
-__all__ = ["RequestLike", "parse_request"]
+__all__ = ["RequestLike", "new_job", "parse_request"]
 
 RequestLike = GenerationRequest | dict[str, Any] | bytes
 _REQUEST = msgspec.json.Decoder(GenerationRequest)
@@ -31,3 +32,22 @@ def parse_request(request: RequestLike) -> GenerationRequest:
         raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
     validate_request(req)
     return req
+
+
+def new_job(req: GenerationRequest, user_id: str, *, now_s: float, model: str) -> Job:
+    """The job a request makes (`model`: the default when the request names none)."""
+    job_id = req.id or uuid.uuid4().hex
+    return Job(
+        id=job_id,
+        # Unique per job record, whatever the id: a client id reused after retention
+        # gets a new generation (and so new webhook-ids). A server-chosen id is unique.
+        generation_id=job_id if req.id is None else uuid.uuid4().hex,
+        user_id=user_id,
+        prompt=req.prompt,
+        parameters=req.parameters,
+        provider=req.provider,
+        model=req.model or model,
+        priority=req.priority,
+        created_at=now_s,
+        updated_at=now_s,
+    )
