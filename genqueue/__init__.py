@@ -29,8 +29,12 @@ from genqueue.errors import (
 )
 from genqueue.jobqueue import JobQueue
 from genqueue.models import (
+    ID_CHARS,
     JOB_ID,
+    JOB_ID_PATTERN,
     MAX_PROMPT_CHARS,
+    MAX_SEED,
+    NAME_PATTERN,
     TERMINAL,
     GenerationParams,
     GenerationRequest,
@@ -58,8 +62,12 @@ if TYPE_CHECKING:
     from genqueue.actors.generation import GenerationService
 
 __all__ = [
+    "ID_CHARS",
     "JOB_ID",
+    "JOB_ID_PATTERN",
     "MAX_PROMPT_CHARS",
+    "MAX_SEED",
+    "NAME_PATTERN",
     "TERMINAL",
     "Clock",
     "Config",

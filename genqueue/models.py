@@ -13,6 +13,12 @@ import msgspec
 from genqueue.errors import InvalidRequest
 
 __all__ = [
+    "ID_CHARS",
+    "JOB_ID",
+    "JOB_ID_PATTERN",
+    "MAX_PROMPT_CHARS",
+    "MAX_SEED",
+    "NAME_PATTERN",
     "TERMINAL",
     "GenerationParams",
     "GenerationRequest",
@@ -29,7 +35,13 @@ JobStatus = Literal["queued", "processing", "retry_wait", "completed", "failed",
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_PROMPT_CHARS = 4000
-JOB_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+MAX_SEED = 2**32 - 1  # Veo's seed is a uint32
+# The id alphabet, written once: job ids (a client may choose one), and user ids and path
+# segments, which may not start with '.' (they become folder names).
+ID_CHARS = r"[A-Za-z0-9._:\-]"
+JOB_ID_PATTERN = rf"^{ID_CHARS}{{1,128}}$"  # as JSON Schema (the OpenAPI document) spells it
+JOB_ID = re.compile(JOB_ID_PATTERN)
+NAME_PATTERN = rf"[A-Za-z0-9_:\-]{ID_CHARS}{{0,127}}"
 # Whitespace as JSON Schema's (ECMA-262) `\S` sees it, so the API and its OpenAPI agree on
 # "blank" (Python's str.strip() also strips the \x1c-\x1f separators).
 _BLANK = (
@@ -174,7 +186,7 @@ def validate_request(req: GenerationRequest) -> None:
         )
     if p.resolution in ("1080p", "4k") and p.duration != 8:
         _fail("parameters.resolution", f"resolution {p.resolution} needs duration 8")
-    if p.seed is not None and not 0 <= p.seed <= 2**32 - 1:
-        _fail("parameters.seed", f"seed must be an integer from 0 to {2**32 - 1}")
+    if p.seed is not None and not 0 <= p.seed <= MAX_SEED:
+        _fail("parameters.seed", f"seed must be an integer from 0 to {MAX_SEED}")
     if p.negative_prompt is not None and len(p.negative_prompt) > MAX_PROMPT_CHARS:
         _fail("parameters.negativePrompt", "negativePrompt is too long")

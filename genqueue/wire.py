@@ -12,6 +12,7 @@ from typing import Annotated, get_args
 import msgspec
 
 from genqueue import (
+    MAX_SEED,
     Delivery,
     DeliveryState,
     EventName,
@@ -38,7 +39,6 @@ __all__ = [
 STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 DEFAULT_LIMIT = 20  # jobs per page of GET /api/generations
 MAX_LIMIT = 100
-MAX_SEED = 2**32 - 1  # Veo's seed is a uint32
 
 DateTime = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 

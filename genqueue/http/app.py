@@ -20,7 +20,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from genqueue import (
+    ID_CHARS,
     JOB_ID,
+    NAME_PATTERN,
     Clock,
     Config,
     DeliveryNotDead,
@@ -42,7 +44,6 @@ from genqueue.http.sse import JobEvents, stream_job
 from genqueue.wire import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    MAX_SEED,
     STATUSES,
     DeliveryPage,
     JobPage,
@@ -65,9 +66,9 @@ VIDEO_ROOT = web.AppKey("video_root", Path)
 
 _CURSOR = re.compile(r"[0-9]{16}")
 _LIMIT = re.compile(r"[0-9]{1,3}")
-_SEGMENT = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9._:\-]{0,127}")
+_SEGMENT = re.compile(NAME_PATTERN)
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-_DEAD_CURSOR = re.compile(r"[A-Za-z0-9._:\-]{1,128}/[0-9]{7}")  # a dead letter's key
+_DEAD_CURSOR = re.compile(rf"{ID_CHARS}{{1,128}}/[0-9]{{7}}")  # a dead letter's key
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 routes = web.RouteTableDef()
@@ -216,11 +217,6 @@ async def _visible(request: web.Request, caller: Caller) -> Job:
 async def submit(request: web.Request) -> web.Response:
     caller = _caller(request)
     req = parse_body(await request.read())
-    if req.id is not None and not JOB_ID.fullmatch(req.id):  # models' `$` lets "id\n" through
-        raise ApiError(400, "id must be 1-128 of letters, digits, '-', '_', '.', ':'", field="id")
-    seed = req.parameters.seed
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ApiError(400, f"seed must be from 0 to {MAX_SEED}", field="parameters.seed")
     job, created = await request.app[QUEUE].asubmit(req, user_id=caller.user_id)
     if not created and not caller.may_see(job.user_id):
         raise ApiError(409, "this id is already taken", code="id_conflict", field="id")

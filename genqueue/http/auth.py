@@ -14,13 +14,13 @@ import re
 
 import msgspec
 
-from genqueue import ConfigError
+from genqueue import NAME_PATTERN, ConfigError
 from genqueue.http.errors import ApiError
 
 __all__ = ["ApiKeys", "Caller"]
 
 # A user id becomes a storage prefix and a folder name: the job-id alphabet, not "*".
-_USER_ID = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9._:\-]{0,127}")
+_USER_ID = re.compile(NAME_PATTERN)
 _ADMIN = ":admin"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="genqueue"'}
 

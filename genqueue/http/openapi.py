@@ -12,7 +12,13 @@ from typing import Any
 
 import msgspec
 
-from genqueue import MAX_PROMPT_CHARS, QueueStatus, WebhookStats
+from genqueue import (
+    ID_CHARS,
+    JOB_ID_PATTERN,
+    MAX_PROMPT_CHARS,
+    QueueStatus,
+    WebhookStats,
+)
 from genqueue.http.dashboard import QUEUE_EVERY_S, EventSnapshot
 from genqueue.http.errors import ALL_CODES, ErrorBody
 from genqueue.wire import (
@@ -45,7 +51,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "prompt": {**_TEXT, "minLength": 1, "pattern": r"\S", "description": "Not blank."},
         "id": {
             "type": ["string", "null"],
-            "pattern": r"^[A-Za-z0-9._:\-]{1,128}$",
+            "pattern": JOB_ID_PATTERN,
             "description": "Client-chosen id: the same id again returns the same job (200).",
         },
         "parameters": {
@@ -137,7 +143,7 @@ _JOB_ID = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
+    "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
 _PUBLIC: dict[str, Any] = {"security": []}
 _ONE_STATUS = "(" + "|".join(STATUSES) + ")"
@@ -263,7 +269,7 @@ def _paths() -> dict[str, Any]:
                         "in": "query",
                         "schema": {
                             "type": "string",
-                            "pattern": r"^[A-Za-z0-9._:\-]{1,128}/[0-9]{7}$",
+                            "pattern": rf"^{ID_CHARS}{{1,128}}/[0-9]{{7}}$",
                         },
                     },
                 ],

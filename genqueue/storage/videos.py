@@ -34,6 +34,7 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 
 from genqueue.errors import StorageError
+from genqueue.models import JOB_ID_PATTERN
 from genqueue.storage.filesync import FileCommitter, open_temp
 
 __all__ = ["MIN_PART_SIZE", "LocalStore", "S3Store", "StoredVideo", "VideoStore", "video_key"]
@@ -43,7 +44,7 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_ID = re.compile(JOB_ID_PATTERN)
 _KEY = re.compile(r"videos/([^/]+)/([^/]+)\.mp4")
 _BLOCK_BYTES = 1024 * 1024  # file writes and reads, and S3 body reads, go this much at a time
 _MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600  # the SigV4 limit
