@@ -23,106 +23,36 @@ appends their outcomes to a list and sends one `Sent` message while it is non-em
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
 import heapq
 import logging
 import random
 from typing import Any
 
-import aiohttp
 import msgspec
-import pykka
 
-from genqueue.actors.coalesce import Coalescer
 from genqueue.actors.runtime import AlarmInfo, DurableActor
-from genqueue.actors.services import WEBHOOK_OUTBOX
 from genqueue.actors.system import ActorSystem
-from genqueue.clock import Clock
-from genqueue.config import Config
+from genqueue.actors.webhook.events import build_delivery, dead_key, pending_key
+from genqueue.actors.webhook.messages import (
+    KIND,
+    MAX_IN_FLIGHT,
+    Fresh,
+    GetWebhookStats,
+    PageDead,
+    Replay,
+    Sent,
+    Wake,
+)
 from genqueue.errors import DeliveryNotDead, DeliveryNotFound
-from genqueue.models import Job
-from genqueue.storage.state import StateStore
-from genqueue.storage.videourls import VideoUrls, private_video_key
 from genqueue.webhooks import (
     DeadLetters,
     Delivery,
-    EventName,
     RetrySchedule,
     SendOutcome,
-    WebhookEvent,
-    WebhookResult,
-    WebhookSigner,
     WebhookStats,
-    encode_event,
-    iso_timestamp,
-    new_delivery,
     parse_retry_s,
-    parse_secrets,
-    send,
 )
-
-__all__ = [
-    "Fresh",
-    "GetWebhookStats",
-    "PageDead",
-    "Replay",
-    "Sent",
-    "Wake",
-    "WebhookActor",
-    "WebhookClient",
-    "WebhookOutbox",
-    "build_delivery",
-    "event_seq",
-    "record_event",
-]
-
-log = logging.getLogger("genqueue.webhook")
-
-KIND, KEY = WEBHOOK_OUTBOX
-MAX_IN_FLIGHT = 64
-TERMINAL_SEQ = 9_999_999  # a job's terminal event comes after all of its others
-_TERMINAL_EVENTS: dict[str, EventName] = {
-    "completed": "generation.completed",
-    "failed": "generation.failed",
-    "cancelled": "generation.cancelled",
-}
-
-
-# -- messages (frozen, tagged) ------------------------------------------------------------
-
-
-class Wake(msgspec.Struct, frozen=True, tag=True):
-    """New deliveries were stored (for `job_id`, or possibly any job when None)."""
-
-    job_id: str | None = None
-
-
-class Fresh(msgspec.Struct, frozen=True, tag=True):
-    """Committed job turns stored events: take them from the outbox's hand-off list."""
-
-
-class Sent(msgspec.Struct, frozen=True, tag=True):
-    """Attempts ended: take their outcomes from the courier."""
-
-
-class GetWebhookStats(msgspec.Struct, frozen=True, tag=True):
-    """Ask for the counters (a WebhookStats)."""
-
-
-class PageDead(msgspec.Struct, frozen=True, tag=True):
-    """Ask for up to `limit` dead-lettered deliveries after the cursor `after` (a DeadLetters),
-    in job id order, then each job's events in order."""
-
-    limit: int
-    after: str | None = None
-
-
-class Replay(msgspec.Struct, frozen=True, tag=True):
-    """Send a dead-lettered delivery again (same webhook-id, a fresh schedule)."""
-
-    delivery_id: str
 
 
 class _Counters(msgspec.Struct):
@@ -135,190 +65,11 @@ class _Counters(msgspec.Struct):
     dead_letters: int = 0
 
 
-# -- recording an event (in the JobActor's turn) ------------------------------------------
-
-
-def event_seq(job: Job, *, progress_event: bool = False) -> int | None:
-    """The per-job sequence number of the event `job`'s new state raises, or None.
-
-    Derived from the state, so a turn re-run after a crash gives the same webhook-id.
-    """
-    if job.status in _TERMINAL_EVENTS:
-        return TERMINAL_SEQ
-    if job.status == "processing":
-        return job.attempts * 1000 + (1 + job.progress if progress_event else 0)
-    return None
-
-
-def _event_name(job: Job, config: Config, progress_event: bool) -> EventName | None:
-    name = _TERMINAL_EVENTS.get(job.status)
-    if name is not None:
-        return name
-    if job.status != "processing":
-        return None
-    if progress_event:
-        return "generation.progress" if config.webhook_events_progress else None
-    return "generation.started" if config.webhook_events_started else None
-
-
-def _event(job: Job, name: EventName, now_s: float) -> WebhookEvent:
-    result = None
-    if job.result is not None:
-        processing = job.result.processing_time
-        if processing is None and job.finished_at is not None and job.started_at is not None:
-            processing = job.finished_at - job.started_at
-        result = WebhookResult(job.result.video_url, job.result.duration, processing)
-    return WebhookEvent(
-        event=name,
-        job_id=job.id,
-        generation_id=job.generation_id,
-        user_id=job.user_id,
-        status=job.status,
-        timestamp=iso_timestamp(now_s),
-        result=result,
-        error=job.error if job.status in ("failed", "cancelled") else None,
-        progress=job.progress if name == "generation.progress" else None,
-    )
-
-
-def pending_key(job_id: str, seq: int) -> str:
-    return f"p/{job_id}/{seq:07d}"
-
-
-def dead_key(job_id: str, seq: int) -> str:
-    return f"d/{job_id}/{seq:07d}"
-
-
-def build_delivery(job: Job, config: Config, *, progress_event: bool = False) -> Delivery | None:
-    """The Delivery of the event `job`'s new state raises, if it is enabled, else None.
-
-    A function of the record alone (the event is dated by `job.updated_at`), so the
-    WebhookActor rebuilds the very bytes `record_event` stored without reading them.
-    """
-    name = _event_name(job, config, progress_event)
-    seq = event_seq(job, progress_event=progress_event)
-    if name is None or seq is None:
-        return None
-    signed = private_video_key(job, config.storage) is not None
-    event = _event(job, name, job.updated_at)
-    return new_delivery(event, seq=seq, now_s=job.updated_at, signed_video=signed)
-
-
-def record_event(
-    store: StateStore, job: Job, config: Config, clock: Clock, *, progress_event: bool = False
-) -> int | None:
-    """Store the Delivery for `job`'s new state, if it raises an enabled event.
-
-    Called inside the JobActor's turn; returns the write's sequence number (for the gate).
-    `clock` is unused (the record dates the event); kept for callers.
-    """
-    delivery = build_delivery(job, config, progress_event=progress_event)
-    if delivery is None:
-        return None
-    return store.namespace(KIND).put(
-        f"{KEY}/{pending_key(job.generation_id, delivery.seq)}", delivery
-    )
-
-
-# -- the HTTP client (lives on the I/O loop) ----------------------------------------------
-
-
-class WebhookClient:
-    """One aiohttp session, created lazily on the I/O loop and closed there at shutdown."""
-
-    def __init__(self, config: Config, video_urls: VideoUrls | None = None):
-        self.video_urls = video_urls
-        self.url = config.webhook_target
-        self.timeout_s = config.webhook_timeout_s
-        secrets = parse_secrets(config.webhook_secret)
-        self.signer = WebhookSigner(secrets) if secrets else None
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
-
-    async def send(self, delivery: Delivery, now_s: float) -> SendOutcome:
-        if self._closed:
-            raise RuntimeError("the webhook client is closed")
-        if self._session is None:
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        delivery = self._with_fresh_url(delivery)
-        return await send(
-            self._session, self.url, delivery, self.signer, now_s=now_s, timeout_s=self.timeout_s
-        )
-
-    def _with_fresh_url(self, delivery: Delivery) -> Delivery:
-        """The attempt carries a freshly signed video URL (same webhook-id, new body)."""
-        result = delivery.event.result
-        if not delivery.signed_video or result is None or self.video_urls is None:
-            return delivery
-        fresh = msgspec.structs.replace(result, video_url=self.video_urls.sign(result.video_url))
-        event = msgspec.structs.replace(delivery.event, result=fresh)
-        return msgspec.structs.replace(delivery, event=event, body=encode_event(event))
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-# -- the courier (attempts on the I/O loop, outcomes back in batches) ---------------------------
-
-_Done = tuple[str, int, SendOutcome]  # generation id, seq, what the attempt came to
-
-
-class _Courier:
-    """Runs attempts on the I/O loop; hands their outcomes to the actor in batches.
-
-    An outcome is appended to a list; only the first one into an empty list sends the
-    actor a `Sent`, whose turn takes them all. Shared by the actor's instances (it lives
-    on the WebhookOutbox), so an outcome that outlives an instance reaches the next one.
-    """
-
-    def __init__(self, system: ActorSystem, client: WebhookClient):
-        self.system = system
-        self.client = client
-        self._done: Coalescer[_Done] = Coalescer(self._wake)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self, batch: list[tuple[Delivery, float]]) -> None:
-        """From the actor's thread: attempt each (delivery, now) on the loop."""
-        loop = self.system.loop
-        if loop is None:
-            raise RuntimeError("the actor system has no I/O loop")
-        loop.call_soon_threadsafe(self._start, batch)
-
-    def _start(self, batch: list[tuple[Delivery, float]]) -> None:
-        loop = asyncio.get_running_loop()
-        for delivery, now in batch:
-            task = loop.create_task(self._attempt(delivery, now))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _attempt(self, delivery: Delivery, now: float) -> None:
-        try:
-            outcome = await self.client.send(delivery, now)
-        except asyncio.CancelledError:
-            raise  # shutting down: the delivery stays pending in the store
-        except Exception as exc:  # send() classifies network errors; this is anything else
-            outcome = SendOutcome(
-                ok=False, status=None, retryable=True, error=repr(exc), duration_ms=0.0
-            )
-        with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
-            self._done.put((delivery.stream, delivery.seq, outcome))
-
-    def _wake(self) -> None:
-        self.system.tell(WebhookActor, KEY, Sent())
-
-    def take(self) -> list[_Done]:
-        return self._done.take()
-
-    def cancel(self) -> None:
-        """On the loop: stop the attempts under way (their deliveries stay pending)."""
-        for task in list(self._tasks):
-            task.cancel()
-
-
 # -- the actor ---------------------------------------------------------------------------------
+
+__all__ = ["WebhookActor"]
+
+log = logging.getLogger("genqueue.webhook")
 
 RECENT = 8192  # finished (delivered or dead) deliveries remembered, so a late hand-off is no resend
 
@@ -601,96 +352,3 @@ class WebhookActor(DurableActor):
         self._add(again)
         self._pump()
         return again
-
-
-# -- the queue's side ----------------------------------------------------------------------------
-
-
-class WebhookOutbox:
-    """What JobQueue wires in: records events, wakes the actor, closes the client."""
-
-    def __init__(
-        self,
-        system: ActorSystem,
-        config: Config,
-        *,
-        seed: int | None = None,
-        video_urls: VideoUrls | None = None,
-    ):
-        self.system = system
-        self.config = config
-        self.seed = seed
-        self.client = WebhookClient(config, video_urls)
-        self.courier = _Courier(system, self.client)
-        # Jobs whose committed turn stored an event; the first wakes the actor (`Fresh`).
-        self._fresh: Coalescer[Job] = Coalescer(self._wake)
-        system.store.namespace(KIND)  # create the table now: a first use flushes
-        system.register(WebhookActor)
-
-    def on_event(self, job: Job, progress_event: bool = False) -> int | None:
-        """Store the job's event in the JobActor's own turn (same commit as the job)."""
-        return record_event(
-            self.system.store, job, self.config, self.system.clock, progress_event=progress_event
-        )
-
-    def published(self, job: Job) -> None:
-        """After the job's turn committed: hand the job to the actor if that turn may have
-        stored an event (one `Fresh` message while the hand-off list is non-empty)."""
-        progress = self.config.webhook_events_progress and job.status == "processing"
-        if not progress and _event_name(job, self.config, False) is None:
-            return
-        self._fresh.put(job)
-
-    def _wake(self) -> None:
-        self.system.tell(WebhookActor, KEY, Fresh())
-
-    def take_fresh(self) -> list[Job]:
-        """The actor's side of the hand-off: every job handed over so far."""
-        return self._fresh.take()
-
-    def start(self) -> None:
-        """Activate the outbox: it reads every pending delivery and sends the due ones."""
-        self.system.tell(WebhookActor, KEY, Wake())
-
-    def close_on(self, loop: asyncio.AbstractEventLoop, timeout_s: float = 10.0) -> None:
-        """Close the HTTP session on the I/O loop (call after the actors have stopped)."""
-        if not loop.is_running():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:  # called from the loop itself: cannot wait for it here
-            self.courier.cancel()
-            loop.create_task(self.client.close())
-            return
-
-        async def close() -> None:
-            self.courier.cancel()
-            await self.client.close()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout_s)
-
-    def stats(self) -> WebhookStats:
-        result: WebhookStats = self.system.ask(WebhookActor, KEY, GetWebhookStats())
-        return result
-
-    async def astats(self) -> WebhookStats:
-        result: WebhookStats = await self.system.ask_async(WebhookActor, KEY, GetWebhookStats())
-        return result
-
-    def page_dead(self, limit: int, after: str | None = None) -> DeadLetters:
-        result: DeadLetters = self.system.ask(WebhookActor, KEY, PageDead(limit, after))
-        return result
-
-    def replay(self, delivery_id: str) -> Delivery:
-        result: Delivery = self.system.ask(WebhookActor, KEY, Replay(delivery_id))
-        return result
-
-    async def apage_dead(self, limit: int, after: str | None = None) -> DeadLetters:
-        result: DeadLetters = await self.system.ask_async(WebhookActor, KEY, PageDead(limit, after))
-        return result
-
-    async def areplay(self, delivery_id: str) -> Delivery:
-        result: Delivery = await self.system.ask_async(WebhookActor, KEY, Replay(delivery_id))
-        return result
