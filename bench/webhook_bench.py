@@ -194,7 +194,7 @@ def outbox_rate(url: str, n: int) -> Rate:
         now = clock.now()
         jobs = [_job(i, now) for i in range(n)]
         for job in jobs:
-            record_event(q.store, job, q.config, clock)
+            record_event(q.store, job, q.config)
         q.store.flush()
         t0, c0 = time.perf_counter(), _cpu_s()
         for job in jobs:

@@ -117,4 +117,4 @@ def veo_processor(config: Config, *, clock: Clock | None = None) -> GenerationSe
     them; `await start()` it before the queue opens and `await close()` it after."""
     from genqueue.actors.generation import GenerationService  # aiobotocore: only when used
 
-    return GenerationService.from_config(config, clock=clock)
+    return GenerationService(config, clock=clock)

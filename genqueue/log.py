@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "Redactor", "event", "setup_logging"]
+__all__ = ["JsonFormatter", "Redactor", "setup_logging"]
 
 _LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -70,8 +70,3 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = (), stream: Any 
     root.setLevel("WARNING" if level == "WARN" else level)
     for noisy in ("aiohttp.access", "botocore", "aiobotocore", "sqlitedict"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
-    """Log `name` with structured fields (ids, duration_ms, ...)."""
-    logger.log(level, name, extra=fields)

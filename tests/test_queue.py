@@ -25,10 +25,8 @@ from helpers_queue import (
 )
 
 from genqueue import IllegalTransition, InvalidRequest, JobNotFound, JobQueue, ProviderError
-from genqueue.actors.queue import LegacyInFlight, Pending
 from genqueue.actors.runtime import AlarmRecord
 from genqueue.clock import ManualClock
-from genqueue.storage.state import StateStore
 
 
 @pytest.fixture
@@ -569,37 +567,6 @@ def test_a_job_processing_at_restart_resumes_with_its_checkpoint(queues):
     assert first.attempt == job.attempts == 1  # resumed, not a new attempt
     assert rec2.order() == ["resume-me", "waiting"]
     assert q2.get("resume-me").status == "completed"
-
-
-def test_in_flight_jobs_stored_by_an_older_version_are_moved_and_resumed(queues, tmp_path):
-    rec = Recorder(hold_all=True)
-    q = queues.open(rec, max_concurrency=1)
-    w = Watcher(q)
-    q.submit(request(id="old-style"))
-    q.submit(request(id="behind"))
-    w.wait_status("old-style", "processing")
-    queues.close(q)
-    # Rewrite the store as versions before the single-entry layout kept it: the in-flight
-    # job under inflight/{job_id}, and no entry under pending/.
-    store = StateStore(tmp_path / "data" / "state.db")
-    table = store.namespace("queue")
-    (key, entry), *_ = [
-        (k, e) for k, e in table.list("main/pending/", Pending) if e.started_at is not None
-    ]
-    table.delete(key)
-    table.put("main/inflight/old-style", LegacyInFlight(entry.user_id, entry.started_at or 0))
-    store.flush()
-    store.close()
-
-    rec2 = Recorder()
-    q2 = queues.open(rec2, max_concurrency=1)
-    q2.join(timeout_s=20)
-    assert rec2.order() == ["old-style", "behind"]
-    assert rec2.calls[0].attempt == 1  # resumed, not a new attempt
-    assert q2.get("old-style").status == "completed"
-    assert q2.status().in_flight == 0
-    assert q2.system is not None
-    assert q2.system.store.namespace("queue").list("main/inflight/") == []
 
 
 # -- the asyncio API -----------------------------------------------------------------------------

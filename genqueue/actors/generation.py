@@ -305,10 +305,6 @@ class GenerationService:
         self.fake: FakeVeoServer | None = None
         self._stack = contextlib.AsyncExitStack()
 
-    @classmethod
-    def from_config(cls, config: Config, **kw: Any) -> GenerationService:
-        return cls(config, **kw)
-
     async def start(self) -> None:
         cfg = self.config
         base_url, api_key = cfg.veo3_base_url, cfg.veo3_api_key or None

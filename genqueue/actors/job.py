@@ -45,7 +45,7 @@ log = logging.getLogger("genqueue.job")
 
 ALLOWED: dict[str, frozenset[str]] = {
     "queued": frozenset({"processing", "cancelled"}),
-    "processing": frozenset({"completed", "failed", "cancelled", "retry_wait", "queued"}),
+    "processing": frozenset({"completed", "failed", "cancelled", "retry_wait"}),
     "retry_wait": frozenset({"queued", "cancelled"}),
     "completed": frozenset(),
     "failed": frozenset(),

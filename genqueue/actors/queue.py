@@ -7,8 +7,6 @@ Stored keys (its own instance, "main"):
 A job's `pending/` entry lives from its submission to its end: waiting while its
 `started_at` is None, in flight once dispatched (one put at dispatch, no move to
 another key). Start-up reads only these entries: finished history costs nothing.
-Versions before this layout kept in-flight jobs under `inflight/{job_id}`; activation
-moves any such entry to the new layout.
 
 Dispatch ("alarm" mode): the alarm pops jobs while `in_flight < max_concurrency`,
 the user's cap allows and the rate limit has a token; an empty bucket sets the
@@ -74,13 +72,6 @@ class InFlight(msgspec.Struct, frozen=True):
     key: str = ""  # its stored entry
 
 
-class LegacyInFlight(msgspec.Struct, frozen=True):
-    """`inflight/{job_id}` as stored by versions before the single-entry layout."""
-
-    user_id: str
-    started_at: float
-
-
 class QueueMeta(msgspec.Struct):
     next_seq: int = 1
     paused_until: float = 0.0
@@ -124,7 +115,6 @@ class QueueActor(DurableActor):
                 self.queued += 1
             else:
                 self._add_flight(entry.job_id, InFlight(entry.user_id, entry.started_at, key))
-        self._migrate_legacy_in_flight(now)
         for job_id in self.in_flight:
             self.tell_after_commit(JobActor, job_id, Recover())
         if self.meta.next_retention_at == 0.0:
@@ -133,23 +123,6 @@ class QueueActor(DurableActor):
             self.set_alarm(now + self.cfg.cron_interval_s)
         else:
             self.set_alarm(now)
-
-    def _migrate_legacy_in_flight(self, now: float) -> None:
-        """Move `inflight/{job_id}` entries of older versions to their `pending/` entry."""
-        for key, legacy in self.storage.list("inflight/", LegacyInFlight):
-            job_id = key.removeprefix("inflight/")
-            self.storage.delete(key)
-            job = JobActor.read(self.system, job_id)
-            if job is None:
-                log.warning("in-flight entry of unknown job %s dropped", job_id)
-                continue
-            queued_at = job.queued_at or now
-            entry = Pending(
-                job_id, legacy.user_id, job.priority, job.seq, queued_at, legacy.started_at
-            )
-            new_key = pending_key(job.priority, job.seq)
-            self.storage.put(new_key, entry)
-            self._add_flight(job_id, InFlight(legacy.user_id, legacy.started_at, new_key))
 
     # -- messages --------------------------------------------------------------------------------
 

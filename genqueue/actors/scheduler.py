@@ -55,10 +55,6 @@ class Scheduler:
         with self._cv:
             self._cancelled.add(handle)
 
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._heap) - len(self._cancelled)
-
     def _wake(self) -> None:
         with self._cv:
             self._cv.notify()

@@ -27,7 +27,7 @@ EventName = Literal[
     "generation.started",
     "generation.progress",
 ]
-DeliveryState = Literal["pending", "delivered", "dead"]
+DeliveryState = Literal["pending", "dead"]  # a delivered one is deleted (only counted)
 
 
 class WebhookResult(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
@@ -71,7 +71,6 @@ class Delivery(msgspec.Struct, frozen=True):
     last_status: int | None = None
     last_error: str | None = None
     created_at: float = 0.0
-    delivered_at: float | None = None
     # The result's videoUrl is a local video's: signed afresh at each attempt (the stored
     # body keeps the unsigned URL), so the receiver always gets a URL valid for the full TTL.
     signed_video: bool = False

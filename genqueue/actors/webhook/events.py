@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from genqueue.actors.webhook.messages import _TERMINAL_EVENTS, KEY, KIND, TERMINAL_SEQ
-from genqueue.clock import Clock
 from genqueue.config import Config
 from genqueue.models import Job
 from genqueue.storage.state import StateStore
@@ -89,12 +88,12 @@ def build_delivery(job: Job, config: Config, *, progress_event: bool = False) ->
 
 
 def record_event(
-    store: StateStore, job: Job, config: Config, clock: Clock, *, progress_event: bool = False
+    store: StateStore, job: Job, config: Config, *, progress_event: bool = False
 ) -> int | None:
     """Store the Delivery for `job`'s new state, if it raises an enabled event.
 
     Called inside the JobActor's turn; returns the write's sequence number (for the gate).
-    `clock` is unused (the record dates the event); kept for callers.
+    The record dates the event (`job.updated_at`).
     """
     delivery = build_delivery(job, config, progress_event=progress_event)
     if delivery is None:

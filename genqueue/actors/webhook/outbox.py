@@ -55,9 +55,7 @@ class WebhookOutbox:
 
     def on_event(self, job: Job, progress_event: bool = False) -> int | None:
         """Store the job's event in the JobActor's own turn (same commit as the job)."""
-        return record_event(
-            self.system.store, job, self.config, self.system.clock, progress_event=progress_event
-        )
+        return record_event(self.system.store, job, self.config, progress_event=progress_event)
 
     def published(self, job: Job) -> None:
         """After the job's turn committed: hand the job to the actor if that turn may have
