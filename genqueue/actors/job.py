@@ -35,7 +35,7 @@ from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.services import QUEUE
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
-from genqueue.models import Job, JobResult
+from genqueue.models import Job, JobResult, JobStatus
 from genqueue.processor import Report as ReportFn
 from genqueue.storage.state import Namespace
 
@@ -203,7 +203,7 @@ class JobActor(DurableActor):
         self._tell_queue(Finished(job.id, job.user_id, "retry_wait"))
 
     def _end(
-        self, status: str, *, result: JobResult | None = None, error: str | None = None
+        self, status: JobStatus, *, result: JobResult | None = None, error: str | None = None
     ) -> None:
         job = self._job()
         now = self.clock.now()
@@ -252,7 +252,7 @@ class JobActor(DurableActor):
         assert self.job is not None
         return self.job
 
-    def _save(self, job: Job, *, status: str, **changes: Any) -> None:
+    def _save(self, job: Job, *, status: JobStatus, **changes: Any) -> None:
         if status != job.status and status not in ALLOWED[job.status]:
             raise IllegalTransition(f"job {job.id}: {job.status} -> {status} is not allowed")
         new = msgspec.structs.replace(job, status=status, updated_at=self.clock.now(), **changes)

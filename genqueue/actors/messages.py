@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from genqueue.models import Job
+from genqueue.models import Job, JobStatus
 
 __all__ = [
     "Cancel",
@@ -48,7 +48,7 @@ class Finished(Msg, frozen=True):
 
     job_id: str
     user_id: str
-    status: str
+    status: JobStatus
     wait_s: float | None = None
     processing_s: float | None = None
 

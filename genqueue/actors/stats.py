@@ -6,7 +6,7 @@ from collections import deque
 from typing import Any
 
 from genqueue.clock import Clock
-from genqueue.models import QueueStatus
+from genqueue.models import JobStatus, QueueStatus
 
 __all__ = ["QueueStats"]
 
@@ -36,7 +36,7 @@ class QueueStats:
     def started(self, wait_s: float) -> None:
         self.waits.append(max(0.0, wait_s))
 
-    def finished(self, status: str, wait_s: float | None, processing_s: float | None) -> None:
+    def finished(self, status: JobStatus, wait_s: float | None, processing_s: float | None) -> None:
         if processing_s is not None and status == "completed":
             self.processing.append(max(0.0, processing_s))
         self._ended.append((self._clock.now(), status))

@@ -8,6 +8,8 @@ from typing import Literal
 
 import msgspec
 
+from genqueue.models import JobStatus
+
 __all__ = [
     "Delivery",
     "DeliveryState",
@@ -46,7 +48,7 @@ class WebhookEvent(msgspec.Struct, frozen=True, rename="camel", omit_defaults=Tr
     job_id: str
     generation_id: str
     user_id: str
-    status: str
+    status: JobStatus
     timestamp: str
     result: WebhookResult | None = None
     error: str | None = None
