@@ -1,15 +1,55 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures and helpers shared by the test modules: `run` (a coroutine, with a deadline)
+and `eventually` / `aeventually` (for state that raises no event: look again until it
+holds, or fail naming what was awaited). Tests wait on events where there are events."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import inspect
 import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import pytest
+
+T = TypeVar("T")
+WAIT_S = 20.0  # the longest one wait may take before the test fails
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
+    """Run `coro` on a new event loop; fail if it takes longer than `timeout_s`."""
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+def eventually(check: Callable[[], bool], what: str = "", timeout_s: float = WAIT_S) -> None:
+    """For state that raises no event (an actor's alarm, a deleted row): look again."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or 'the condition'}")
+        time.sleep(0.002)
+
+
+async def aeventually(
+    check: Callable[[], bool | Awaitable[bool]], what: str = "", timeout_s: float = 10.0
+) -> None:
+    """`eventually` on the event loop (`check` may be a coroutine function)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        held = check()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert loop.time() < deadline, f"timed out waiting for {what or 'the condition'}"
+        await asyncio.sleep(0.005)
+
 
 _MOTO_CHILD = """
 import sys

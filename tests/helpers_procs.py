@@ -28,13 +28,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 import botocore.session
 
+from genqueue import TERMINAL
 from genqueue.config import ENV_NAMES
 from genqueue.providers.fake_veo.video import clip
 
@@ -46,7 +47,6 @@ API_KEY, USER = "fault-key", "fault-user"
 ADMIN_KEY = "fault-admin-key"
 SECRET = "whsec_" + base64.b64encode(b"fault-suite-webhook-secret-32byt").decode()
 FAST_WEBHOOK_RETRY_S = "0,0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5"
-TERMINAL = ("completed", "failed", "cancelled")
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 S3_CREDENTIALS = {
@@ -353,7 +353,7 @@ class Api:
         return job
 
     async def wait_job(
-        self, job_id: str, timeout_s: float, statuses: tuple[str, ...] = TERMINAL
+        self, job_id: str, timeout_s: float, statuses: Collection[str] = TERMINAL
     ) -> dict[str, Any]:
         """The job once its status is one of `statuses`."""
 
@@ -370,7 +370,7 @@ class Api:
         return job
 
     async def wait_all(
-        self, job_ids: list[str], timeout_s: float, statuses: tuple[str, ...] = TERMINAL
+        self, job_ids: list[str], timeout_s: float, statuses: Collection[str] = TERMINAL
     ) -> dict[str, dict[str, Any]]:
         jobs = await asyncio.gather(*(self.wait_job(j, timeout_s, statuses) for j in job_ids))
         return dict(zip(job_ids, jobs, strict=True))

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conftest import WAIT_S, eventually
+
 from genqueue import Config, Job, JobQueue, JobResult
 from genqueue.clock import Clock
-
-WAIT_S = 20.0  # the longest any single wait may take before the test fails
 
 # What an attempt does: "ok", "hold" (until released), or an exception to raise.
 Step = str | BaseException
@@ -163,15 +163,6 @@ class Watcher:
             return self.latest[job_id]
 
 
-def poll_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """For state that raises no event (an actor's alarm, a deleted row): check it repeatedly."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
 def queue_alarm_at(queue: JobQueue) -> float | None:
     """When the QueueActor's (persisted) alarm will fire next: white-box, for the
     tests that must know the queue has decided to wait rather than start a job."""
@@ -224,3 +215,6 @@ def queue_factory(root: Path) -> Iterator[QueueFactory]:
 
 def request(prompt: str = "a cat surfing", **fields: Any) -> dict[str, Any]:
     return {"prompt": prompt, **fields}
+
+
+poll_until = eventually  # the queue tests' name for it

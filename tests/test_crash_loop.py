@@ -43,6 +43,8 @@ import pytest
 from aiohttp import web
 from helpers_procs import MAIN, Child, child_env, free_port
 
+from genqueue import TERMINAL
+
 RECEIVER = str(Path(__file__).resolve().parent / "crash_loop_receiver.py")
 
 SEED = 20250107
@@ -120,7 +122,7 @@ async def wait_job(
     deadline = time.monotonic() + timeout_s
     while True:
         job = await get_json(session, f"{url}/api/generations/{job_id}", headers=auth)
-        if job["status"] in ("completed", "failed", "cancelled"):
+        if job["status"] in TERMINAL:
             return dict(job)
         assert time.monotonic() < deadline, f"{job_id} not terminal in {timeout_s} s: {job}"
         await asyncio.sleep(0.1)
@@ -233,7 +235,7 @@ class CrashLoop:
             async with sem:
                 url = f"{self.url}/api/generations/{job_id}"
                 jobs[job_id] = job = await get_json(session, url, headers=self.auth)
-            if job["status"] in ("completed", "failed", "cancelled"):
+            if job["status"] in TERMINAL:
                 pending.discard(job_id)
 
         while pending:

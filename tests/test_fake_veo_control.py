@@ -8,16 +8,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import run
 
 from genqueue.errors import ProviderError
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo3 import Veo3Client, VideoParams
 
 pytestmark = pytest.mark.timeout(20)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 15))
 
 
 async def post_faults(session: aiohttp.ClientSession, base: str, body: Any) -> Any:

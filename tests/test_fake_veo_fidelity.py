@@ -11,13 +11,13 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import run
 from helpers_procs import FakeVeoProc
 
 from genqueue.clock import ManualClock
@@ -36,10 +36,6 @@ KEY, EXPRESS = "gemini-k", "express-k"
 VERTEX = "/v1/projects/p1/locations/us-central1/publishers/google/models"
 BODY = {"instances": [{"prompt": "a heron"}], "parameters": {}}
 JWT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 20))
 
 
 def server(clock: ManualClock, issuer: TokenIssuer | None = None, **options: Any) -> FakeVeoServer:

@@ -33,13 +33,14 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 import pytest
+from conftest import run
 from veo_cases import CASES, Case, check, outcome_of_ours, outcome_of_sdk
 
 from genqueue.errors import ProviderError
@@ -60,10 +61,6 @@ EXPRESS_KEY = "vertex-express-key-9a2e"
 PROJECT, LOCATION = "fake-project", "us-central1"
 VIDEO_SIZE = 96 * 1024
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 100.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 class StepClock:

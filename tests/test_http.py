@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -17,8 +17,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import aeventually, run
 from multidict import CIMultiDictProxy
 
+from genqueue import TERMINAL
 from genqueue.clock import ManualClock
 from genqueue.config import Config
 from genqueue.errors import ConfigError, StorageError
@@ -32,10 +34,6 @@ JOB_FIELDS = {
     "id", "userId", "status", "progress", "attempts", "prompt", "parameters", "provider",
     "model", "priority", "queuePosition", "result", "error", "createdAt", "updatedAt",
 }  # fmt: skip
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 20.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 # -- test processors ----------------------------------------------------------------------------
@@ -127,7 +125,7 @@ class Api:
         last: dict[str, Any] = {}
         async for _, job in self.events(job_id, user):
             last = job
-        assert last["status"] in ("completed", "failed", "cancelled"), last
+        assert last["status"] in TERMINAL, last
         return last
 
 
@@ -153,14 +151,6 @@ async def serve(
             yield Api(runner, base_url, session)
     finally:
         await runner.cleanup()
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for a condition that no event announces (a server-side socket closing)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def assert_error(status: int, body: Any, expected: int, code: str | None = None) -> dict:
@@ -337,10 +327,14 @@ def test_a_client_leaving_a_stream_is_not_an_error(
                 async with other.get(url, headers=headers) as resp:
                     assert (await resp.content.readline()).startswith(b"event: ")
                     before = open_sockets()
-            await until(lambda: open_sockets() < before)  # the server saw the client leave
+            await aeventually(
+                lambda: open_sockets() < before, "the socket to close", 5.0
+            )  # the server saw the client leave
             gate.release(job["id"])
             await api.wait_done(job["id"])
-            await until(lambda: api.app[EVENTS].listening() == 0)  # noticed at its next write
+            await aeventually(
+                lambda: api.app[EVENTS].listening() == 0, "no listener", 5.0
+            )  # noticed at its next write
 
     run(body())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from conftest import aeventually
 from test_http import Api, assert_error, run, schema_validator, serve
 
 from genqueue.actors.webhook import TERMINAL_SEQ
@@ -71,14 +72,6 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """For figures that raise no event (the outbox's counters): ask again until they hold."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
 async def webhooks(api: Api) -> dict[str, Any]:
     status, st, _ = await api.call("GET", "/api/queue/status")
     assert status == 200, st
@@ -90,7 +83,7 @@ async def wait_webhooks(api: Api, what: str, **expected: Any) -> dict[str, Any]:
         figures = await webhooks(api)
         return all(figures[k] == v for k, v in expected.items())
 
-    await until(check, what)
+    await aeventually(check, what)
     return await webhooks(api)
 
 

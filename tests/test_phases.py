@@ -37,6 +37,8 @@ from helpers_procs import (
     video_key,
 )
 
+from genqueue import TERMINAL
+
 FAKE_LATENCY_S = 0.3
 JOB_TIMEOUT_S = 20.0  # a job's end, from its submission, in these tests
 HOOK_TIMEOUT_S = 10.0  # its webhook, after its end
@@ -94,7 +96,7 @@ async def statuses_streamed(api: Api, job_id: str, timeout_s: float) -> list[str
                 status = json.loads(line[5:])["status"]
                 if not seen or seen[-1] != status:
                     seen.append(status)
-                if status in ("completed", "failed", "cancelled"):
+                if status in TERMINAL:
                     break
     return seen
 

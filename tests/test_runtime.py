@@ -17,6 +17,7 @@ from typing import Any
 
 import pykka
 import pytest
+from conftest import eventually
 from helpers_kill import kill_after
 
 from genqueue.actors.bridge import LoopThread, Outcome
@@ -462,7 +463,7 @@ def test_a_batch_of_tells_with_a_failing_one_keeps_the_others(make_system: MakeS
     probe.wait("stop", "b", count=2)
     assert system.ask(Probed, "b", "ping") != first
     table = system.store.namespace("probed")
-    poll_until_true(lambda: table.get("b/a") == 1 and table.get("b/c") == 3)
+    eventually(lambda: table.get("b/a") == 1 and table.get("b/c") == 3)
 
 
 class Counted(Probed):
@@ -507,13 +508,6 @@ def test_after_a_crash_no_turn_runs_on_the_old_instance_and_order_is_kept(
     later = [e for e in did if e[3] != first]
     assert [e[2] for e in later] == ["m1", "m3", "m4", "m5"]
     assert [e[4] for e in later] == [1, 2, 3, 4]
-
-
-def poll_until_true(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_tell_after_commit_sends_once_the_turns_writes_are_durable(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from conftest import run
 
 from genqueue.clock import ManualClock
 from genqueue.errors import InvalidRequest, ProviderError
@@ -29,10 +29,6 @@ from genqueue.providers.veo3 import (
 KEY = "test-key-5f3a9c1e"
 TOKEN = "ya29.test-token-77b2"
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 VERTEX = {"dialect": "vertex", "access_token": TOKEN, "project": "proj-1", "api_key": None}

@@ -12,7 +12,7 @@ import random
 import socket
 import time
 import traceback
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
+from conftest import run
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -99,10 +100,6 @@ async def attempt(
     kwargs.setdefault("now_s", time.time())
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         return await send(session, url, delivery, signer, **kwargs)
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout=10))
 
 
 def completed_event() -> WebhookEvent:
