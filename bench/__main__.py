@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "queue": "bench.queue_bench:main",
     "webhook": "bench.webhook_bench:main",
     "http": "bench.http_bench:main",
+    "ack-start": "bench.ack_start_bench:main",
     "restart": "bench.restart_bench:main",
     "compare": "bench.compare_bench:main",
 }
