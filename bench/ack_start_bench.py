@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--jobs", type=int, default=int(os.environ.get("GENQUEUE_BENCH_JOBS", 500)))
     p.add_argument("--rate", type=float, default=50.0)
-    args = p.parse_args(argv)
+    args, _ = p.parse_known_args(argv)  # `python -m bench ack-start` leaves its name in argv
     veo_port, port = free_port(), free_port()
     veo_url, url = f"http://127.0.0.1:{veo_port}", f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
