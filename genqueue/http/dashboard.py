@@ -25,16 +25,18 @@ import hashlib
 import re
 from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from genqueue import Job, JobQueue, QueueStatus
 from genqueue.http.auth import Caller
+from genqueue.http.openapi_parts import ERRORS, PUBLIC, REF
 from genqueue.http.sse import JobEvents, open_stream
 from genqueue.wire import PublicJob, encode, public_job
 
-__all__ = ["EventSnapshot", "Page", "add_dashboard", "load_page"]
+__all__ = ["EventSnapshot", "Page", "add_dashboard", "dashboard_paths", "load_page"]
 
 QUEUE_EVERY_S = 2.0  # a `queue` event this often; also keeps proxies from closing the stream
 SNAPSHOT_JOBS = 25  # the newest jobs in a snapshot
@@ -179,3 +181,72 @@ async def _stream(
             await response.write(
                 b"".join(_frame("job", encode(public_job(j))) for j in newest.values())
             )
+
+
+# -- its part of the OpenAPI document --------------------------------------------------
+
+
+def _feed_event(event: str, schema: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": event},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": REF + schema},
+            },
+        },
+    }
+
+
+def dashboard_paths() -> dict[str, Any]:
+    """`GET /` (the live dashboard) and its feed `GET /api/events` (see dashboard.py)."""
+    return {
+        "/": {
+            "get": {
+                **PUBLIC,
+                "operationId": "dashboard",
+                "summary": "The live dashboard: one HTML page (it asks for an API key).",
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "default": ERRORS["default"],
+                },
+            }
+        },
+        "/api/events": {
+            "get": {
+                "operationId": "events",
+                "summary": "Every change the caller may see (an admin: all jobs; a user: "
+                "its own) and the queue's figures.",
+                "description": "With `Accept: text/event-stream`, Server-Sent Events: "
+                "`snapshot` first (the queue's figures and the newest jobs), then `job` "
+                "with the whole job on each change (changes arriving together are "
+                f"coalesced, newest per job) and `queue` every {QUEUE_EVERY_S:g} s; the "
+                "stream ends only when the server stops. Without that Accept header: the "
+                "snapshot alone, as JSON.",
+                "responses": {
+                    "200": {
+                        "description": "The snapshot, or the event stream.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": REF + "EventSnapshot"}},
+                            "text/event-stream": {
+                                "schema": {
+                                    "oneOf": [
+                                        _feed_event("snapshot", "EventSnapshot"),
+                                        _feed_event("job", "Job"),
+                                        _feed_event("queue", "QueueStatus"),
+                                    ]
+                                }
+                            },
+                        },
+                    },
+                    **ERRORS,
+                },
+            }
+        },
+    }

@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 document served at `GET /api/openapi.json`.
 
 Response schemas are generated from the very Structs the handlers encode (msgspec),
-so they cannot drift; the request schema is written out here because its rules
-(lengths, enums, the resolution/duration rule) live in `validate_request`, not in
-the type. Every validation failure is a 400 with the error shape.
+so they cannot drift; the request schema is written out (openapi_request.py) because its
+rules (lengths, enums, the resolution/duration rule) live in `validate_request`, not in
+the type. The dashboard's routes are documented by dashboard.py. Every validation
+failure is a 400 with the error shape.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import msgspec
 from genqueue import (
     ID_CHARS,
     JOB_ID_PATTERN,
-    MAX_PROMPT_CHARS,
     QueueStatus,
     WebhookStats,
 )
-from genqueue.http.dashboard import QUEUE_EVERY_S, EventSnapshot
+from genqueue.http.dashboard import EventSnapshot, dashboard_paths
 from genqueue.http.errors import ALL_CODES, ErrorBody
+from genqueue.http.openapi_parts import ERRORS, PUBLIC, REF, error_ref, json_ref
+from genqueue.http.openapi_request import REQUEST_SCHEMA
 from genqueue.wire import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    MAX_SEED,
     STATUSES,
     DeliveryPage,
     JobPage,
@@ -33,60 +34,12 @@ from genqueue.wire import (
 
 __all__ = ["build_openapi"]
 
-REF = "#/components/schemas/"
 _RENAMES = {
     "PublicJob": "Job",
     "PublicParams": "JobParameters",
     "PublicResult": "JobResult",
     "PublicDelivery": "WebhookDelivery",
 }
-
-_TEXT = {"type": "string", "maxLength": MAX_PROMPT_CHARS}
-REQUEST_SCHEMA: dict[str, Any] = {
-    "title": "GenerationRequest",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["prompt"],
-    "properties": {
-        "prompt": {**_TEXT, "minLength": 1, "pattern": r"\S", "description": "Not blank."},
-        "id": {
-            "type": ["string", "null"],
-            "pattern": JOB_ID_PATTERN,
-            "description": "Client-chosen id: the same id again returns the same job (200).",
-        },
-        "parameters": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "duration": {"type": "integer", "enum": [4, 6, 8], "default": 8},
-                "aspectRatio": {"type": "string", "enum": ["16:9", "9:16"], "default": "16:9"},
-                "resolution": {
-                    "type": "string",
-                    "enum": ["720p", "1080p", "4k"],
-                    "default": "720p",
-                    "description": "1080p and 4k need duration 8.",
-                },
-                "negativePrompt": {"type": ["string", "null"], "maxLength": MAX_PROMPT_CHARS},
-                "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
-            },
-            "if": {
-                "required": ["resolution"],
-                "properties": {"resolution": {"enum": ["1080p", "4k"]}},
-            },
-            "then": {"properties": {"duration": {"const": 8}}},
-        },
-        "provider": {"type": "string", "default": "veo3"},
-        "model": {"type": ["string", "null"]},
-        "priority": {
-            "type": "integer",
-            "minimum": 0,
-            "maximum": 10,
-            "default": 0,
-            "description": "Higher starts first.",
-        },
-    },
-}
-
 
 _LIMIT_PARAM: dict[str, Any] = {
     "name": "limit",
@@ -124,28 +77,12 @@ def _schemas() -> dict[str, Any]:
     return schemas
 
 
-def _json(name: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": REF + name}}},
-    }
-
-
-def _err(description: str) -> dict[str, Any]:
-    return _json("ErrorBody", description)
-
-
-_ERRORS = {
-    "401": _err("Missing or unknown API key (or no keys configured)."),
-    "default": _err("Any other error, in the same shape."),
-}
 _JOB_ID = {
     "name": "id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
-_PUBLIC: dict[str, Any] = {"security": []}
 _ONE_STATUS = "(" + "|".join(STATUSES) + ")"
 _STATUS_LIST = f"^({_ONE_STATUS}(,{_ONE_STATUS})*)?$"
 # One Server-Sent Event (OpenAPI 3.1: the schema of a text/event-stream describes an event).
@@ -165,8 +102,8 @@ _SSE_EVENT: dict[str, Any] = {
 
 
 def _paths() -> dict[str, Any]:
-    job = _json("Job", "The job.")
-    not_found = _err("No such job, or it belongs to another user.")
+    job = json_ref("Job", "The job.")
+    not_found = error_ref("No such job, or it belongs to another user.")
     return {
         "/api/generations": {
             "post": {
@@ -179,13 +116,17 @@ def _paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "202": _json("Job", "Accepted and queued."),
-                    "200": _json("Job", "A job with this client-chosen id already existed."),
-                    "400": _err("Not JSON (invalid_json) or invalid; `field` names the input."),
-                    "409": _err("The client-chosen id is taken by another user (id_conflict)."),
-                    "413": _err("The body is larger than 1 MB."),
-                    "503": _err("The state store refuses writes (storage_unavailable)."),
-                    **_ERRORS,
+                    "202": json_ref("Job", "Accepted and queued."),
+                    "200": json_ref("Job", "A job with this client-chosen id already existed."),
+                    "400": error_ref(
+                        "Not JSON (invalid_json) or invalid; `field` names the input."
+                    ),
+                    "409": error_ref(
+                        "The client-chosen id is taken by another user (id_conflict)."
+                    ),
+                    "413": error_ref("The body is larger than 1 MB."),
+                    "503": error_ref("The state store refuses writes (storage_unavailable)."),
+                    **ERRORS,
                 },
             },
             "get": {
@@ -210,9 +151,9 @@ def _paths() -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": _json("JobPage", "A page of jobs."),
-                    "400": _err("A bad status, limit or cursor; `field` names it."),
-                    **_ERRORS,
+                    "200": json_ref("JobPage", "A page of jobs."),
+                    "400": error_ref("A bad status, limit or cursor; `field` names it."),
+                    **ERRORS,
                 },
             },
         },
@@ -220,17 +161,17 @@ def _paths() -> dict[str, Any]:
             "parameters": [_JOB_ID],
             "get": {
                 "operationId": "getGeneration",
-                "responses": {"200": job, "404": not_found, **_ERRORS},
+                "responses": {"200": job, "404": not_found, **ERRORS},
             },
             "delete": {
                 "operationId": "cancelGeneration",
                 "summary": "Cancel a job that has not finished.",
                 "responses": {
-                    "200": _json("Job", "Cancelled."),
-                    "202": _json("Job", "Running: cancellation is under way."),
+                    "200": json_ref("Job", "Cancelled."),
+                    "202": json_ref("Job", "Running: cancellation is under way."),
                     "404": not_found,
-                    "409": _err("The job has already finished (job_finished)."),
-                    **_ERRORS,
+                    "409": error_ref("The job has already finished (job_finished)."),
+                    **ERRORS,
                 },
             },
         },
@@ -246,15 +187,15 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                     },
                     "404": not_found,
-                    **_ERRORS,
+                    **ERRORS,
                 },
             },
         },
-        **_dashboard_paths(),
+        **dashboard_paths(),
         "/api/queue/status": {
             "get": {
                 "operationId": "queueStatus",
-                "responses": {"200": _json("QueueStatus", "The queue's figures."), **_ERRORS},
+                "responses": {"200": json_ref("QueueStatus", "The queue's figures."), **ERRORS},
             }
         },
         "/api/webhooks/dead": {
@@ -274,10 +215,10 @@ def _paths() -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": _json("DeliveryPage", "A page of dead-lettered deliveries."),
-                    "400": _err("A bad limit or cursor; `field` names it."),
-                    "403": _err("The API key is not an admin key."),
-                    **_ERRORS,
+                    "200": json_ref("DeliveryPage", "A page of dead-lettered deliveries."),
+                    "400": error_ref("A bad limit or cursor; `field` names it."),
+                    "403": error_ref("The API key is not an admin key."),
+                    **ERRORS,
                 },
             }
         },
@@ -296,17 +237,17 @@ def _paths() -> dict[str, Any]:
                 "summary": "Send a dead-lettered delivery again (admin only): the same "
                 "`webhook-id` and body, a fresh retry schedule.",
                 "responses": {
-                    "202": _json("WebhookDelivery", "Pending again; it is sent at once."),
-                    "403": _err("The API key is not an admin key."),
-                    "404": _err("No dead-lettered or pending delivery has this id."),
-                    "409": _err("The delivery is pending, not dead-lettered."),
-                    **_ERRORS,
+                    "202": json_ref("WebhookDelivery", "Pending again; it is sent at once."),
+                    "403": error_ref("The API key is not an admin key."),
+                    "404": error_ref("No dead-lettered or pending delivery has this id."),
+                    "409": error_ref("The delivery is pending, not dead-lettered."),
+                    **ERRORS,
                 },
             },
         },
         "/metrics": {
             "get": {
-                **_PUBLIC,
+                **PUBLIC,
                 "operationId": "metrics",
                 "summary": "The queue's figures in the Prometheus text format.",
                 "responses": {
@@ -314,13 +255,13 @@ def _paths() -> dict[str, Any]:
                         "description": "Prometheus text.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    "default": _ERRORS["default"],
+                    "default": ERRORS["default"],
                 },
             }
         },
         "/healthz": {
             "get": {
-                **_PUBLIC,
+                **PUBLIC,
                 "operationId": "health",
                 "responses": {
                     "200": {
@@ -335,27 +276,27 @@ def _paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    "503": _err("The state store has failed."),
-                    "default": _ERRORS["default"],
+                    "503": error_ref("The state store has failed."),
+                    "default": ERRORS["default"],
                 },
             }
         },
         "/api/openapi.json": {
             "get": {
-                **_PUBLIC,
+                **PUBLIC,
                 "operationId": "openapi",
                 "responses": {
                     "200": {
                         "description": "This document.",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    "default": _ERRORS["default"],
+                    "default": ERRORS["default"],
                 },
             }
         },
         "/videos/{userId}/{fileName}": {
             "get": {
-                **_PUBLIC,
+                **PUBLIC,
                 "operationId": "video",
                 "summary": "A finished video from local storage (supports Range).",
                 "description": (
@@ -396,75 +337,9 @@ def _paths() -> dict[str, Any]:
                             "video/mp4": {"schema": {"type": "string", "format": "binary"}}
                         },
                     },
-                    "403": _err("The URL is unsigned, expired or altered."),
-                    "404": _err("No such video."),
-                    "default": _ERRORS["default"],
-                },
-            }
-        },
-    }
-
-
-def _feed_event(event: str, schema: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"const": event},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": {"$ref": REF + schema},
-            },
-        },
-    }
-
-
-def _dashboard_paths() -> dict[str, Any]:
-    """`GET /` (the live dashboard) and its feed `GET /api/events` (see dashboard.py)."""
-    return {
-        "/": {
-            "get": {
-                **_PUBLIC,
-                "operationId": "dashboard",
-                "summary": "The live dashboard: one HTML page (it asks for an API key).",
-                "responses": {
-                    "200": {
-                        "description": "The page.",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    },
-                    "default": _ERRORS["default"],
-                },
-            }
-        },
-        "/api/events": {
-            "get": {
-                "operationId": "events",
-                "summary": "Every change the caller may see (an admin: all jobs; a user: "
-                "its own) and the queue's figures.",
-                "description": "With `Accept: text/event-stream`, Server-Sent Events: "
-                "`snapshot` first (the queue's figures and the newest jobs), then `job` "
-                "with the whole job on each change (changes arriving together are "
-                f"coalesced, newest per job) and `queue` every {QUEUE_EVERY_S:g} s; the "
-                "stream ends only when the server stops. Without that Accept header: the "
-                "snapshot alone, as JSON.",
-                "responses": {
-                    "200": {
-                        "description": "The snapshot, or the event stream.",
-                        "content": {
-                            "application/json": {"schema": {"$ref": REF + "EventSnapshot"}},
-                            "text/event-stream": {
-                                "schema": {
-                                    "oneOf": [
-                                        _feed_event("snapshot", "EventSnapshot"),
-                                        _feed_event("job", "Job"),
-                                        _feed_event("queue", "QueueStatus"),
-                                    ]
-                                }
-                            },
-                        },
-                    },
-                    **_ERRORS,
+                    "403": error_ref("The URL is unsigned, expired or altered."),
+                    "404": error_ref("No such video."),
+                    "default": ERRORS["default"],
                 },
             }
         },
