@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 
 from genqueue import Config, Job, JobQueue, JobResult
-from genqueue.actors.queue import Pending
+from genqueue.actors.queue_records import Pending
 
 NEVER_S = 1e9  # the cron pass interval: no pass ever runs during the bench
 

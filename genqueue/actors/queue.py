@@ -40,7 +40,9 @@ from genqueue.actors.messages import (
     SubmitMany,
     TimedOut,
 )
+from genqueue.actors.queue_records import InFlight, Pending, QueueMeta, pending_key
 from genqueue.actors.ratelimit import RateWindow
+from genqueue.actors.retention import remove_finished
 from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.services import QUEUE
 from genqueue.actors.stats import QueueStats
@@ -51,37 +53,6 @@ from genqueue.storage.jobindex import JobIndex
 __all__ = ["QueueActor"]
 
 log = logging.getLogger("genqueue.queue")
-
-
-class Pending(msgspec.Struct, frozen=True):
-    """A job the queue holds: waiting, or in flight since `started_at`."""
-
-    job_id: str
-    user_id: str
-    priority: int
-    seq: int
-    enqueued_at: float
-    started_at: float | None = None
-
-
-class InFlight(msgspec.Struct, frozen=True):
-    """A job in flight (in memory; stored as its Pending entry with `started_at`)."""
-
-    user_id: str
-    started_at: float
-    key: str = ""  # its stored entry
-
-
-class QueueMeta(msgspec.Struct):
-    next_seq: int = 1
-    paused_until: float = 0.0
-    spent_tokens: list[float] = msgspec.field(default_factory=list)
-    next_retention_at: float = 0.0
-    counters: dict[str, int] = msgspec.field(default_factory=dict)
-
-
-def pending_key(priority: int, seq: int) -> str:
-    return f"pending/{10 - priority:02d}/{seq:016d}"
 
 
 class QueueActor(DurableActor):
@@ -381,23 +352,8 @@ class QueueActor(DurableActor):
     # -- retention, counters, status -------------------------------------------------------------
 
     def _retention(self, now: float) -> None:
-        cutoff = now - self.cfg.retention_days * 86400
-        end = f"finished/{int(cutoff * 1000):015d}"
-        jobs = JobActor.table(self.system)
-        index = JobIndex(self.system.store)
-        removed = 0
-        with_results: list[Job] = []
-        for key, _ in self.storage.list("finished/", end=end, limit=10_000):
-            job_id = key.rsplit("/", 1)[1]
-            job = JobActor.read(self.system, job_id)
-            if job is not None:
-                if job.result is not None:
-                    with_results.append(job)
-                index.remove(job)
-            for sub, _ in jobs.list(f"{job_id}/"):
-                jobs.delete(sub)
-            self.storage.delete(key)
-            removed += 1
+        cutoff_ms = int((now - self.cfg.retention_days * 86400) * 1000)
+        removed, with_results = remove_finished(self.system, self.storage, cutoff_ms)
         self.storage.last_seq = max(self.storage.last_seq, self.system.store.write_seq)
         self.meta.next_retention_at = now + self.cfg.retention_interval_s
         self._count("retention_deleted", removed)
