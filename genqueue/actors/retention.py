@@ -4,7 +4,7 @@ retention entry) in the QueueActor's turn; the caller deletes their videos after
 from __future__ import annotations
 
 from genqueue.actors.job import JobActor
-from genqueue.actors.runtime import ActorStorage
+from genqueue.actors.records import ActorStorage
 from genqueue.actors.system import ActorSystem
 from genqueue.models import Job
 from genqueue.storage.jobindex import JobIndex

@@ -19,16 +19,24 @@ import functools
 import itertools
 import logging
 import queue
-import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import msgspec
 import pykka
 
 from genqueue.actors.bridge import Outcome, Reply, spawn
+from genqueue.actors.gate import release_turn, task_back
+from genqueue.actors.records import (
+    ActorStorage,
+    AlarmInfo,
+    AlarmRecord,
+    _AlarmFire,
+    _Batch,
+    _Call,
+    _Passivate,
+    _TaskDone,
+)
 from genqueue.errors import StorageError
-from genqueue.storage.state import Namespace
 
 if TYPE_CHECKING:
     from genqueue.actors.system import ActorSystem
@@ -41,105 +49,6 @@ _hosted_ids = itertools.count(1)
 
 ALARM_MAX_RETRIES = 6
 ALARM_FIRST_RETRY_S = 2.0
-
-
-class AlarmInfo(msgspec.Struct, frozen=True):
-    """What `alarm()` is told: how many times this alarm has already failed."""
-
-    retry_count: int = 0
-
-    @property
-    def is_retry(self) -> bool:
-        return self.retry_count > 0
-
-
-class AlarmRecord(msgspec.Struct, frozen=True):
-    """A persisted alarm: when, and how many retries so far."""
-
-    at: float
-    retry_count: int = 0
-
-
-# -- internal messages (immutable: pykka does not copy messages) --------------------------
-
-
-class _Call(msgspec.Struct, frozen=True):
-    body: Any
-    reply: Any  # Reply | None
-
-
-class _AlarmFire(msgspec.Struct, frozen=True):
-    at: float
-
-
-class _TaskDone(msgspec.Struct, frozen=True):
-    token: int
-    on_done: Any  # Callable[[Outcome], None]
-    outcome: Any  # Outcome
-
-
-class _Batch(msgspec.Struct, frozen=True):
-    """Several tells to one actor, handled in one turn (`ActorSystem.tell_many`)."""
-
-    messages: list[Any]
-
-
-class _Passivate(msgspec.Struct, frozen=True):
-    idle_before: float | None = None  # None: passivate now if nothing else is queued
-
-
-class ActorStorage:
-    """An actor's own keys in its kind's table; remembers its last write for the gate."""
-
-    def __init__(self, ns: Namespace, key: str):
-        self._ns = ns
-        self._prefix = key + "/"
-        self.last_seq = 0
-
-    def get(self, key: str, type: Any = Any) -> Any:
-        return self._ns.get(self._prefix + key, type)
-
-    def put(self, key: str, value: Any) -> None:
-        self.last_seq = max(self.last_seq, self._ns.put(self._prefix + key, value))
-
-    def delete(self, key: str) -> None:
-        self.last_seq = max(self.last_seq, self._ns.delete(self._prefix + key))
-
-    def list(self, prefix: str = "", type: Any = Any, **kw: Any) -> list[tuple[str, Any]]:
-        n = len(self._prefix)
-        for bound in ("start", "end"):
-            if kw.get(bound) is not None:
-                kw[bound] = self._prefix + kw[bound]
-        return [(k[n:], v) for k, v in self._ns.list(self._prefix + prefix, type, **kw)]
-
-
-class AlarmTable:
-    """The stored alarms with an in-memory mirror: activation reads no disk for them."""
-
-    def __init__(self, ns: Namespace):
-        self._ns = ns
-        self._mirror: dict[str, AlarmRecord] = {}
-        self._lock = threading.Lock()
-
-    def load(self) -> list[tuple[str, AlarmRecord]]:
-        rows = self._ns.list("", AlarmRecord)
-        with self._lock:
-            self._mirror = dict(rows)
-        return rows
-
-    def get(self, address: str, type: Any = AlarmRecord) -> AlarmRecord | None:
-        with self._lock:
-            return self._mirror.get(address)
-
-    def put(self, address: str, record: AlarmRecord) -> int:
-        with self._lock:
-            self._mirror[address] = record
-            return self._ns.put(address, record)
-
-    def delete(self, address: str) -> int:
-        with self._lock:
-            self._mirror.pop(address, None)
-            return self._ns.delete(address)
 
 
 class DurableActor(pykka.ThreadingActor):
@@ -245,7 +154,7 @@ class DurableActor(pykka.ThreadingActor):
         loop = self.system.loop
         if loop is None:
             raise RuntimeError("the actor system has no I/O loop")
-        back = functools.partial(_task_back, system, cls, key, token, on_done)  # on the loop
+        back = functools.partial(task_back, system, cls, key, token, on_done)  # on the loop
         # An external effect is output too: it starts once this turn's writes are durable
         # (a job is stored as processing before its processor calls the provider).
         self.after_commit(
@@ -357,7 +266,7 @@ class DurableActor(pykka.ThreadingActor):
         # A partial, not a closure: one object per turn, not a function and seven cells for
         # the cyclic GC to track (a turn's allocations are most of what triggers collections).
         seq = self.storage.last_seq
-        release = functools.partial(_release_turn, self, seq, deferred, reply, ok, value)
+        release = functools.partial(release_turn, self, seq, deferred, reply, ok, value)
         self.system.store.after_commit(seq, release)
 
     def _crash(self, exc: BaseException, resend: list[Any] | None = None) -> None:
@@ -470,42 +379,3 @@ class DurableActor(pykka.ThreadingActor):
     def passivate(self) -> None:
         """Stop this actor at the end of the turn if nothing else is queued for it."""
         self._passivate_after_turn = True
-
-
-def _release_turn(
-    actor: DurableActor,
-    seq: int,
-    deferred: list[Callable[[], None]],
-    reply: Reply | None,
-    ok: bool,
-    value: Any,
-) -> None:
-    """A committed turn's output: its deferred sends, then its reply (the output gate).
-
-    Called once the commit covering `seq` is done, or once the store failed: a turn whose
-    writes were committed succeeded even if a later commit failed before this ran."""
-    system = actor.system
-    failure = system.store.failure
-    if failure is not None and seq > system.store.durable_seq:
-        if reply is not None:
-            reply(False, failure)
-        return
-    for fn in deferred:
-        try:
-            fn()
-        except Exception:
-            log.exception("deferred send of %s/%s failed", actor.kind, actor.key)
-    if reply is not None:
-        system.reply(reply, ok, value)
-
-
-def _task_back(
-    system: ActorSystem,
-    cls: type[DurableActor],
-    key: str,
-    token: int,
-    on_done: Callable[[Outcome], None] | str,
-    outcome: Outcome,
-) -> None:
-    """A coroutine's outcome, back to the actor that started it as a message (on the loop)."""
-    system.tell_from_loop(cls, key, _TaskDone(token, on_done, outcome))

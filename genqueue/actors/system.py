@@ -22,14 +22,8 @@ import pykka
 from genqueue.actors.bridge import Reply, SyncWaiter, future_reply
 from genqueue.actors.coalesce import Coalescer
 from genqueue.actors.hosting import Envelope, Envelopes, HostedRef, Shard, shard_of
-from genqueue.actors.runtime import (
-    AlarmTable,
-    DurableActor,
-    _AlarmFire,
-    _Batch,
-    _Call,
-    _Passivate,
-)
+from genqueue.actors.records import AlarmTable, _AlarmFire, _Batch, _Call, _Passivate
+from genqueue.actors.runtime import DurableActor
 from genqueue.actors.scheduler import Scheduler
 from genqueue.actors.services import QueueServices
 from genqueue.clock import Clock, RealClock
