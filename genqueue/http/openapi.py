@@ -13,17 +13,19 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.webhook import DeliveryPage, WebhookStats
+from genqueue.config import Config
 from genqueue.http.dashboard import QUEUE_EVERY_S, EventSnapshot
 from genqueue.http.errors import ALL_CODES, ErrorBody
 from genqueue.http.views import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    MAX_SEED,
     STATUSES,
     JobPage,
     PublicJob,
 )
 from genqueue.models import MAX_PROMPT_CHARS, QueueStatus
+from genqueue.providers.veo import resolve as resolve_veo
+from genqueue.providers.veo.schema import model_and_parameters_schema
 
 __all__ = ["build_openapi"]
 
@@ -48,29 +50,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
             "pattern": r"^[A-Za-z0-9._:\-]{1,128}$",
             "description": "Client-chosen id: the same id again returns the same job (200).",
         },
-        "parameters": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "duration": {"type": "integer", "enum": [4, 6, 8], "default": 8},
-                "aspectRatio": {"type": "string", "enum": ["16:9", "9:16"], "default": "16:9"},
-                "resolution": {
-                    "type": "string",
-                    "enum": ["720p", "1080p", "4k"],
-                    "default": "720p",
-                    "description": "1080p and 4k need duration 8.",
-                },
-                "negativePrompt": {"type": ["string", "null"], "maxLength": MAX_PROMPT_CHARS},
-                "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
-            },
-            "if": {
-                "required": ["resolution"],
-                "properties": {"resolution": {"enum": ["1080p", "4k"]}},
-            },
-            "then": {"properties": {"duration": {"const": 8}}},
-        },
         "provider": {"type": "string", "default": "veo3"},
-        "model": {"type": ["string", "null"]},
         "priority": {
             "type": "integer",
             "minimum": 0,
@@ -103,7 +83,7 @@ def _rename(node: Any) -> Any:
     return node
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(config: Config | None) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [PublicJob, JobPage, ErrorBody, QueueStatus, DeliveryPage, WebhookStats, EventSnapshot],
         ref_template=REF + "{name}",
@@ -113,7 +93,7 @@ def _schemas() -> dict[str, Any]:
         schemas[name]["title"] = name
     codes = schemas["ErrorDetail"]["properties"]["code"]
     codes["description"] = "One of: " + ", ".join(ALL_CODES)
-    schemas["GenerationRequest"] = REQUEST_SCHEMA
+    schemas["GenerationRequest"] = request_schema(config)
     schemas["QueueStatus"]["properties"]["webhooks"] = {"$ref": REF + "WebhookStats"}
     return schemas
 
@@ -465,7 +445,18 @@ def _dashboard_paths() -> dict[str, Any]:
     }
 
 
-def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
+def request_schema(config: Config | None = None) -> dict[str, Any]:
+    """The submission's schema for the door `config` configures (its models' limits)."""
+    veo = resolve_veo(config or Config())
+    model, parameters, clauses = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
+    schema = {**REQUEST_SCHEMA, "properties": dict(REQUEST_SCHEMA["properties"])}
+    schema["properties"]["parameters"] = parameters
+    schema["properties"]["model"] = model
+    schema["allOf"] = clauses
+    return schema
+
+
+def build_openapi(version: str = "0.1.0", config: Config | None = None) -> dict[str, Any]:
     """The document, as a dict ready to encode."""
     return {
         "openapi": "3.1.0",
@@ -478,7 +469,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(config),
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key."}
             },
