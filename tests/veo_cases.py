@@ -140,7 +140,7 @@ CASES = [
         api_version="v1",
         faults={"fail_starts": {"status": 429, "quota": "minute", "retry_after_s": 7}},
     ),
-    Case("express-mode", "express", "veo-3.1-fast-generate-001", "video", ours=False),
+    Case("express-mode", "express", "veo-3.1-fast-generate-001", "video"),
 ]
 
 
