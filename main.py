@@ -97,6 +97,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def veo_model_served(cfg: Config) -> bool:
+    """`serve` and `worker` ask Veo whether it serves VEO3_MODEL before they start: False
+    (with the reason on stderr) when it says no; a network failure only warns."""
+    from genqueue.providers.veo.startup import check_models
+
+    check = asyncio.run(check_models(cfg))
+    if check.verdict == "refused":
+        print(f"genqueue: cannot start: {check.message}", file=sys.stderr)
+        return False
+    if check.verdict == "unknown":
+        print(f"genqueue: warning: {check.message}", file=sys.stderr)
+    return True
+
+
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -105,6 +119,8 @@ def serve(args: argparse.Namespace) -> int:
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    if not veo_model_served(cfg):
+        return EXIT_CANNOT_SERVE
     try:
         with listen(cfg.host, cfg.port) as sock:
             cfg = ensure_api_keys(cfg)

@@ -51,10 +51,11 @@ from genqueue.models import (
     JobStatus,
     QueueStatus,
     Submission,
+    VideoOutput,
 )
 from genqueue.requests import RequestLike, parse_request
 from genqueue.webhooks import DeadLetters, Delivery, WebhookStats, encode_event
-from genqueue.wire import DeliveryPage, PublicDelivery, PublicJob
+from genqueue.wire import DeliveryPage, PublicDelivery, PublicJob, PublicResult
 from genqueue.wire import JobPage as PublicJobPage
 
 __all__ = ["AsyncClient", "AsyncWebhooks", "Client", "Webhooks"]
@@ -333,8 +334,9 @@ def _seconds(iso: str) -> float:
 
 
 def _job(p: PublicJob) -> Job:
+    """A Job from the API's public form. Input images are not echoed by the API (only
+    their type and size): they are None here."""
     params = p.parameters
-    r = p.result
     return Job(
         id=p.id,
         generation_id="",  # not shown by the API
@@ -346,6 +348,9 @@ def _job(p: PublicJob) -> Job:
             params.resolution,
             params.negative_prompt,
             params.seed,
+            sample_count=params.sample_count,
+            generate_audio=params.generate_audio,
+            person_generation=params.person_generation,  # type: ignore[arg-type]
         ),
         provider=p.provider,
         model=p.model,
@@ -356,9 +361,14 @@ def _job(p: PublicJob) -> Job:
         progress=p.progress,
         attempts=p.attempts,
         queue_position=p.queue_position,
-        result=None if r is None else JobResult(r.video_url, r.duration, r.processing_time),
+        result=None if p.result is None else _result(p.result),
         error=p.error,
     )
+
+
+def _result(r: PublicResult) -> JobResult:
+    videos = [VideoOutput(v.video_url) for v in r.videos] if len(r.videos) > 1 else None
+    return JobResult(r.video_url, r.duration, r.processing_time, videos=videos)
 
 
 def _delivery(d: PublicDelivery) -> Delivery:

@@ -43,14 +43,25 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # after the state store failed (disk full or read-only): how often to look whether the
     # data directory takes writes again, then reopen the queue from disk
     store_retry_s: float = 5.0
-    # Veo
+    # Veo (genqueue.providers.veo.settings resolves the empty defaults per door)
     veo3_api_key: str = ""
-    veo3_base_url: str = "https://generativelanguage.googleapis.com"
-    veo3_model: str = "veo-3.1-generate-001"
-    veo3_dialect: Literal["gemini", "vertex"] = "gemini"
+    veo3_base_url: str = ""  # gemini: generativelanguage.googleapis.com; vertex: by location
+    veo3_model: str = ""  # gemini: veo-3.1-generate-preview; vertex: veo-3.1-generate-001
+    veo3_models: str = ""  # the models a request may choose (comma-separated; + veo3_model)
+    veo3_dialect: Literal["", "gemini", "vertex"] = ""  # "": vertex when a project is known
     vertex_access_token: str = ""
     vertex_project: str = ""
     vertex_location: str = "us-central1"
+    vertex_output_gcs_uri: str = ""  # gs://bucket/prefix: Vertex writes videos there
+    google_application_credentials: str = ""  # a service-account key file (ADC)
+    gcs_base_url: str = "https://storage.googleapis.com"  # where gs:// results are read
+    # A start whose answer was lost (timeout or reset after the request went out) may have
+    # been paid for: "fail" fails the job and never starts it again; "retry" starts it
+    # again, knowingly risking a second charge. Both count it (ambiguousStarts).
+    veo3_ambiguous_start: Literal["fail", "retry"] = "fail"
+    veo3_audio_block_retries: int = 2  # new operations after "You have not been charged"
+    veo3_quota_pause_s: float = 3600.0  # dispatch pause after a per-day quota exhaustion
+    veo3_result_timeout_s: float = 300.0  # a poll that may carry inline 1080p videos
     poll_interval_s: float = 5.0
     max_retries: int = 3
     timeout_s: float = 900.0
@@ -80,7 +91,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _check_positive(
             self, "max_concurrency", "poll_interval_s", "cron_interval_s", "video_url_ttl_s"
         )
-        _check_non_negative(self, "max_per_user", "rate_limit_per_minute", "retention_days")
+        _check_non_negative(
+            self,
+            "max_per_user",
+            "rate_limit_per_minute",
+            "retention_days",
+            "veo3_audio_block_retries",
+        )
+        _check_positive(self, "veo3_quota_pause_s", "veo3_result_timeout_s")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port")
         _check_webhooks(self)
@@ -153,10 +171,18 @@ ENV_NAMES: dict[str, str] = {
     "VEO3_API_KEY": "veo3_api_key",
     "VEO3_BASE_URL": "veo3_base_url",
     "VEO3_MODEL": "veo3_model",
+    "VEO3_MODELS": "veo3_models",
     "VEO3_DIALECT": "veo3_dialect",
     "VERTEX_ACCESS_TOKEN": "vertex_access_token",
     "VERTEX_PROJECT": "vertex_project",
     "VERTEX_LOCATION": "vertex_location",
+    "VERTEX_OUTPUT_GCS_URI": "vertex_output_gcs_uri",
+    "GOOGLE_APPLICATION_CREDENTIALS": "google_application_credentials",
+    "GENQUEUE_GCS_BASE_URL": "gcs_base_url",
+    "VEO3_AMBIGUOUS_START": "veo3_ambiguous_start",
+    "VEO3_AUDIO_BLOCK_RETRIES": "veo3_audio_block_retries",
+    "VEO3_QUOTA_PAUSE_S": "veo3_quota_pause_s",
+    "VEO3_RESULT_TIMEOUT_S": "veo3_result_timeout_s",
     "GENQUEUE_POLL_INTERVAL_S": "poll_interval_s",
     "GENQUEUE_STORAGE": "storage",
     "S3_BUCKET": "s3_bucket",

@@ -45,7 +45,7 @@ from genqueue.models import (
 from genqueue.opening import open_actors
 from genqueue.outbox import Webhooks
 from genqueue.processor import Processor
-from genqueue.requests import RequestLike, new_job, parse_request
+from genqueue.requests import ModelCheck, RequestLike, new_job, parse_request
 from genqueue.storage.dirlock import DataDirLock
 from genqueue.storage.jobindex import JobIndex
 from genqueue.storage.state import StateStore
@@ -89,6 +89,7 @@ class JobQueue:
         self._dir_lock: DataDirLock | None = None  # held from open to close, across reopen
         # Signs the URLs of local videos whenever a job is read (set by the first open).
         self.video_urls: VideoUrls | None = None
+        self._model_for = ModelCheck(config)  # the model a request's job runs on
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -347,7 +348,7 @@ class JobQueue:
 
     def _submission(self, request: RequestLike, user_id: str) -> Submit:
         req = parse_request(request)
-        job = new_job(req, user_id, now_s=self.clock.now(), model=self.config.veo3_model)
+        job = new_job(req, user_id, now_s=self.clock.now(), model=self._model_for(req))
         return Submit(job, client_id=req.id is not None)
 
     def _stored(self, job_id: str) -> Job:

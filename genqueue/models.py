@@ -5,8 +5,9 @@ Stored records evolve by adding fields with defaults; a field's type never chang
 
 from __future__ import annotations
 
+import binascii
 import re
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, NoReturn
 
 import msgspec
 
@@ -16,18 +17,22 @@ __all__ = [
     "ID_CHARS",
     "JOB_ID",
     "JOB_ID_PATTERN",
+    "MAX_IMAGES_BYTES",
+    "MAX_IMAGE_BYTES",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
     "NAME_PATTERN",
     "TERMINAL",
     "GenerationParams",
     "GenerationRequest",
+    "ImageInput",
     "Job",
     "JobPage",
     "JobResult",
     "JobStatus",
     "QueueStatus",
     "Submission",
+    "VideoOutput",
     "validate_request",
 ]
 
@@ -50,16 +55,52 @@ _BLANK = (
 )
 
 
+# Images travel inline as base64 (Veo's own `{bytesBase64Encoded, mimeType}`). Each may be
+# up to 4 MiB decoded (a 1080p JPEG or PNG frame is far less), all of a request's images
+# together 10 MiB: the HTTP body limit (genqueue.http.MAX_BODY_BYTES) is sized to fit them.
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
+MAX_IMAGES_BYTES = 10 * 1024 * 1024
+MAX_IMAGE_B64_CHARS = 4 * ((MAX_IMAGE_BYTES + 2) // 3)
+MAX_REFERENCE_IMAGES = 3
+ImageMime = Literal["image/jpeg", "image/png", "image/webp"]
+PersonGeneration = Literal["allow_all", "allow_adult", "dont_allow"]
+
+
+class ImageInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """An input image: `{bytesBase64Encoded, mimeType}`."""
+
+    bytes_base64_encoded: Annotated[str, msgspec.Meta(min_length=4, max_length=MAX_IMAGE_B64_CHARS)]
+    mime_type: ImageMime
+
+
 class GenerationParams(
     msgspec.Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=True
 ):
-    """Video parameters as the API takes them."""
+    """Video parameters as the API takes them (which of them a model takes: the provider's
+    capability table, genqueue.providers.veo.capabilities)."""
 
     duration: int = 8
     aspect_ratio: str = "16:9"
     resolution: str = "720p"
     negative_prompt: str | None = None
     seed: int | None = None
+    image: ImageInput | None = None  # the first frame
+    last_frame: ImageInput | None = None
+    reference_images: (
+        Annotated[list[ImageInput], msgspec.Meta(max_length=MAX_REFERENCE_IMAGES)] | None
+    ) = None
+    sample_count: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
+    generate_audio: bool | None = None
+    person_generation: PersonGeneration | None = None
+
+    def images(self) -> list[tuple[str, ImageInput]]:
+        """Every input image with the name of its field."""
+        named = [("parameters.image", self.image), ("parameters.lastFrame", self.last_frame)]
+        named += [
+            (f"parameters.referenceImages[{i}]", im)
+            for i, im in enumerate(self.reference_images or [])
+        ]
+        return [(field, image) for field, image in named if image is not None]
 
 
 class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -73,8 +114,15 @@ class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     priority: int = 0
 
 
+class VideoOutput(msgspec.Struct, rename="camel", omit_defaults=True):
+    """One of a generation's videos (`sampleCount` > 1 makes several)."""
+
+    video_url: str
+    key: str | None = None  # where the store keeps it (URLs are re-signed from it)
+
+
 class JobResult(msgspec.Struct, rename="camel", omit_defaults=True):
-    """What a finished generation produced."""
+    """What a finished generation produced; `video_url` is the first of `videos`."""
 
     video_url: str
     duration: float | None = None
@@ -84,6 +132,8 @@ class JobResult(msgspec.Struct, rename="camel", omit_defaults=True):
     # is stored unsigned and signed afresh whenever the job is read.
     video_key: str | None = None
     private: bool = False
+    # every video, when the generation made several (`sampleCount`); the first is video_url
+    videos: list[VideoOutput] | None = None
 
 
 class Job(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -157,11 +207,14 @@ class QueueStatus(msgspec.Struct, rename="camel"):
     retry_rate: float | None
     rate_limit_hits: int
     paused_until: float | None
+    # why dispatch is paused: "rate_limit" (a per-minute 429) or "quota" (a daily quota)
+    paused_reason: str | None = None
+    quota_pauses: int = 0
     provider: dict[str, Any] = msgspec.field(default_factory=dict)
     webhooks: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-def _fail(field: str, message: str) -> None:
+def _fail(field: str, message: str) -> NoReturn:
     raise InvalidRequest(message, field=field)
 
 
@@ -190,3 +243,18 @@ def validate_request(req: GenerationRequest) -> None:
         _fail("parameters.seed", f"seed must be an integer from 0 to {MAX_SEED}")
     if p.negative_prompt is not None and len(p.negative_prompt) > MAX_PROMPT_CHARS:
         _fail("parameters.negativePrompt", "negativePrompt is too long")
+    _check_images(p)
+
+
+def _check_images(p: GenerationParams) -> None:
+    total = 0
+    for field, image in p.images():
+        try:
+            size = len(binascii.a2b_base64(image.bytes_base64_encoded, strict_mode=True))
+        except (binascii.Error, ValueError):
+            _fail(f"{field}.bytesBase64Encoded", "bytesBase64Encoded is not valid base64")
+        if size > MAX_IMAGE_BYTES:
+            _fail(field, f"an image may be {MAX_IMAGE_BYTES} bytes at most, got {size}")
+        total += size
+    if total > MAX_IMAGES_BYTES:
+        _fail("parameters", f"the images total {total} bytes; the limit is {MAX_IMAGES_BYTES}")

@@ -7,10 +7,13 @@ from typing import Any
 
 import msgspec
 
+from genqueue.config import Config
 from genqueue.errors import InvalidRequest
 from genqueue.models import GenerationRequest, Job, validate_request
+from genqueue.providers.veo import VeoSettings, check_request
+from genqueue.providers.veo import resolve as resolve_veo
 
-__all__ = ["RequestLike", "new_job", "parse_request"]
+__all__ = ["ModelCheck", "RequestLike", "new_job", "parse_request"]
 
 RequestLike = GenerationRequest | dict[str, Any] | bytes
 _REQUEST = msgspec.json.Decoder(GenerationRequest)
@@ -35,7 +38,7 @@ def parse_request(request: RequestLike) -> GenerationRequest:
 
 
 def new_job(req: GenerationRequest, user_id: str, *, now_s: float, model: str) -> Job:
-    """The job a request makes (`model`: the default when the request names none)."""
+    """The job a request makes; `model`: the one it runs on (checked by the provider)."""
     job_id = req.id or uuid.uuid4().hex
     return Job(
         id=job_id,
@@ -46,8 +49,23 @@ def new_job(req: GenerationRequest, user_id: str, *, now_s: float, model: str) -
         prompt=req.prompt,
         parameters=req.parameters,
         provider=req.provider,
-        model=req.model or model,
+        model=model,
         priority=req.priority,
         created_at=now_s,
         updated_at=now_s,
     )
+
+
+class ModelCheck:
+    """The model a request's job will use, checked against the provider's capability table
+    (Veo is the one provider: every job runs on it, whatever its `provider` says)."""
+
+    def __init__(self, config: Config):
+        self._config = config
+        self._veo: VeoSettings | None = None  # resolved at the first submission
+
+    def __call__(self, req: GenerationRequest) -> str:
+        if self._veo is None:
+            self._veo = resolve_veo(self._config)
+        veo = self._veo
+        return check_request(req, dialect=veo.dialect, default_model=veo.model, models=veo.models)

@@ -16,11 +16,14 @@ from genqueue import (
     Delivery,
     DeliveryState,
     EventName,
+    GenerationParams,
     Job,
+    JobResult,
     JobStatus,
     WebhookEvent,
     iso_timestamp,
 )
+from genqueue.models import ImageInput
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -43,6 +46,13 @@ MAX_LIMIT = 100
 DateTime = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 
+class PublicImage(msgspec.Struct, rename="camel"):
+    """An input image as a job shows it: its type and size (the bytes are not echoed)."""
+
+    mime_type: str
+    size_bytes: int
+
+
 class PublicParams(msgspec.Struct, rename="camel"):
     """Video parameters, every one spelled out."""
 
@@ -51,6 +61,18 @@ class PublicParams(msgspec.Struct, rename="camel"):
     resolution: str
     negative_prompt: str | None
     seed: int | None
+    sample_count: int = 1
+    generate_audio: bool | None = None
+    person_generation: str | None = None
+    image: PublicImage | None = None
+    last_frame: PublicImage | None = None
+    reference_images: list[PublicImage] | None = None
+
+
+class PublicVideo(msgspec.Struct, rename="camel"):
+    """One of the videos a job made."""
+
+    video_url: str
 
 
 class PublicResult(msgspec.Struct, rename="camel"):
@@ -59,6 +81,7 @@ class PublicResult(msgspec.Struct, rename="camel"):
     video_url: str
     duration: float | None
     processing_time: float | None
+    videos: list[PublicVideo] = []  # every video, the first being video_url
 
 
 class PublicJob(msgspec.Struct, rename="camel"):
@@ -98,18 +121,46 @@ def public_job(job: Job) -> PublicJob:
         progress=job.progress,
         attempts=job.attempts,
         prompt=job.prompt,
-        parameters=PublicParams(
-            p.duration, p.aspect_ratio, p.resolution, p.negative_prompt, p.seed
-        ),
+        parameters=public_params(p),
         provider=job.provider,
         model=job.model,
         priority=job.priority,
         queue_position=job.queue_position if job.status == "queued" else None,
-        result=None if r is None else PublicResult(r.video_url, r.duration, r.processing_time),
+        result=None if r is None else public_result(r),
         error=job.error,
         created_at=iso_timestamp(job.created_at),
         updated_at=iso_timestamp(job.updated_at),
     )
+
+
+def _image(image: ImageInput | None) -> PublicImage | None:
+    if image is None:
+        return None
+    text = image.bytes_base64_encoded
+    size = len(text) * 3 // 4 - text[-2:].count("=")
+    return PublicImage(image.mime_type, size)
+
+
+def public_params(p: GenerationParams) -> PublicParams:
+    refs = p.reference_images
+    return PublicParams(
+        p.duration,
+        p.aspect_ratio,
+        p.resolution,
+        p.negative_prompt,
+        p.seed,
+        sample_count=p.sample_count,
+        generate_audio=p.generate_audio,
+        person_generation=p.person_generation,
+        image=_image(p.image),
+        last_frame=_image(p.last_frame),
+        reference_images=None if refs is None else [_image(im) for im in refs],  # type: ignore[misc]
+    )
+
+
+def public_result(r: JobResult) -> PublicResult:
+    urls = [v.video_url for v in r.videos] if r.videos else [r.video_url]
+    return PublicResult(r.video_url, r.duration, r.processing_time, [PublicVideo(u) for u in urls])
 
 
 _ENCODER = msgspec.json.Encoder()

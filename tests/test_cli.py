@@ -442,12 +442,12 @@ def test_sigterm_mid_generation_then_serve_resumes_it_with_the_embedded_fake_veo
 
 def test_fake_veo_answers_the_veo_rest_shape(tmp_path: Path) -> None:
     with FakeVeoProcess(tmp_path, latency_s=0.0) as veo:
-        start = f"{veo.url}/v1beta/models/veo-3.1-generate-001:predictLongRunning"
+        start = f"{veo.url}/v1beta/models/veo-3.1-generate-preview:predictLongRunning"
         body = json.dumps({"instances": [{"prompt": "a cat"}]}).encode()
         status, raw, _ = http(start, data=body)
         assert status == 200, raw
         name = json.loads(raw)["name"]
-        assert name.startswith("models/veo-3.1-generate-001/operations/")
+        assert name.startswith("models/veo-3.1-generate-preview/operations/")
         status, raw, _ = http(f"{veo.url}/v1beta/{name}")
         op = json.loads(raw)
         assert status == 200 and op["name"] == name and op["done"] is True, op

@@ -297,6 +297,10 @@ async def drive_with_ours(case: Case, fake: FakeVeo, issuer: TokenIssuer) -> Any
     async with aiohttp.ClientSession() as session:
         if case.door == "gemini":
             client = Veo3Client(session, base_url=fake.base_url, api_key=GEMINI_KEY)
+        elif case.door == "express":  # Vertex with an API key and no project
+            client = Veo3Client(
+                session, base_url=fake.base_url, dialect="vertex", api_key=EXPRESS_KEY
+            )
         else:
             client = Veo3Client(
                 session,

@@ -24,7 +24,7 @@ from genqueue import TERMINAL
 from genqueue.clock import ManualClock
 from genqueue.config import Config
 from genqueue.errors import ConfigError, StorageError
-from genqueue.http import EVENTS, QUEUE, JsonErrorRunner, create_app
+from genqueue.http import EVENTS, MAX_BODY_BYTES, QUEUE, JsonErrorRunner, create_app
 from genqueue.models import Job, JobResult
 
 T = TypeVar("T")
@@ -192,6 +192,12 @@ def test_submit_runs_to_completion_with_public_json(tmp_path: Path) -> None:
                 "resolution": "720p",
                 "negativePrompt": None,
                 "seed": None,
+                "sampleCount": 1,
+                "generateAudio": None,
+                "personGeneration": None,
+                "image": None,
+                "lastFrame": None,
+                "referenceImages": None,
             }
             assert job["createdAt"].endswith("Z") and "T" in job["createdAt"]
             events = [(e, j["status"]) async for e, j in api.events(job["id"])]
@@ -201,9 +207,11 @@ def test_submit_runs_to_completion_with_public_json(tmp_path: Path) -> None:
             assert done["status"] == "completed" and done["progress"] == 100
             result = dict(done["result"])
             url = urlsplit(result.pop("videoUrl"))
+            videos = result.pop("videos")
             assert result == {"duration": 8.0, "processingTime": 0.01}
             assert url.path == f"/videos/alice/{job['id']}.mp4"  # a local video: signed
             assert set(parse_qs(url.query)) == {"expires", "signature"}
+            assert videos == [{"videoUrl": url.geturl()}]  # every video; here the one
             assert done["attempts"] == 1 and done["queuePosition"] is None
             _, doc, _ = await api.call("GET", "/api/openapi.json", None)
             errors = list(schema_validator(doc, "Job").iter_errors(done))
@@ -446,7 +454,7 @@ def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Pa
             for raw in NOT_JSON:
                 status, err, _ = await api.call("POST", "/api/generations", data=raw)
                 assert_error(status, err, 400, "invalid_json")
-            big = json.dumps({"prompt": "x" * (1024 * 1024)}).encode()
+            big = json.dumps({"prompt": "x" * MAX_BODY_BYTES}).encode()
             status, err, _ = await api.call("POST", "/api/generations", data=io.BytesIO(big))
             assert_error(status, err, 413, "payload_too_large")
             _, page, _ = await api.call("GET", "/api/generations", "root")
@@ -458,12 +466,12 @@ def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Pa
             check = schema_validator(doc, "GenerationRequest")
             for bad, _ in BAD_BODIES:
                 assert not check.is_valid(bad), bad
-            good = {"prompt": "ok", "parameters": {"resolution": "1080p", "seed": 7}, "id": "a.b"}
+            good = {"prompt": "ok", "parameters": {"resolution": "1080p"}, "id": "a.b"}
             assert check.is_valid(good)
             status, _, _ = await api.call("POST", "/api/generations", json=good)
             assert status == 202
-            exactly_1mb = b'{"prompt": "x"}'.ljust(1024 * 1024)
-            status, _, _ = await api.call("POST", "/api/generations", data=io.BytesIO(exactly_1mb))
+            exactly_max = b'{"prompt": "x"}'.ljust(MAX_BODY_BYTES)
+            status, _, _ = await api.call("POST", "/api/generations", data=io.BytesIO(exactly_max))
             assert status == 202
 
     run(body())

@@ -160,6 +160,59 @@ def test_a_429_pauses_dispatch_for_every_job_until_retry_after(queues):
     assert (st.completed, st.retried, st.rate_limit_hits, st.paused_until) == (3, 1, 1, None)
 
 
+def test_a_daily_quota_pauses_dispatch_long_and_spends_no_attempt(queues):
+    """Veo's per-day quota (issue 11): dispatch pauses for the quota pause, visible in the
+    status, and the job waits it out with its attempts as they were."""
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    quota = ProviderError(
+        "daily quota", retryable=True, status=429, retry_after_s=3600, code="quota_exhausted"
+    )
+    rec.script["a"] = [quota, quota]
+    q = queues.open(rec, clock=clock, max_concurrency=4, max_attempts=2)
+    w = Watcher(q)
+    q.submit(request(id="a"))
+    w.wait_status("a", "retry_wait")
+    poll_until(lambda: q.status().paused_until == t0 + 3600, "dispatch to pause an hour")
+    assert (q.status().paused_reason, q.status().quota_pauses) == ("quota", 1)
+    assert q.get("a").attempts == 0
+    q.submit(request(id="b"))
+    poll_until(lambda: queue_alarm_at(q) == t0 + 3600, "the queue to wait out the pause")
+    clock.advance(3600)  # the quota is still out: a pauses again, still no attempt spent
+    poll_until(lambda: q.status().paused_until == t0 + 7200, "a second pause")
+    assert q.get("a").attempts == 0 and q.get("a").status == "retry_wait"
+    clock.advance(3600)
+    q.join(timeout_s=20)
+    assert q.get("a").status == "completed" and q.get("b").status == "completed"
+    assert q.get("a").attempts == 1  # max_attempts=2, yet three calls: the quota cost none
+    assert [c.job_id for c in rec.calls].count("a") == 3
+
+
+def test_a_429_again_right_after_its_pause_is_taken_for_the_daily_quota(queues):
+    """A per-minute limit lifts within its pause; one that is back as soon as the pause
+    ends, with nothing completed between, is a quota that will not lift in a minute."""
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    limited = ProviderError("too many", retryable=True, status=429, retry_after_s=30)
+    rec.script["a"] = [limited, limited]
+    q = queues.open(rec, clock=clock, max_concurrency=1, retry_backoff_s=2, max_attempts=5)
+    w = Watcher(q)
+    q.submit(request(id="a"))
+    poll_until(lambda: q.status().paused_until == t0 + 30, "a per-minute pause")
+    assert q.status().paused_reason == "rate_limit"
+    w.wait_status("a", "retry_wait")
+    clock.advance(30)
+    rec.wait_calls(2)
+    poll_until(lambda: q.status().paused_until == t0 + 30 + 3600, "the quota pause")
+    st = q.status()
+    assert (st.paused_reason, st.quota_pauses, st.rate_limit_hits) == ("quota", 1, 1)
+    clock.advance(3600)
+    q.join(timeout_s=20)
+    assert q.get("a").status == "completed" and q.status().paused_reason is None
+
+
 # -- dispatch modes -----------------------------------------------------------------------------
 
 

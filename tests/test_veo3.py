@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
+import msgspec
 import pytest
 from conftest import run
 
@@ -19,6 +20,7 @@ from genqueue.errors import InvalidRequest, ProviderError
 from genqueue.providers.fake_veo import FakeVeo, FakeVeoServer, build_mp4, iter_mp4
 from genqueue.providers.veo3 import (
     DEFAULT_MODEL,
+    GEMINI_DEFAULT_MODEL,
     MAX_REDIRECTS,
     Veo3Client,
     VideoParams,
@@ -76,7 +78,7 @@ def test_start_poll_download_gemini() -> None:
     async def body() -> None:
         async with veo(clock=clock, latency_s=30, video_size=100_000) as (fake, client):
             name = await client.start("a red fox in the snow", VideoParams())
-            assert name.startswith(f"models/{DEFAULT_MODEL}/operations/")
+            assert name.startswith(f"models/{GEMINI_DEFAULT_MODEL}/operations/")
             running = await client.poll(name)
             assert (running.done, running.videos) == (False, [])
             clock.advance(30)
@@ -102,8 +104,13 @@ def test_start_body_is_camel_case_without_audio_or_seed() -> None:
                 aspect_ratio="9:16",
                 negative_prompt="blur",
                 person_generation="allow_adult",
-                seed=42,
             )
+            # google-genai 1.x, _GenerateVideosConfig_to_mldev: "seed parameter is not
+            # supported in Gemini API." -- refused, never silently dropped, and nothing paid.
+            for refused in ({"seed": 42}, {"generate_audio": False}):
+                with pytest.raises(InvalidRequest):
+                    await client.start("x", msgspec.structs.replace(params, **refused))
+            assert fake.starts == 0
             await client.start("a lighthouse", params)
             assert fake.last_start_body == {
                 "instances": [{"prompt": "a lighthouse"}],
@@ -208,13 +215,19 @@ def test_safety_block_is_permanent_with_reason() -> None:
     run(body())
 
 
-@pytest.mark.parametrize(("grpc_code", "retryable"), [(3, False), (13, True), (14, True)])
-def test_operation_error(grpc_code: int, retryable: bool) -> None:
+@pytest.mark.parametrize(
+    ("grpc_code", "retryable", "code"),
+    [(3, False, "prompt_blocked"), (13, True, "operation_error"), (14, True, "operation_error")],
+)
+def test_operation_error(grpc_code: int, retryable: bool, code: str) -> None:
+    """Vertex reports a blocked prompt as a done operation with error.code 3 (INVALID_ARGUMENT)
+    and a support code: permanent. INTERNAL and UNAVAILABLE may pass on a new operation."""
+
     async def body() -> None:
         async with veo() as (_fake, client):
             name = await client.start(f"x [op-error:{grpc_code}]", VideoParams())
             err = await failure(client.poll(name))
-            assert (err.retryable, err.code) == (retryable, "operation_error")
+            assert (err.retryable, err.code) == (retryable, code)
             assert f"gRPC code {grpc_code}" in err.message
 
     run(body())
@@ -236,7 +249,8 @@ def test_404_unknown_model_says_so() -> None:
         async with veo() as (_fake, client):
             err = await failure(client.start("x", VideoParams(), model="veo-3.0-generate-001"))
             assert (err.retryable, err.status, err.code) == (False, 404, "model_not_found")
-            assert "'veo-3.0-generate-001' is unknown or retired" in err.message
+            assert "Veo does not serve the model 'veo-3.0-generate-001'" in err.message
+            assert "not found for API version v1beta" in err.message
 
     run(body())
 
@@ -244,7 +258,7 @@ def test_404_unknown_model_says_so() -> None:
 def test_404_on_poll_is_operation_not_found() -> None:
     async def body() -> None:
         async with veo() as (_fake, client):
-            err = await failure(client.poll(f"models/{DEFAULT_MODEL}/operations/nope"))
+            err = await failure(client.poll(f"models/{GEMINI_DEFAULT_MODEL}/operations/nope"))
             assert (err.retryable, err.code) == (False, "operation_not_found")
             assert "operation not found" in err.message
 
@@ -287,13 +301,17 @@ def test_malformed_json_is_retryable() -> None:
 # -- transport failures -----------------------------------------------------------------------
 
 
-def test_hanging_start_and_poll_time_out_retryably() -> None:
+def test_hanging_start_is_ambiguous_and_hanging_poll_times_out_retryably() -> None:
+    """A start whose answer never came may have been paid for: it is `ambiguous_start`, not a
+    plain retryable timeout (the GenerationActor applies VEO3_AMBIGUOUS_START to it)."""
+
     async def body() -> None:
         async with veo(client={"request_timeout_s": 0.3}) as (fake, client):
             name = await client.start("x", VideoParams())
             fake.hang_starts = fake.hang_polls = True
             err = await failure(client.start("x", VideoParams()))
-            assert (err.retryable, err.code) == (True, "timeout")
+            assert (err.retryable, err.code) == (False, "ambiguous_start")
+            assert "may have started" in err.message
             assert (await failure(client.poll(name))).code == "timeout"
             assert fake.starts == 1
 
@@ -491,3 +509,52 @@ def test_invalid_params_cost_no_call() -> None:
             assert len(fake.requests) == 0
 
     run(body())
+
+
+def test_quota_failure_detail_per_day_is_recognised() -> None:
+    from genqueue.providers.veo.failures import http_error
+
+    body = (
+        b'{"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED",'
+        b' "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations":'
+        b' [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel"}]}]}}'
+    )
+    err = http_error(429, body, {}, call="start", model="m", credential="key", quota_pause_s=99)
+    assert (err.code, err.retry_after_s) == ("quota_exhausted", 99)
+    per_minute = body.replace(b"PerDay", b"PerMinute")
+    err = http_error(
+        429,
+        per_minute,
+        {"Retry-After": "7"},
+        call="start",
+        model="m",
+        credential="k",
+        quota_pause_s=99,
+    )
+    assert (err.code, err.retry_after_s) == ("rate_limited", 7)
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        (
+            "models/veo-3.1-generate-001 is not found for API version v1beta, or is not "
+            "supported for predictLongRunning. Call ListModels to see the available models.",
+            "model_not_found",
+        ),
+        (
+            "Publisher Model `projects/p/locations/us-central1/publishers/google/models/veo-x`"
+            " was not found or your project does not have access to it.",
+            "no_access",
+        ),
+    ],
+)
+def test_a_404_on_start_says_not_served_or_no_access(message: str, code: str) -> None:
+    """Gemini's "not found for API version" means the door does not serve the id; Vertex's
+    "not found or your project does not have access" cannot tell, and says both."""
+    from genqueue.providers.veo.failures import http_error
+
+    body = msgspec.json.encode({"error": {"code": 404, "message": message, "status": "NOT_FOUND"}})
+    err = http_error(404, body, {}, call="start", model="veo-x", credential="k", quota_pause_s=1)
+    assert (err.code, err.retryable, err.status) == (code, False, 404)
+    assert message in err.message

@@ -140,7 +140,7 @@ CASES = [
         api_version="v1",
         faults={"fail_starts": {"status": 429, "quota": "minute", "retry_after_s": 7}},
     ),
-    Case("express-mode", "express", "veo-3.1-fast-generate-001", "video", ours=False),
+    Case("express-mode", "express", "veo-3.1-fast-generate-001", "video"),
 ]
 
 
@@ -156,6 +156,7 @@ class Outcome:
     details: list[dict[str, Any]] = field(default_factory=list)
     retry_after_s: float | None = None
     retryable: bool | None = None
+    provider_code: str | None = None  # ours: ProviderError.code
 
 
 def outcome_of_sdk(result: dict[str, Any]) -> Outcome:
@@ -178,11 +179,11 @@ def outcome_of_sdk(result: dict[str, Any]) -> Outcome:
 def outcome_of_ours(error: ProviderError | None, videos: list[bytes]) -> Outcome:
     if error is None:
         return Outcome("video", videos=[(len(v), hashlib.sha256(v).hexdigest()) for v in videos])
-    base = {"message": error.message, "retryable": error.retryable}
-    if error.code == "operation_error":
+    base = {"message": error.message, "retryable": error.retryable, "provider_code": error.code}
+    if error.code in ("operation_error", "prompt_blocked"):
         code = int(error.message.split("gRPC code ", 1)[1].split(")", 1)[0])
         return Outcome("op_error", code=code, **base)
-    if error.code == "safety_blocked":
+    if error.code in ("safety_blocked", "audio_blocked"):
         return Outcome("filtered", **base)
     return Outcome("http_error", status=error.status, retry_after_s=error.retry_after_s, **base)
 
@@ -222,11 +223,11 @@ def _check_quota(case: Case, seen: Outcome, *, sdk: bool) -> None:
             assert QUOTA_FAILURE in kinds and RETRY_INFO not in kinds, seen.details
             (failure,) = [d for d in seen.details if d["@type"] == QUOTA_FAILURE]
             assert "PerDay" in failure["violations"][0]["quotaId"], failure
-        else:
-            assert seen.retry_after_s is None, seen
+        else:  # the client names it, and pauses for the quota, not for a minute
+            assert seen.provider_code == "quota_exhausted" and seen.retryable, seen
     elif sdk:
         assert RETRY_INFO in kinds and QUOTA_FAILURE in kinds, seen.details
         (info,) = [d for d in seen.details if d["@type"] == RETRY_INFO]
         assert info["retryDelay"] == "7s", info
     else:
-        assert seen.retry_after_s == 7.0, seen
+        assert seen.retry_after_s == 7.0 and seen.provider_code == "rate_limited", seen

@@ -14,7 +14,9 @@ same operation and never pays for a second video.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import math
 import secrets
@@ -30,11 +32,12 @@ import msgspec
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
 from genqueue.errors import ProviderError, StorageError
-from genqueue.models import Job, JobResult
+from genqueue.models import Job, JobResult, VideoOutput
 from genqueue.processor import Report as ReportFn
 from genqueue.providers.fake_veo import FakeVeoServer
-from genqueue.providers.veo3 import Operation, Veo3Client, VideoParams
-from genqueue.storage.videos import LocalStore, S3Store, VideoStore
+from genqueue.providers.veo import Operation, Veo3Client, VideoRef, resolve, to_video_params
+from genqueue.providers.veo.google_auth import Auth, load_adc
+from genqueue.storage.videos import LocalStore, S3Store, StoredVideo, VideoStore
 from genqueue.storage.videourls import stored_video_key
 
 __all__ = ["GenerationActor", "GenerationCheckpoint", "GenerationService"]
@@ -45,6 +48,17 @@ EXPECTED_S = 60.0  # progress estimate: Veo usually takes 11 s to a few minutes
 PROGRESS_STEP = 5  # percentage points between progress reports
 
 
+# Outcomes of an operation (a new operation is the retry) and the per-day quota (the queue
+# pauses; the job waits without spending an attempt): never retried by re-sending the call.
+_NOT_RETRIED_HERE = frozenset({"operation_error", "audio_blocked", "quota_exhausted"})
+
+
+def _final(exc: ProviderError, why: str) -> ProviderError:
+    return ProviderError(
+        f"{exc.message} ({why})", retryable=False, status=exc.status, code=exc.code
+    )
+
+
 class GenerationCheckpoint(msgspec.Struct, omit_defaults=True):
     """What survives a restart: the paid operation, once started."""
 
@@ -52,8 +66,10 @@ class GenerationCheckpoint(msgspec.Struct, omit_defaults=True):
     started_at: float | None = None
     starts: int = 0
     # The stored video's name: a random token, durable before the upload, so a retried
-    # upload replaces the same file and nobody can guess the name from the job id.
+    # upload replaces the same file and nobody can guess the name from the job id. A
+    # generation's further videos (`sampleCount`) are `{video_name}-{n}`.
     video_name: str | None = None
+    audio_blocks: int = 0  # operations whose audio Veo blocked (not charged)
 
 
 class GenerationActor:
@@ -68,8 +84,13 @@ class GenerationActor:
         timeout_s: float = 900.0,
         max_retries: int = 3,
         clock: Clock | None = None,
+        ambiguous_start: str = "fail",
+        audio_block_retries: int = 2,
     ):
         self.client = client
+        self.ambiguous_start = ambiguous_start
+        self.audio_block_retries = audio_block_retries
+        self.ambiguous_starts = 0  # starts whose answer was lost (maybe paid)
         self.store = store
         self.polling_interval_s = polling_interval_s
         self.timeout_s = timeout_s
@@ -93,6 +114,15 @@ class GenerationActor:
                     op = await self._poll_until_done(job, ckpt, report, fresh=fresh)
                     break
                 except ProviderError as exc:
+                    if exc.code == "audio_blocked":
+                        # Not charged and not deterministic: a bounded number of new tries.
+                        if ckpt.audio_blocks >= self.audio_block_retries:
+                            raise _final(exc, f"after {ckpt.audio_blocks + 1} operations") from exc
+                        ckpt = msgspec.structs.replace(
+                            ckpt, operation=None, audio_blocks=ckpt.audio_blocks + 1
+                        )
+                        await report(checkpoint=msgspec.to_builtins(ckpt))
+                        continue
                     # A failed operation that may be retried, or one the provider no longer
                     # knows (expired, or the fake restarted): start anew within the budget.
                     lost = exc.code == "operation_not_found"
@@ -128,18 +158,9 @@ class GenerationActor:
     async def _start(
         self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn
     ) -> GenerationCheckpoint:
-        p = job.parameters
-        params = VideoParams(
-            duration=p.duration,
-            aspect_ratio=p.aspect_ratio,
-            resolution=p.resolution,
-            negative_prompt=p.negative_prompt,
-            seed=p.seed,
-        )
+        params = to_video_params(job.parameters)
         t = time.monotonic()
-        name = await self._retry(
-            "start", lambda: self.client.start(job.prompt, params, model=job.model)
-        )
+        name = await self._retry("start", lambda: self._start_once(job, params))
         log.info(
             "veo operation started",
             extra={
@@ -148,11 +169,34 @@ class GenerationActor:
                 "duration_ms": round(1000 * (time.monotonic() - t)),
             },
         )
-        ckpt = GenerationCheckpoint(
-            operation=name, started_at=self.clock.now(), starts=ckpt.starts + 1
+        ckpt = msgspec.structs.replace(
+            ckpt, operation=name, started_at=self.clock.now(), starts=ckpt.starts + 1
         )
         await report(progress=5, checkpoint=msgspec.to_builtins(ckpt))  # durable before polling
         return ckpt
+
+    async def _start_once(self, job: Job, params: Any) -> str:
+        """One paid start. An ambiguous one (the answer lost after the request went out)
+        follows VEO3_AMBIGUOUS_START: "fail" never starts again, "retry" does, knowingly."""
+        try:
+            return await self.client.start(job.prompt, params, model=job.model)
+        except ProviderError as exc:
+            if exc.code != "ambiguous_start":
+                raise
+            self.ambiguous_starts += 1
+            log.warning("veo start ambiguous", extra={"job_id": job.id, "error": exc.message})
+            if self.ambiguous_start == "retry":
+                raise ProviderError(
+                    f"{exc.message}; starting again (VEO3_AMBIGUOUS_START=retry)",
+                    retryable=True,
+                    code="ambiguous_start",
+                ) from exc
+            raise ProviderError(
+                f"{exc.message}; not started again, to never pay twice "
+                "(VEO3_AMBIGUOUS_START=fail): check the Veo console before resubmitting",
+                retryable=False,
+                code="ambiguous_start",
+            ) from exc
 
     async def _poll_until_done(
         self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn, *, fresh: bool
@@ -191,6 +235,8 @@ class GenerationActor:
     async def _store(
         self, job: Job, op: Operation, ckpt: GenerationCheckpoint, report: ReportFn, t0: float
     ) -> JobResult:
+        """Every video the operation made (`sampleCount`), each streamed into the store;
+        `video_url` is the first."""
         if not op.videos:
             raise ProviderError("Veo finished without a video", retryable=False, code="no_video")
         name = ckpt.video_name
@@ -200,21 +246,32 @@ class GenerationActor:
             await report(progress=92, checkpoint=msgspec.to_builtins(ckpt))
         else:
             await report(progress=92)
+        stored = []
+        for sample, video in enumerate(op.videos):
+            sample_name = name if sample == 0 else f"{name}-{sample}"
+            upload = functools.partial(self._upload, job, video, sample_name)
+            stored.append(await self._retry("download", upload))
+        return JobResult(
+            video_url=stored[0].url,
+            duration=float(job.parameters.duration),
+            processing_time=round(time.monotonic() - t0, 3),
+            video_key=stored[0].key,
+            private=stored[0].private,
+            videos=[VideoOutput(v.url, v.key) for v in stored] if len(stored) > 1 else None,
+        )
+
+    async def _upload(self, job: Job, video: VideoRef, name: str) -> StoredVideo:
         t = time.monotonic()
-
-        async def upload() -> Any:
-            chunks = self.client.download(op.videos[0])
-            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-                try:
-                    return await self.store.put_stream(job.user_id, name, chunks)
-                except StorageError as exc:
-                    # The store refusing (S3 503s, a full disk) is a transient failure of
-                    # this generation, retried like Veo's; never an "internal error".
-                    raise ProviderError(
-                        f"storing the video failed: {exc}", retryable=True, code="storage_error"
-                    ) from exc
-
-        stored = await self._retry("download", upload)
+        chunks = self.client.download(video)
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            try:
+                stored = await self.store.put_stream(job.user_id, name, chunks)
+            except StorageError as exc:
+                # The store refusing (S3 503s, a full disk) is a transient failure of
+                # this generation, retried like Veo's; never an "internal error".
+                raise ProviderError(
+                    f"storing the video failed: {exc}", retryable=True, code="storage_error"
+                ) from exc
         log.info(
             "video stored",
             extra={
@@ -224,18 +281,15 @@ class GenerationActor:
                 "duration_ms": round(1000 * (time.monotonic() - t)),
             },
         )
-        return JobResult(
-            video_url=stored.url,
-            duration=float(job.parameters.duration),
-            processing_time=round(time.monotonic() - t0, 3),
-            video_key=stored.key,
-            private=stored.private,
-        )
+        return stored
 
     async def delete_videos(self, jobs: list[Job]) -> None:
         """Delete the stored videos of `jobs` (retention removed them); failures only warn."""
         storage = "local" if isinstance(self.store, LocalStore) else "s3"
-        for key in filter(None, (stored_video_key(job, storage) for job in jobs)):
+        keys = [stored_video_key(job, storage) for job in jobs]
+        # a generation's further videos (sampleCount): the first is the result's own key
+        keys += [v.key for job in jobs if job.result for v in (job.result.videos or [])[1:]]
+        for key in filter(None, keys):
             try:
                 await self.store.delete(key)
             except StorageError as exc:
@@ -260,6 +314,7 @@ class GenerationActor:
             "downloads": self.calls["download"],
             "errors": self.calls["errors"],
             "rateLimited": self.rate_limited,
+            "ambiguousStarts": self.ambiguous_starts,
         }
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -275,7 +330,7 @@ class GenerationActor:
                     self.rate_limited += 1
                 if (
                     not exc.retryable
-                    or exc.code == "operation_error"
+                    or exc.code in _NOT_RETRIED_HERE
                     or attempt >= self.max_retries
                 ):
                     raise
@@ -307,8 +362,9 @@ class GenerationService:
 
     async def start(self) -> None:
         cfg = self.config
-        base_url, api_key = cfg.veo3_base_url, cfg.veo3_api_key or None
-        if not api_key and cfg.veo3_dialect == "gemini":
+        veo = resolve(cfg)
+        base_url = veo.base_url
+        if veo.fake:
             self.fake = FakeVeoServer(latency_s=3.0)
             await self._stack.enter_async_context(self.fake)
             base_url = self.fake.base_url
@@ -325,12 +381,17 @@ class GenerationService:
         client = Veo3Client(
             session,
             base_url=base_url,
-            api_key=api_key,
-            dialect=cfg.veo3_dialect,
-            access_token=cfg.vertex_access_token or None,
-            project=cfg.vertex_project or None,
-            location=cfg.vertex_location,
-            model=cfg.veo3_model,
+            api_key=veo.api_key,
+            dialect=veo.dialect,
+            access_token=veo.access_token,
+            project=veo.project,
+            location=veo.location,
+            model=veo.model,
+            auth=await self._adc(veo),
+            output_gcs_uri=veo.output_gcs_uri,
+            gcs_base_url=cfg.gcs_base_url,
+            result_timeout_s=cfg.veo3_result_timeout_s,
+            quota_pause_s=cfg.veo3_quota_pause_s,
         )
         store = self._video_store()
         await store.start()
@@ -342,6 +403,18 @@ class GenerationService:
             timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries,
             clock=self.clock,
+            ambiguous_start=cfg.veo3_ambiguous_start,
+            audio_block_retries=cfg.veo3_audio_block_retries,
+        )
+
+    async def _adc(self, veo: Any) -> Auth | None:
+        """Application Default Credentials for Vertex without a fixed token or API key
+        (loaded in the executor: ADC may read files and probe the metadata server)."""
+        if veo.dialect != "vertex" or veo.access_token or veo.express:
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, functools.partial(load_adc, veo.credentials_file, clock=self.clock)
         )
 
     def _video_store(self) -> VideoStore:

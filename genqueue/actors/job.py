@@ -41,6 +41,7 @@ from genqueue.storage.state import Namespace
 
 __all__ = ["JobActor"]
 
+RATE_LIMIT_PAUSE_S = 60.0  # a 429 without a delay: the window of a per-minute quota
 log = logging.getLogger("genqueue.job")
 
 ALLOWED: dict[str, frozenset[str]] = {
@@ -182,8 +183,21 @@ class JobActor(DurableActor):
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError):
-            if exc.status == 429 and exc.retry_after_s:
-                self._tell_queue(PauseDispatch(self.clock.now() + exc.retry_after_s))
+            if exc.code == "quota_exhausted":
+                # The provider's daily quota: dispatch pauses (long, shown in the queue's
+                # pausedUntil) and this job waits it out without spending an attempt.
+                until = self.clock.now() + (exc.retry_after_s or 3600.0)
+                self._tell_queue(PauseDispatch(until, reason="quota"))
+                job = msgspec.structs.replace(job, attempts=max(0, job.attempts - 1))
+                self._save(job, status="retry_wait", error=exc.message)
+                self.set_alarm(until)
+                self._tell_queue(Finished(job.id, job.user_id, "retry_wait"))
+                return
+            if exc.status == 429:
+                # A per-minute limit pauses everyone: for Retry-After / RetryInfo when Google
+                # gives it, else for the minute such a limit counts.
+                pause_s = exc.retry_after_s or RATE_LIMIT_PAUSE_S
+                self._tell_queue(PauseDispatch(self.clock.now() + pause_s))
             self._fail_or_retry(job, exc.message, exc.retryable)
         elif isinstance(exc, InvalidRequest):
             self._end("failed", error=exc.message)

@@ -73,9 +73,11 @@ class Remove(Msg, frozen=True):
 
 
 class PauseDispatch(Msg, frozen=True):
-    """The provider answered 429: start nothing before `until`."""
+    """The provider answered 429: start nothing before `until`. `reason`: "rate_limit"
+    (per minute) or "quota" (the provider's daily quota)."""
 
     until: float
+    reason: str = "rate_limit"
 
 
 class Status(Msg, frozen=True):

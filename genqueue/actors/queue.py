@@ -118,8 +118,8 @@ class QueueActor(DurableActor):
                 self._arrived()
             case Remove():
                 self._removed(message)
-            case PauseDispatch(until=until):
-                self._pause(until)
+            case PauseDispatch(until=until, reason=reason):
+                self._pause(until, reason)
             case Status():
                 return self.status()
             case _:
@@ -175,6 +175,8 @@ class QueueActor(DurableActor):
         else:
             self._count(msg.status)
             self._index_finished(msg.job_id, msg.user_id)
+            if msg.status == "completed" and self.meta.paused_until <= self.clock.now():
+                self.meta.pause_reason = ""  # the provider works again: a pause is news
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
         self._save_meta()
         if self.cfg.dispatch == "alarm":
@@ -202,12 +204,18 @@ class QueueActor(DurableActor):
         now = self.clock.now()
         self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
-    def _pause(self, until: float) -> None:
-        self._count("rate_limit_hits")
+    def _pause(self, until: float, reason: str = "rate_limit") -> None:
+        now = self.clock.now()
+        if reason == "rate_limit" and self.meta.pause_reason and self.meta.paused_until <= now:
+            # The limit is back as soon as its pause ended, with no job completed between:
+            # a quota that does not lift in a minute (a daily one without a QuotaFailure).
+            reason, until = "quota", now + self.cfg.veo3_quota_pause_s
+        self._count("rate_limit_hits" if reason == "rate_limit" else "quota_pauses")
         if until > self.meta.paused_until:
             self.meta.paused_until = until
+            self.meta.pause_reason = reason
             self._save_meta()
-            log.warning("dispatch paused by the provider's rate limit", extra={"until": until})
+            log.warning("dispatch paused by the provider", extra={"until": until, "reason": reason})
 
     # -- dispatch ----------------------------------------------------------------------------------
 
@@ -384,4 +392,8 @@ class QueueActor(DurableActor):
             oldest_wait_s=None if oldest is None else now - oldest,
             counters=self.meta.counters,
             paused_until=self.meta.paused_until if self.meta.paused_until > now else None,
+            paused_reason=(self.meta.pause_reason or None)
+            if self.meta.paused_until > now
+            else None,
+            quota_pauses=self.meta.counters.get("quota_pauses", 0),
         )

@@ -30,6 +30,7 @@ class InFlight(msgspec.Struct, frozen=True):
 class QueueMeta(msgspec.Struct):
     next_seq: int = 1
     paused_until: float = 0.0
+    pause_reason: str = ""
     spent_tokens: list[float] = msgspec.field(default_factory=list)
     next_retention_at: float = 0.0
     counters: dict[str, int] = msgspec.field(default_factory=dict)

@@ -56,7 +56,9 @@ __all__ = ["EVENTS", "MAX_BODY_BYTES", "QUEUE", "create_app"]
 
 log = logging.getLogger("genqueue.http")
 
-MAX_BODY_BYTES = 1024 * 1024
+# A submission may carry up to 10 MiB of images (genqueue.models.MAX_IMAGES_BYTES) as
+# base64 (4/3 of that) in JSON: 16 MiB holds them with room for the rest.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 QUEUE = web.AppKey("queue", JobQueue)
 EVENTS = web.AppKey("events", JobEvents)
 KEYS = web.AppKey("api_keys", ApiKeys)
@@ -87,7 +89,7 @@ def create_app(
     )
     app[KEYS] = ApiKeys.parse(config.api_keys)
     app[METRICS] = Metrics()
-    app[OPENAPI] = encode(build_openapi())
+    app[OPENAPI] = encode(build_openapi(config=config))
     app[VIDEO_ROOT] = video_root if video_root is not None else config.data_path / "videos"
     app.cleanup_ctx.append(_lifecycle(config, processor, clock))
     app.on_shutdown.append(_end_streams)

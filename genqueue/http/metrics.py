@@ -45,6 +45,7 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "submitted": ("jobs_submitted", "Jobs accepted."),
     "retried": ("jobs_retried", "Attempts that ended in a retry."),
     "rate_limit_hits": ("rate_limit_hits", "Times the provider's rate limit paused dispatch."),
+    "quota_pauses": ("quota_pauses", "Times the provider's daily quota paused dispatch."),
 }
 _FINISHED = ("completed", "failed", "cancelled")
 # QueueStatus.webhooks key -> (metric name, help): the outbox's persisted counters ...

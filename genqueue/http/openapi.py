@@ -16,13 +16,14 @@ import msgspec
 from genqueue import (
     ID_CHARS,
     JOB_ID_PATTERN,
+    Config,
     QueueStatus,
     WebhookStats,
 )
 from genqueue.http.dashboard import EventSnapshot, dashboard_paths
 from genqueue.http.errors import ALL_CODES, ErrorBody
 from genqueue.http.openapi_parts import ERRORS, PUBLIC, REF, error_ref, json_ref
-from genqueue.http.openapi_request import REQUEST_SCHEMA
+from genqueue.http.openapi_request import request_schema
 from genqueue.wire import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -62,7 +63,7 @@ def _rename(node: Any) -> Any:
     return node
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(config: Config | None) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [PublicJob, JobPage, ErrorBody, QueueStatus, DeliveryPage, WebhookStats, EventSnapshot],
         ref_template=REF + "{name}",
@@ -72,7 +73,7 @@ def _schemas() -> dict[str, Any]:
         schemas[name]["title"] = name
     codes = schemas["ErrorDetail"]["properties"]["code"]
     codes["description"] = "One of: " + ", ".join(ALL_CODES)
-    schemas["GenerationRequest"] = REQUEST_SCHEMA
+    schemas["GenerationRequest"] = request_schema(config)
     schemas["QueueStatus"]["properties"]["webhooks"] = {"$ref": REF + "WebhookStats"}
     return schemas
 
@@ -346,7 +347,7 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
+def build_openapi(version: str = "0.1.0", config: Config | None = None) -> dict[str, Any]:
     """The document, as a dict ready to encode."""
     return {
         "openapi": "3.1.0",
@@ -359,7 +360,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(config),
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key."}
             },

@@ -1,12 +1,15 @@
-"""The OpenAPI schema of `POST /api/generations`' body (its rules: `validate_request`)."""
+"""The OpenAPI schema of `POST /api/generations`' body (its rules: `validate_request` and
+the provider's capability table, whose models and parameters depend on the configuration)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from genqueue import JOB_ID_PATTERN, MAX_PROMPT_CHARS, MAX_SEED
+from genqueue import JOB_ID_PATTERN, MAX_PROMPT_CHARS, Config
+from genqueue.providers.veo import resolve as resolve_veo
+from genqueue.providers.veo.schema import model_and_parameters_schema
 
-__all__ = ["REQUEST_SCHEMA"]
+__all__ = ["REQUEST_SCHEMA", "request_schema"]
 
 _TEXT = {"type": "string", "maxLength": MAX_PROMPT_CHARS}
 REQUEST_SCHEMA: dict[str, Any] = {
@@ -21,29 +24,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
             "pattern": JOB_ID_PATTERN,
             "description": "Client-chosen id: the same id again returns the same job (200).",
         },
-        "parameters": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "duration": {"type": "integer", "enum": [4, 6, 8], "default": 8},
-                "aspectRatio": {"type": "string", "enum": ["16:9", "9:16"], "default": "16:9"},
-                "resolution": {
-                    "type": "string",
-                    "enum": ["720p", "1080p", "4k"],
-                    "default": "720p",
-                    "description": "1080p and 4k need duration 8.",
-                },
-                "negativePrompt": {"type": ["string", "null"], "maxLength": MAX_PROMPT_CHARS},
-                "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
-            },
-            "if": {
-                "required": ["resolution"],
-                "properties": {"resolution": {"enum": ["1080p", "4k"]}},
-            },
-            "then": {"properties": {"duration": {"const": 8}}},
-        },
         "provider": {"type": "string", "default": "veo3"},
-        "model": {"type": ["string", "null"]},
         "priority": {
             "type": "integer",
             "minimum": 0,
@@ -53,3 +34,14 @@ REQUEST_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+def request_schema(config: Config | None = None) -> dict[str, Any]:
+    """The submission's schema for the door `config` configures (its models' limits)."""
+    veo = resolve_veo(config or Config())
+    model, parameters, clauses = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
+    schema = {**REQUEST_SCHEMA, "properties": dict(REQUEST_SCHEMA["properties"])}
+    schema["properties"]["parameters"] = parameters
+    schema["properties"]["model"] = model
+    schema["allOf"] = clauses
+    return schema

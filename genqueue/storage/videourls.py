@@ -114,11 +114,15 @@ class VideoUrls:
         return self.sign(job.result.video_url)
 
     def present(self, job: Job) -> Job:
-        """`job` with its result's URL as `result_url` gives it (the record is unchanged)."""
+        """`job` with its result's URL as `result_url` gives it (the record is unchanged);
+        a generation's further videos (`result.videos`, sampleCount) are signed alike."""
         url = self.result_url(job)
         if job.result is None or url == job.result.video_url:
             return job
-        result: JobResult = msgspec.structs.replace(job.result, video_url=url)
+        videos = job.result.videos
+        if videos:
+            videos = [msgspec.structs.replace(v, video_url=self.sign(v.video_url)) for v in videos]
+        result: JobResult = msgspec.structs.replace(job.result, video_url=url, videos=videos)
         return msgspec.structs.replace(job, result=result)
 
 

@@ -48,15 +48,10 @@ VERTEX_MODELS = (
     "veo-3.1-fast-generate-001",
     "veo-3.1-lite-generate-001",
 )
-# Served on the Gemini door by this fake only because the project's client (before issue 11's
-# per-dialect default) asks for it there; Google answers 404. Drop once that client lands.
-LEGACY_GEMINI_DEFAULT = "veo-3.1-generate-001"
-# The strict table: exactly what Google serves on each door.
+# The strict table: exactly what Google serves on each door. (The Gemini door also served
+# veo-3.1-generate-001 here until the client's per-door defaults landed, issue 11.)
 GOOGLE_MODELS: dict[str, tuple[str, ...]] = {"gemini": GEMINI_MODELS, "vertex": VERTEX_MODELS}
-KNOWN_MODELS: dict[str, tuple[str, ...]] = {
-    "gemini": (*GEMINI_MODELS, LEGACY_GEMINI_DEFAULT),
-    "vertex": VERTEX_MODELS,
-}
+KNOWN_MODELS: dict[str, tuple[str, ...]] = GOOGLE_MODELS
 
 SAFETY_REASON = (
     "Veo could not generate videos because the input prompt violates Google's Responsible AI "
