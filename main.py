@@ -1,6 +1,7 @@
-"""genqueue's command line: serve | submit | status | jobs | fake-veo.
+"""genqueue's command line: serve | worker | submit | status | jobs | fake-veo.
 
     python main.py serve [--host H] [--port N] [--data-dir D] [--config FILE]
+    python main.py worker [--concurrency N] [--config FILE]   (GENQUEUE_DISPATCH=sqs)
     python main.py submit "PROMPT" [--duration 8] [--aspect-ratio 16:9] [--priority 0] [--wait]
     python main.py status
     python main.py jobs [--status S[,S...]] [--limit N]
@@ -107,6 +108,10 @@ def serve(args: argparse.Namespace) -> int:
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    if cfg.dispatch == "sqs":
+        from genqueue.cluster import check_cluster_config
+
+        check_cluster_config(cfg)
     if not veo_model_served(cfg):
         return EXIT_CANNOT_SERVE
     try:
@@ -135,6 +140,34 @@ def serve(args: argparse.Namespace) -> int:
         )
         return EXIT_CANNOT_SERVE
     print("genqueue stopped", flush=True)
+    return EXIT_OK
+
+
+def worker(args: argparse.Namespace) -> int:
+    """A generation worker for `GENQUEUE_DISPATCH=sqs`, until SIGTERM or SIGINT."""
+    import signal
+
+    from genqueue.cluster import check_cluster_config
+    from genqueue.cluster.worker import Worker
+    from genqueue.log import setup_logging
+
+    cfg = load_config(args.config)
+    check_cluster_config(cfg)
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError(f"--concurrency: must be 1 or more, got {args.concurrency}")
+    setup_logging(cfg.log_level, secrets=secret_values(cfg))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        w = Worker(cfg, concurrency=args.concurrency)
+        print(f"genqueue worker {w.id}: {w.concurrency} slots", flush=True)
+        await w.run(stop)
+
+    asyncio.run(run())
+    print("genqueue worker stopped", flush=True)
     return EXIT_OK
 
 
@@ -312,6 +345,9 @@ def parser() -> argparse.ArgumentParser:
     jp = sub.choices["jobs"]
     jp.add_argument("--status", help="comma-separated: queued, processing, completed, ...")
     jp.add_argument("--limit", type=int, default=20, help="how many, newest first (1-100)")
+    w = sub.add_parser("worker", help="run a generation worker (GENQUEUE_DISPATCH=sqs)")
+    w.add_argument("--concurrency", type=int, help="jobs at once (GENQUEUE_WORKER_CONCURRENCY)")
+    w.add_argument("--config", help="a TOML file")
     f = sub.add_parser("fake-veo", help="run the fake Veo server")
     f.add_argument("--host", default="127.0.0.1")
     f.add_argument("--port", type=int, default=8788)
@@ -338,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "worker":
+            return worker(args)
         if args.command == "fake-veo":
             from genqueue.providers.fake_veo import GOOGLE_MODELS, KNOWN_MODELS, serve_fake_veo
 

@@ -15,7 +15,7 @@ from genqueue.errors import ConfigError
 
 __all__ = ["ENV_NAMES", "SECRET_FIELDS", "Config", "load_config", "secret_values"]
 
-DispatchMode = Literal["alarm", "immediate", "cron"]
+DispatchMode = Literal["alarm", "immediate", "cron", "sqs"]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -84,6 +84,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     webhook_timeout_s: float = 15.0
     webhook_events_started: bool = False
     webhook_events_progress: bool = False
+    # several machines (dispatch = "sqs"): genqueue/cluster/
+    sqs_endpoint_url: str = ""
+    sqs_prefix: str = "genqueue"
+    sqs_max_receives: int = 5  # receives of one work message before the dead-letter queue
+    sqs_wait_s: int = 20  # long polling (SQS allows 0-20)
+    worker_concurrency: int = 16
+    worker_lease_s: int = 60  # visibility of a work message; a heartbeat renews it
     # logs
     log_level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
 
@@ -99,6 +106,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "veo3_audio_block_retries",
         )
         _check_positive(self, "veo3_quota_pause_s", "veo3_result_timeout_s")
+        _check_positive(self, "worker_concurrency", "worker_lease_s")
+        if not 0 <= self.sqs_wait_s <= 20:
+            raise ConfigError(f"sqs_wait_s: must be 0-20 (SQS long polling), got {self.sqs_wait_s}")
+        if self.sqs_max_receives < 2:
+            raise ConfigError(f"sqs_max_receives: must be 2 or more, got {self.sqs_max_receives}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port")
         _check_webhooks(self)
@@ -198,6 +210,12 @@ ENV_NAMES: dict[str, str] = {
     "WEBHOOK_SECRET": "webhook_secret",
     "GENQUEUE_WEBHOOK_RETRY_S": "webhook_retry_s",
     "GENQUEUE_LOG_LEVEL": "log_level",
+    "SQS_ENDPOINT_URL": "sqs_endpoint_url",
+    "GENQUEUE_SQS_PREFIX": "sqs_prefix",
+    "GENQUEUE_SQS_MAX_RECEIVES": "sqs_max_receives",
+    "GENQUEUE_SQS_WAIT_S": "sqs_wait_s",
+    "GENQUEUE_WORKER_CONCURRENCY": "worker_concurrency",
+    "GENQUEUE_WORKER_LEASE_S": "worker_lease_s",
 }
 
 # Values that must never be printed or logged.

@@ -307,7 +307,13 @@ class JobQueue:
             self._queue_status(),
             webhooks=self.webhook_stats().as_status(),
             provider=self._provider_stats(),
+            cluster=self._cluster_stats(),
         )
+
+    def _cluster_stats(self) -> dict[str, Any] | None:
+        """The coordinator's view of its workers and queues (`dispatch = "sqs"`)."""
+        stats = getattr(self.processor, "cluster_stats", None)
+        return dict(stats()) if callable(stats) else None
 
     def _provider_stats(self) -> dict[str, Any]:
         """The processor's own figures (the GenerationActor's Veo calls), if it keeps any."""
@@ -412,7 +418,10 @@ class JobQueue:
             self._sys().ask_async(QueueActor, QUEUE_KEY, Status()), self.awebhook_stats()
         )
         return msgspec.structs.replace(
-            status, webhooks=webhooks.as_status(), provider=self._provider_stats()
+            status,
+            webhooks=webhooks.as_status(),
+            provider=self._provider_stats(),
+            cluster=self._cluster_stats(),
         )
 
     # -- webhooks (the outbox) ---------------------------------------------------------------

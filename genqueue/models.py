@@ -183,6 +183,8 @@ class QueueStatus(msgspec.Struct, rename="camel"):
     quota_pauses: int = 0
     provider: dict[str, Any] = msgspec.field(default_factory=dict)
     webhooks: dict[str, Any] = msgspec.field(default_factory=dict)
+    # dispatch = "sqs": workers, SQS depths, the dead-letter count (genqueue/cluster/)
+    cluster: dict[str, Any] | None = None
 
 
 def _fail(field: str, message: str) -> NoReturn:

@@ -210,7 +210,7 @@ class QueueActor(DurableActor):
         """Jobs joined the line. Alarm mode dispatches in this turn (what an alarm set to now
         would do, without the round trip through the scheduler: the dispatch is committed
         with the submission); every mode keeps the alarm the watchdog needs."""
-        if self.cfg.dispatch == "alarm":
+        if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
             self._dispatch_here()
             return
         at, due = self._next_alarm(None), self.get_alarm()
@@ -241,7 +241,7 @@ class QueueActor(DurableActor):
                 self.meta.pause_reason = ""  # the provider works again: a pause is news
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
         self._save_meta()
-        if self.cfg.dispatch == "alarm":
+        if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
             self._dispatch_here()  # what an alarm set to now would do, without the round trip
         self._tell_if_idle()
 

@@ -104,6 +104,14 @@ def _lifecycle(
         loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
             proc = processor
+            coordinator = None
+            if proc is None and config.dispatch == "sqs":
+                from genqueue.cluster.coordinator import Coordinator
+
+                coordinator = Coordinator(config, clock=clock)
+                await coordinator.start()
+                stack.push_async_callback(coordinator.close)
+                proc = coordinator
             if proc is None:
                 from genqueue.actors.generation import GenerationService
 
@@ -115,6 +123,13 @@ def _lifecycle(
             # open/close wait on actor threads, which may need this loop: not on it.
             await asyncio.to_thread(queue.open)
             stack.push_async_callback(asyncio.to_thread, queue.close)
+            if coordinator is not None:  # events wait in SQS until the queue is open
+                from genqueue.cluster.consumer import EventsConsumer
+
+                consumer = EventsConsumer(coordinator, queue)
+                stack.callback(consumer.close)
+                consumer.start()
+                stack.push_async_callback(coordinator.stop_tasks)
             healer = asyncio.create_task(_heal_store(queue, config))
             stack.push_async_callback(_cancel, healer)
             events = JobEvents(loop)
