@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,10 @@ def test_sixty_jobs_survive_kills_of_workers_and_coordinator(
     counts = _prompts(ops)
     assert set(counts) == set(prompts)
     assert max(counts.values()) == 1, {p: n for p, n in counts.items() if n > 1}
+    # The killed worker's checkpointed jobs were resumed elsewhere (same operation, above).
+    others = cluster.workers["crash-w2"].err_path.read_text()
+    others += cluster.workers["crash-w3"].err_path.read_text()
+    assert re.search(r'"event":"generation started"[^\n]*"resumed":true', others)
     starts = sorted(op["startedAt"] for op in ops)
     # The coordinator spends a token at dispatch; the start follows within a receive. So
     # any 60 s window, less that latency (2 s), holds at most `rate` starts.
@@ -368,3 +373,34 @@ def test_sixty_jobs_survive_kills_of_workers_and_coordinator(
         in_window = sum(1 for u in starts[i:] if u < t + 58)
         assert in_window <= rate, (i, in_window)
     assert starts[-1] - starts[0] >= 58  # the limit held the last jobs back a minute
+
+
+# -- a 429 at any worker pauses dispatch for all ------------------------------------------------
+
+
+def test_a_429_at_a_worker_pauses_dispatch_for_all(cluster: Cluster, fake: FakeVeoProc) -> None:
+    cluster.worker("limited-w1", concurrency=4)
+    with cluster.coordinator("limited-coordinator") as server:
+
+        async def scenario(api: Api, session: aiohttp.ClientSession) -> Any:
+            await api.submit({"prompt": "limited first"})  # a start within the fake's minute
+            await fake.faults(session, rate_limit_per_minute=1)
+            try:
+                await api.submit({"prompt": "limited second"})  # its start gets a 429
+
+                async def paused() -> tuple[bool, Any]:
+                    st = await api.queue_status()
+                    return st["pausedUntil"] is not None and st["rateLimitHits"] >= 1, st
+
+                # The worker retries the 429 itself: the pause comes from its notice.
+                await eventually(paused, "dispatch paused by the worker's 429", 20)
+                third = await api.submit({"prompt": "limited third"})
+                st = await api.queue_status()
+                return st, await api.job(third["id"]), (await fake.stats(session))["rateLimited"]
+            finally:
+                await fake.faults(session, rate_limit_per_minute=0)
+
+        st, third, limited = run(server, scenario, timeout_s=60)
+    assert limited >= 1
+    assert st["inFlight"] < st["maxConcurrency"]
+    assert third["status"] == "queued"  # held back for everyone until the pause ends

@@ -21,7 +21,8 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -55,18 +56,22 @@ class WorkerRun:
     work: Work
     handle: str
     progress: int = 0
-    safe: asyncio.Event = field(default_factory=asyncio.Event)  # no paid start in flight
+    starting: bool = False  # a paid start is in flight and not yet checkpointed
     stop_reason: str | None = None  # "cancelled" | "handback" | "lease_lost"
     task: asyncio.Task[None] | None = None
+    closing: bool = False  # the outcome is known: being sent, then the message deleted
 
     def stop(self, reason: str) -> None:
-        if self.stop_reason is None and self.task is not None:
+        if self.stop_reason is None and self.task is not None and not self.closing:
             self.stop_reason = reason
             self.task.cancel()
 
 
 class _CancelledByCoordinator(Exception):
     pass
+
+
+_RUN: ContextVar[WorkerRun | None] = ContextVar("genqueue_worker_run", default=None)
 
 
 class Worker:
@@ -81,6 +86,7 @@ class Worker:
         self.runs: dict[str, WorkerRun] = {}
         self._freed = asyncio.Event()
         self._last_429 = 0.0
+        self._calm = asyncio.Event()  # set when a start in flight reached its checkpoint
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -143,6 +149,7 @@ class Worker:
 
     async def _execute(self, run: WorkerRun) -> None:
         job_id = run.work.job.id
+        _RUN.set(run)  # (this task's own context) the Veo client spy marks its starts
         try:
             try:
                 outcome = await self._generate(run)
@@ -152,6 +159,7 @@ class Worker:
                 outcome = self._outcome(run, error=_cancelled())
             except _CancelledByCoordinator:
                 outcome = self._outcome(run, error=_cancelled())
+            run.closing = True
             if outcome is not None:
                 await self._send(outcome, job_id)  # the outcome is out before the delete
             await self.queues.delete("work", run.handle)
@@ -171,8 +179,6 @@ class Worker:
             return None  # a message of an earlier attempt, delivered late: drop it
         ckpt = latest.checkpoint if latest is not None and latest.attempt == work.attempt else None
         ckpt = ckpt if ckpt is not None else work.checkpoint
-        if isinstance(ckpt, dict) and ckpt.get("operation"):
-            run.safe.set()
         job = msgspec.structs.replace(work.job, checkpoint=ckpt, attempts=work.attempt)
         try:
             result = await self.service(job, self._reporter(run))
@@ -220,8 +226,7 @@ class Worker:
                     retryable=True,
                     code="checkpoint_failed",
                 ) from exc
-            if isinstance(checkpoint, dict) and checkpoint.get("operation"):
-                run.safe.set()
+            self.start_settled(run)
 
         return report
 
@@ -253,7 +258,7 @@ class Worker:
                     "work", [r.handle for r in runs], self.queues.lease_s
                 )
                 for r in runs:
-                    if r.handle in refused:
+                    if r.handle in refused and not r.closing:  # (closing: deleted meanwhile)
                         log.warning("lease lost", extra={"job_id": r.work.job.id})
                         r.stop("lease_lost")
                 await self._send(self._beat(), self.id)
@@ -279,9 +284,15 @@ class Worker:
     def _spy_rate_limits(self) -> None:
         actor = self.service.actor
         if actor is not None:
-            actor.client = _RateLimitSpy(actor.client, self._saw_429)  # type: ignore[assignment]
+            actor.client = _ClientSpy(actor.client, self)  # type: ignore[assignment]
 
-    def _saw_429(self, retry_after_s: float | None) -> None:
+    def start_settled(self, run: WorkerRun | None) -> None:
+        """A paid start ended: checkpointed, or refused (nothing to lose)."""
+        if run is not None and run.starting:
+            run.starting = False
+            self._calm.set()
+
+    def saw_429(self, retry_after_s: float | None) -> None:
         now = time.monotonic()
         if now - self._last_429 < 1.0:
             return  # one notice a second is enough to pause everyone
@@ -292,19 +303,27 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _hand_back_all(self) -> None:
-        runs = list(self.runs.values())
+        """Wait until no paid start is between its call and its checkpoint, then stop every
+        attempt in the same loop turn (none can begin a start after the check) and make
+        each message visible again."""
+        deadline = time.monotonic() + START_GRACE_S
+        while any(r.starting for r in self.runs.values()) and time.monotonic() < deadline:
+            self._calm.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._calm.wait(), deadline - time.monotonic())
+        runs = [r for r in self.runs.values() if r.task is not None and not r.task.done()]
         if not runs:
             return
         log.info("handing back", extra={"worker_id": self.id, "jobs": len(runs)})
+        for run in runs:
+            run.stop("handback")
         await asyncio.gather(*(self._hand_back(r) for r in runs))
 
     async def _hand_back(self, run: WorkerRun) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.safe.wait(), START_GRACE_S)
-        if run.task is None or run.task.done():
-            return
-        run.stop("handback")
+        assert run.task is not None
         await asyncio.gather(run.task, return_exceptions=True)
+        if run.stop_reason != "handback":
+            return  # it ended by itself meanwhile
         try:
             await self.queues.set_visibility("work", run.handle, 0)
         except Exception as exc:  # the lease runs out instead
@@ -315,22 +334,27 @@ def _cancelled() -> ErrorInfo:
     return ErrorInfo(message="cancelled", retryable=False, code="cancelled")
 
 
-class _RateLimitSpy:
-    """The Veo client, telling the worker of every 429 (which the workflow then retries)."""
+class _ClientSpy:
+    """The Veo client, telling the worker when a paid start is in flight (until its
+    checkpoint is stored) and of every 429 (which the workflow then retries)."""
 
-    def __init__(self, client: Any, on_429: Any):
+    def __init__(self, client: Any, worker: Worker):
         self._client = client
-        self._on_429 = on_429
+        self._worker = worker
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     async def start(self, *args: Any, **kw: Any) -> Any:
+        run = _RUN.get()
+        if run is not None:
+            run.starting = True
         try:
             return await self._client.start(*args, **kw)
-        except ProviderError as exc:
-            if exc.status == 429:
-                self._on_429(exc.retry_after_s)
+        except BaseException as exc:
+            self._worker.start_settled(run)  # no operation: nothing to checkpoint
+            if isinstance(exc, ProviderError) and exc.status == 429:
+                self._worker.saw_429(exc.retry_after_s)
             raise
 
     async def poll(self, *args: Any, **kw: Any) -> Any:
@@ -338,5 +362,5 @@ class _RateLimitSpy:
             return await self._client.poll(*args, **kw)
         except ProviderError as exc:
             if exc.status == 429:
-                self._on_429(exc.retry_after_s)
+                self._worker.saw_429(exc.retry_after_s)
             raise
