@@ -55,6 +55,7 @@ class EventsConsumer:
         self.held: dict[str, list[tuple[str, str]]] = {}  # job id -> (queue, handle)
         self._loop = asyncio.get_running_loop()
         self._unsubscribe = queue.subscribe(self._published)
+        coordinator.read_job = lambda job_id: JobActor.read(self._system(), job_id)
 
     def start(self) -> None:
         for _ in range(CONSUMERS):

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = ["Coordinator", "RemoteRun", "WorkerSeen"]
 log = logging.getLogger("genqueue.cluster")
 MAX_WORK_BYTES = 250_000  # SQS takes 256 KiB a message
 SEND_TRIES = 5
+NOTICE_LOOKS = 50  # a cancelled run's job leaves `processing` within 5 s (one actor turn)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Coordinator:
         self.counters = {"dispatched": 0, "deadLettered": 0, "staleEvents": 0, "events": 0}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closing = False  # shutting down: the runs' cancellation is no cancel
+        self.read_job: Callable[[str], Job | None] | None = None  # set by the consumer
 
     async def start(self) -> None:
         await self.queues.start()
@@ -162,6 +164,21 @@ class Coordinator:
                 await asyncio.sleep(0.5 * 2**attempt)
 
     async def _notice_cancel(self, job_id: str, attempt: int) -> None:
+        """Tell the worker, once the job is seen to have left this attempt (cancelled, or
+        timed out): the actors stopping (a store reopening) cancel runs too, and then the
+        job stays processing and its worker carries on."""
+        for _ in range(NOTICE_LOOKS):
+            await asyncio.sleep(0.1)
+            try:
+                job = self.read_job(job_id) if self.read_job is not None else None
+            except Exception:  # the store is unavailable: not a cancel to pass on now
+                return
+            if job is None:
+                return
+            if job.status != "processing" or job.attempts != attempt:
+                break
+        else:
+            return
         try:
             await self.board.cancel(job_id, attempt)
         except Exception as exc:
