@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "http": "bench.http_bench:main",
     "restart": "bench.restart_bench:main",
     "compare": "bench.compare_bench:main",
+    "cluster": "bench.cluster_bench:main",
 }
 
 

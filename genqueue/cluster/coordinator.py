@@ -206,6 +206,7 @@ class Coordinator:
                     "concurrency": seen.beat.concurrency,
                     "inFlight": len(seen.beat.jobs),
                     "lastHeartbeatAgoS": round(now - seen.seen_at, 1),
+                    "sqsRequests": seen.beat.sqs_requests,
                 }
                 for wid, seen in sorted(self.workers.items())
             ],

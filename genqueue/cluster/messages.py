@@ -91,6 +91,7 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat", kw_only=True):
     jobs: tuple[JobBeat, ...] = ()
     sent_at: float = 0.0
     stopping: bool = False
+    sqs_requests: int = 0  # made by this worker so far (the benchmark reads them)
 
 
 Event = Checkpoint | Outcome | RateLimited | Heartbeat

@@ -279,6 +279,7 @@ class Worker:
             ),
             sent_at=time.time(),
             stopping=stopping,
+            sqs_requests=self.queues.requests,
         )
 
     def _spy_rate_limits(self) -> None:

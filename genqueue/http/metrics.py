@@ -124,6 +124,7 @@ def _cluster(values: Mapping[str, Any]) -> Iterator[Metric]:
         ("concurrency", "worker_concurrency", "Slots of a worker."),
         ("inFlight", "worker_in_flight", "Jobs a worker holds."),
         ("lastHeartbeatAgoS", "worker_last_heartbeat_age_seconds", "Since a worker's heartbeat."),
+        ("sqsRequests", "worker_sqs_requests", "SQS requests a worker made."),
     ):
         family = GaugeMetricFamily(P + "cluster_" + name, doc, labels=["worker", "host"])
         for w in workers:
