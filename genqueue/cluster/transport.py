@@ -31,6 +31,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 
+from genqueue.cluster.batch import Batcher
 from genqueue.config import Config
 
 __all__ = ["Board", "BoardCheckpoint", "Queues", "Received"]
@@ -87,6 +88,7 @@ class Queues:
         self.requests = 0
         self._stack = contextlib.AsyncExitStack()
         self._sqs: Any = None
+        self._batchers: dict[tuple[str, str], Batcher] = {}
 
     async def start(self) -> None:
         self._sqs = await self._stack.enter_async_context(
@@ -129,13 +131,26 @@ class Queues:
         self.requests += 1
         return await getattr(self._sqs, op)(**kw)
 
+    def _batcher(self, op: str, queue: str) -> Batcher:
+        batcher = self._batchers.get((op, queue))
+        if batcher is None:
+            url = self.urls[queue]
+
+            async def send(entries: list[dict[str, Any]]) -> dict[str, Any]:
+                resp: dict[str, Any] = await self._call(op, QueueUrl=url, Entries=entries)
+                return resp
+
+            batcher = self._batchers[(op, queue)] = Batcher(send)
+        return batcher
+
     async def send(self, queue: str, body: str, group: str, dedup: str | None = None) -> None:
-        await self._call(
-            "send_message",
-            QueueUrl=self.urls[queue],
-            MessageBody=body,
-            MessageGroupId=group,
-            MessageDeduplicationId=dedup or uuid.uuid4().hex,
+        """Send one message (sends of one loop turn share a SendMessageBatch)."""
+        await self._batcher("send_message_batch", queue).submit(
+            {
+                "MessageBody": body,
+                "MessageGroupId": group,
+                "MessageDeduplicationId": dedup or uuid.uuid4().hex,
+            }
         )
 
     async def receive(
@@ -163,7 +178,8 @@ class Queues:
         ]
 
     async def delete(self, queue: str, handle: str) -> None:
-        await self._call("delete_message", QueueUrl=self.urls[queue], ReceiptHandle=handle)
+        """Delete one message (deletes of one loop turn share a DeleteMessageBatch)."""
+        await self._batcher("delete_message_batch", queue).submit({"ReceiptHandle": handle})
 
     async def set_visibility(self, queue: str, handle: str, visibility_s: int) -> None:
         await self._call(
