@@ -250,6 +250,8 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval_s = max(0.5, self.queues.lease_s / 3)
+        with contextlib.suppress(Exception):  # the coordinator lists this worker at once
+            await self._send(self._beat(), self.id)
         while True:
             await asyncio.sleep(interval_s)
             runs = list(self.runs.values())
