@@ -404,3 +404,38 @@ def test_a_429_at_a_worker_pauses_dispatch_for_all(cluster: Cluster, fake: FakeV
     assert limited >= 1
     assert st["inFlight"] < st["maxConcurrency"]
     assert third["status"] == "queued"  # held back for everyone until the pause ends
+
+
+# -- a worker killed mid-generation: another polls the same operation ---------------------------
+
+
+def test_a_killed_workers_job_is_resumed_on_the_same_operation(
+    cluster: Cluster, fake: FakeVeoProc
+) -> None:
+    prompt = "resume me on another worker"
+    first = cluster.worker("resume-w1", concurrency=1)
+    with cluster.coordinator("resume-coordinator") as server:
+
+        async def scenario(api: Api, session: aiohttp.ClientSession) -> Any:
+            await fake.faults(session, latency_s=6)
+            try:
+                job = await api.submit({"prompt": prompt})
+
+                async def checkpointed() -> tuple[bool, Any]:
+                    j = await api.job(job["id"])
+                    return j["status"] == "processing" and j["progress"] >= 5, j
+
+                await eventually(checkpointed, "the job checkpointed on the first worker", 20)
+                first.sigkill()
+                second = cluster.worker("resume-w2", concurrency=1)
+                done = await api.wait_job(job["id"], 40)
+                return done, await fake.ops(session, prompt), second
+            finally:
+                await fake.faults(session, latency_s=0.5)
+
+        done, ops, second = run(server, scenario, timeout_s=90)
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 1  # resumed within the attempt, not retried
+    assert len(ops) == 1 and ops[0]["downloads"] == 1, ops  # one paid start
+    log = second.err_path.read_text()
+    assert re.search(rf'"generation started","job_id":"{done["id"]}"[^\n]*"resumed":true', log)

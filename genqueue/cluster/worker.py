@@ -86,6 +86,7 @@ class Worker:
         self.runs: dict[str, WorkerRun] = {}
         self._freed = asyncio.Event()
         self._last_429 = 0.0
+        self._stopping = False
         self._calm = asyncio.Event()  # set when a start in flight reached its checkpoint
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -103,8 +104,7 @@ class Worker:
             receiver = asyncio.create_task(self._receive_loop())
             beats = asyncio.create_task(self._heartbeat_loop())
             await stop.wait()
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
+            await self._stop_receiving(receiver)
             await self._hand_back_all()
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
@@ -115,7 +115,7 @@ class Worker:
     # -- receiving ---------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        while True:
+        while not self._stopping:
             free = self.concurrency - len(self.runs)
             if free <= 0:
                 self._freed.clear()
@@ -129,8 +129,23 @@ class Worker:
                 log.warning("SQS receive failed", extra={"error": repr(exc)})
                 await asyncio.sleep(1)
                 continue
+            if self._stopping:  # received while SIGTERM came: straight back
+                for m in msgs:
+                    with contextlib.suppress(Exception):
+                        await self.queues.set_visibility("work", m.handle, 0)
+                return
             for m in msgs:
                 self._accept(m)
+
+    async def _stop_receiving(self, receiver: asyncio.Task[None]) -> None:
+        """Let the long poll under way end (what it brings goes straight back): a poll cut
+        short could leave messages SQS already handed out invisible for a whole lease."""
+        self._stopping = True
+        self._freed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(receiver), self.config.sqs_wait_s + 5)
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
 
     def _accept(self, m: Received) -> None:
         try:
