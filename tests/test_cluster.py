@@ -283,14 +283,13 @@ def test_sixty_jobs_survive_kills_of_workers_and_coordinator(
     cluster.config = {"max_concurrency": 16}
     env = {"GENQUEUE_RATE_LIMIT_PER_MINUTE": str(rate), "GENQUEUE_MAX_CONCURRENCY": "16"}
     w1 = cluster.worker("crash-w1", concurrency=8)
-    w2 = cluster.worker("crash-w2", concurrency=8)
-    cluster.worker("crash-w3", concurrency=8)
     first = cluster.coordinator("crash-coordinator-1", **env).start()
     prompts = [f"cluster crash {i}" for i in range(60)]
+    ids = [f"crash-{i}" for i in range(60)]
+    workers: dict[str, Child] = {}
 
     async def main() -> Any:
         async with aiohttp.ClientSession() as session:
-            await fake.faults(session, latency_s=2.0)
             try:
                 return await asyncio.wait_for(scenario(session), 150)
             finally:
@@ -298,26 +297,30 @@ def test_sixty_jobs_survive_kills_of_workers_and_coordinator(
 
     async def scenario(session: aiohttp.ClientSession) -> Any:
         api = first.api(session)
-        ids = [
-            (await api.submit({"id": f"crash-{i}", "prompt": p}))["id"]
-            for i, p in enumerate(prompts)
-        ]
+        # The first 8 go to w1 alone, and take long enough for w1 to be killed mid-way.
+        await fake.faults(session, latency_s=8.0)
+        for job_id, prompt in zip(ids[:8], prompts[:8], strict=True):
+            await api.submit({"id": job_id, "prompt": prompt})
 
-        async def all_checkpointed_w1_busy() -> tuple[bool, Any]:
+        async def w1_checkpointed() -> tuple[bool, Any]:
+            jobs = [await api.job(i) for i in ids[:8]]
+            ok = all(j["status"] == "processing" and j["progress"] >= 5 for j in jobs)
+            return ok, [(j["status"], j["progress"]) for j in jobs]
+
+        await eventually(w1_checkpointed, "w1 running 8 checkpointed jobs", 30)
+        workers["w2"] = cluster.worker("crash-w2", concurrency=8)
+        workers["w3"] = cluster.worker("crash-w3", concurrency=8)
+
+        async def three_workers() -> tuple[bool, Any]:
             st = await api.queue_status()
-            busy = {w["id"]: w["inFlight"] for w in st["cluster"]["workers"]}
-            running = [await api.job(i) for i in ids[:24]]
-            processing = [j for j in running if j["status"] == "processing"]
-            ok = (
-                len(busy) == 3
-                and min(busy.values()) > 0
-                and len(processing) >= 8
-                and all(j["progress"] >= 5 for j in processing)
-            )
-            return ok, busy
+            return len(st["cluster"]["workers"]) == 3, st["cluster"]["workers"]
 
-        await eventually(all_checkpointed_w1_busy, "every worker running checkpointed jobs", 30)
-        w1.sigkill()  # mid-generation: its jobs come back after the lease
+        await eventually(three_workers, "w2 and w3 listed", 30)
+        # Nothing is queued, so no start is in flight: the kill lands mid-generation only.
+        w1.sigkill()
+        await fake.faults(session, latency_s=2.0)
+        for job_id, prompt in zip(ids[8:], prompts[8:], strict=True):
+            await api.submit({"id": job_id, "prompt": prompt})
 
         async def some_done(n: int) -> Any:
             async def check() -> tuple[bool, Any]:
@@ -339,7 +342,7 @@ def test_sixty_jobs_survive_kills_of_workers_and_coordinator(
         try:
             api = second.api(session)
             await some_done(25)
-            assert w2.stop(timeout_s=40) == 0  # SIGTERM: hands back, exits 0
+            assert workers["w2"].stop(timeout_s=40) == 0  # SIGTERM: hands back, exits 0
             jobs = await api.wait_all(ids, 120)
             hooks = await receiver.events_for(session, set(ids), {"generation.completed"}, 30)
             stats = await fake.stats(session)
@@ -355,17 +358,19 @@ def test_sixty_jobs_survive_kills_of_workers_and_coordinator(
         (j["id"], j["status"], j["error"]) for j in jobs.values() if j["status"] != "completed"
     ]
     for job_id, deliveries in hooks.items():
-        ids = {d["id"] for d in deliveries if d["event"] == "generation.completed"}
-        assert len(ids) == 1, (job_id, deliveries)
+        hook_ids = {d["id"] for d in deliveries if d["event"] == "generation.completed"}
+        assert len(hook_ids) == 1, (job_id, deliveries)
         assert all(d["event"] == "generation.completed" for d in deliveries), deliveries
     ops = [op for op in stats["operations"] if op["prompt"] in set(prompts)]
     counts = _prompts(ops)
     assert set(counts) == set(prompts)
     assert max(counts.values()) == 1, {p: n for p, n in counts.items() if n > 1}
-    # The killed worker's checkpointed jobs were resumed elsewhere (same operation, above).
+    # w1's checkpointed jobs were resumed elsewhere (on the same operation: above).
     others = cluster.workers["crash-w2"].err_path.read_text()
     others += cluster.workers["crash-w3"].err_path.read_text()
-    assert re.search(r'"event":"generation started"[^\n]*"resumed":true', others)
+    for job_id in ids[:8]:
+        pattern = rf'"generation started","job_id":"{job_id}"[^\n]*"resumed":true'
+        assert re.search(pattern, others), job_id
     starts = sorted(op["startedAt"] for op in ops)
     # The coordinator spends a token at dispatch; the start follows within a receive. So
     # any 60 s window, less that latency (2 s), holds at most `rate` starts.
