@@ -153,6 +153,8 @@ def worker(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     check_cluster_config(cfg)
+    if not veo_model_served(cfg):
+        return EXIT_CANNOT_SERVE
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError(f"--concurrency: must be 1 or more, got {args.concurrency}")
     setup_logging(cfg.log_level, secrets=secret_values(cfg))
