@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
 import socket
 import sys
@@ -40,6 +41,27 @@ EXIT_CANNOT_SERVE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 5, 130, 141
 KEY_FILE = "admin_key"
 POLL_S = 0.5  # how often `submit --wait` looks at the job
 
+# What a terminal may act on: C0 controls (ESC, BEL, CR, ...), DEL, C1 controls (CSI
+# U+009B opens an escape sequence on its own) and the bidi overrides that reorder what
+# is shown. Everything the client commands print goes through `safe`, so a job's prompt,
+# an error message or a status key from the server cannot drive an admin's terminal.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str) -> str:
+    """`text` with every character a terminal could act on shown escaped (`\\x1b`)."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def say(text: str, file: IO[str] | None = None) -> None:
+    """Print one line of output, escaped (`safe`), and flush it."""
+    print(safe(text), file=file or sys.stdout, flush=True)
+
 
 def ensure_api_keys(cfg: Config) -> Config:
     """With no keys configured, make one admin key on first start, store it, print it once."""
@@ -56,7 +78,8 @@ def ensure_api_keys(cfg: Config) -> Config:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
-        print(f"Generated an admin API key (stored in {path}; shown once):\n  {key}", flush=True)
+        say(f"Generated an admin API key (stored in {path}; shown once):")
+        say(f"  {key}")
 
     return msgspec.structs.replace(cfg, api_keys=f"{key}=admin:admin")
 
@@ -124,22 +147,22 @@ def serve(args: argparse.Namespace) -> int:
                 # After the cleanup context opened the queue (and so took the data directory):
                 # a refused start never says "serving on".
                 url = f"http://{cfg.host}:{cfg.port}"
-                print(f"genqueue serving on {url} (data in {cfg.data_dir})", flush=True)
+                say(f"genqueue serving on {url} (data in {cfg.data_dir})")
 
             app.on_startup.append(announce)
             # SIGTERM and SIGINT end run_app gracefully; it returns once all is closed.
             run_app(app, sock, shutdown_timeout_s=10)
     except CannotServe as exc:
-        print(f"genqueue: {exc}", file=sys.stderr)
+        say(f"genqueue: {exc}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
     except DataDirInUse as exc:  # JobQueue.open() holds the one lock per data directory
         holder = f" (held by pid {exc.pid})" if exc.pid is not None else ""
-        print(
+        say(
             f"genqueue: another genqueue server is using the data directory {exc.data_dir}{holder}",
             file=sys.stderr,
         )
         return EXIT_CANNOT_SERVE
-    print("genqueue stopped", flush=True)
+    say("genqueue stopped")
     return EXIT_OK
 
 
@@ -251,7 +274,7 @@ class Progress:
             return
         self.last = (status, progress)
         bar = "#" * (max(0, min(progress, 100)) // 5)
-        line = f"[{bar:<20}] {progress:3d}% {status:<10}"
+        line = safe(f"[{bar:<20}] {progress:3d}% {status:<10}")
         if self.tty:
             self.out.write("\r" + line)
         else:
@@ -273,7 +296,7 @@ async def _submit(args: argparse.Namespace) -> int:
     }
     async with _session() as session:
         job = await _call(session, "POST", f"{url}/api/generations", key, body)
-        print(f"submitted {job['id']} ({job['status']})", flush=True)
+        say(f"submitted {job['id']} ({job['status']})")
         if not args.wait:
             return EXIT_OK
         progress = Progress(sys.stdout)
@@ -286,9 +309,9 @@ async def _submit(args: argparse.Namespace) -> int:
         finally:
             progress.end()
     if job["status"] == "completed":
-        print(job["result"]["videoUrl"])
+        say(str(job["result"]["videoUrl"]))
         return EXIT_OK
-    print(f"job {job['id']} {job['status']}: {job.get('error')}", file=sys.stderr)
+    say(f"job {job['id']} {job['status']}: {job.get('error')}", file=sys.stderr)
     return EXIT_JOB_FAILED
 
 
@@ -308,7 +331,7 @@ async def _status(args: argparse.Namespace) -> int:
         st = await _call(session, "GET", f"{url}/api/queue/status", key)
     width = max(len(k) for k in st)
     for k, v in st.items():
-        print(f"{k:<{width}}  {_shown(v)}")
+        say(f"{k:<{width}}  {_shown(v)}")
     return EXIT_OK
 
 
@@ -319,12 +342,12 @@ async def _jobs(args: argparse.Namespace) -> int:
         params["status"] = args.status
     async with _session() as session:
         page = await _call(session, "GET", f"{url}/api/generations", key, params=params)
-    print(f"{'id':<34} {'status':<11} {'progress':>8}  prompt")
+    say(f"{'id':<34} {'status':<11} {'progress':>8}  prompt")
     for job in page["items"]:
-        prompt = " ".join(job["prompt"].split())[:40]
-        print(f"{job['id']:<34} {job['status']:<11} {job['progress']:>7}%  {prompt}")
+        prompt = " ".join(str(job["prompt"]).split())[:40]
+        say(f"{job['id']:<34} {job['status']:<11} {job['progress']:>7}%  {prompt}")
     if page.get("nextCursor"):
-        print(f"(the newest {len(page['items'])}; --limit shows up to 100)")
+        say(f"(the newest {len(page['items'])}; --limit shows up to 100)")
     return EXIT_OK
 
 
@@ -394,16 +417,16 @@ def main(argv: list[str] | None = None) -> int:
                     issuer_options={"lifetime_s": args.token_lifetime_s},
                 )
             except OSError as exc:
-                print(f"fake Veo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+                say(f"fake Veo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
                 return EXIT_CANNOT_SERVE
             return EXIT_OK
         run = {"submit": _submit, "status": _status, "jobs": _jobs}[args.command]
         return asyncio.run(run(args))
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        say(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as exc:
-        print(f"genqueue: {exc}", file=sys.stderr)
+        say(f"genqueue: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
