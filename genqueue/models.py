@@ -10,12 +10,15 @@ import re
 from typing import Annotated, Any, Literal, NoReturn
 
 import msgspec
+from msgspec import Meta
 
 from genqueue.errors import InvalidRequest
 
 __all__ = [
     "MAX_IMAGES_BYTES",
     "MAX_IMAGE_BYTES",
+    "MAX_NAME_CHARS",
+    "PROVIDERS",
     "TERMINAL",
     "GenerationParams",
     "GenerationRequest",
@@ -32,7 +35,12 @@ JobStatus = Literal["queued", "processing", "retry_wait", "completed", "failed",
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_PROMPT_CHARS = 4000
-JOB_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+MAX_NAME_CHARS = 128  # `model` and `provider`: names, not documents
+PROVIDERS: tuple[str, ...] = ("veo3",)  # the providers a request may name
+# Not made only of dots ("." and ".." are path segments, not names).
+JOB_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9._:\-]{1,128}$")
+# C0 control characters a text may not hold: all but \t and \n (ESC, BEL, NUL, CR, ...).
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f]")
 # Whitespace as JSON Schema's (ECMA-262) `\S` sees it, so the API and its OpenAPI agree on
 # "blank" (Python's str.strip() also strips the \x1c-\x1f separators).
 _BLANK = (
@@ -89,14 +97,17 @@ class GenerationParams(
         return [(field, image) for field, image in named if image is not None]
 
 
+Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
+
+
 class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """`POST /api/generations` and `JobQueue.submit`."""
 
     prompt: str
     id: str | None = None
     parameters: GenerationParams = msgspec.field(default_factory=GenerationParams)
-    provider: str = "veo3"
-    model: str | None = None
+    provider: Name = "veo3"
+    model: Name | None = None
     priority: int = 0
 
 
@@ -197,8 +208,11 @@ def validate_request(req: GenerationRequest) -> None:
         _fail("prompt", "prompt must not be blank")
     if len(req.prompt) > MAX_PROMPT_CHARS:
         _fail("prompt", f"prompt is {len(req.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    _check_text("prompt", req.prompt)
     if req.id is not None and not JOB_ID.fullmatch(req.id):
-        _fail("id", "id must be 1-128 of letters, digits, '-', '_', '.', ':'")
+        _fail("id", ID_RULE)
+    if req.provider not in PROVIDERS:
+        _fail("provider", f"provider must be one of {', '.join(PROVIDERS)}")
     if not 0 <= req.priority <= 10:
         _fail("priority", f"priority must be an integer from 0 to 10, got {req.priority}")
     p = req.parameters
@@ -214,8 +228,10 @@ def validate_request(req: GenerationRequest) -> None:
         _fail("parameters.resolution", f"resolution {p.resolution} needs duration 8")
     if p.seed is not None and not 0 <= p.seed <= 2**32 - 1:
         _fail("parameters.seed", f"seed must be an integer from 0 to {2**32 - 1}")
-    if p.negative_prompt is not None and len(p.negative_prompt) > MAX_PROMPT_CHARS:
-        _fail("parameters.negativePrompt", "negativePrompt is too long")
+    if p.negative_prompt is not None:
+        if len(p.negative_prompt) > MAX_PROMPT_CHARS:
+            _fail("parameters.negativePrompt", "negativePrompt is too long")
+        _check_text("parameters.negativePrompt", p.negative_prompt)
     _check_images(p)
 
 
@@ -231,3 +247,17 @@ def _check_images(p: GenerationParams) -> None:
         total += size
     if total > MAX_IMAGES_BYTES:
         _fail("parameters", f"the images total {total} bytes; the limit is {MAX_IMAGES_BYTES}")
+
+
+ID_RULE = "id must be 1-128 of letters, digits, '-', '_', '.', ':', not only dots"
+
+
+def _check_text(field: str, text: str) -> None:
+    bad = CONTROL_CHARS.search(text)
+    if bad is not None:
+        name = field.rsplit(".", 1)[-1]
+        _fail(
+            field,
+            f"{name} holds the control character U+{ord(bad.group()):04X} "
+            "(only tab and newline are allowed)",
+        )

@@ -440,10 +440,30 @@ BAD_BODIES: list[tuple[Any, str | None]] = [
     ({"prompt": "x", "id": 7}, "id"),
     ({"prompt": "x", "model": 3}, "model"),
     ({"prompt": "x", "colour": "red"}, "colour"),
+    # issue 12 item 5: bounded names, known providers, no control characters, no dot ids
+    ({"prompt": "x", "model": "m" * 129}, "model"),
+    ({"prompt": "x", "provider": "v" * 129}, "provider"),
+    ({"prompt": "x", "provider": "other"}, "provider"),
+    ({"prompt": "a \x1b]0;owned\x07 fox"}, "prompt"),
+    ({"prompt": "a fox\r\n"}, "prompt"),
+    ({"prompt": "x\x00"}, "prompt"),
+    ({"prompt": "x", "parameters": {"negativePrompt": "blur\x1b[2J"}}, "parameters.negativePrompt"),
+    ({"prompt": "x", "id": "."}, "id"),
+    ({"prompt": "x", "id": ".."}, "id"),
+    ({"prompt": "x", "id": "..."}, "id"),
     ([], None),
     ("a string", None),
 ]
-NOT_JSON = [b"", b"not json", b'{"prompt": "x"', b"\xff\xfe", b'{"prompt": "x"} trailing']
+NOT_JSON = [
+    b"",
+    b"not json",
+    b'{"prompt": "x"',
+    b"\xff\xfe",
+    b'{"prompt": "x"} trailing',
+    b'{"prompt": "a \xff fox"}',  # invalid UTF-8 inside a string (was a 500)
+    b'{"prompt": "x", "priority": 1.0, "model": "\xc3"}',  # ... on the float fallback path
+]
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Path) -> None:
@@ -458,10 +478,14 @@ def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Pa
             )
             assert assert_error(status, err, 400, "invalid_request")["field"] == "id"
             for raw in NOT_JSON:
-                status, err, _ = await api.call("POST", "/api/generations", data=raw)
+                status, err, _ = await api.call(
+                    "POST", "/api/generations", data=raw, headers=JSON_TYPE
+                )
                 assert_error(status, err, 400, "invalid_json")
             big = json.dumps({"prompt": "x" * MAX_BODY_BYTES}).encode()
-            status, err, _ = await api.call("POST", "/api/generations", data=io.BytesIO(big))
+            status, err, _ = await api.call(
+                "POST", "/api/generations", data=io.BytesIO(big), headers=JSON_TYPE
+            )
             assert_error(status, err, 413, "payload_too_large")
             _, page, _ = await api.call("GET", "/api/generations", "root")
             assert page == {"items": [], "nextCursor": None}
@@ -477,8 +501,52 @@ def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Pa
             status, _, _ = await api.call("POST", "/api/generations", json=good)
             assert status == 202
             exactly_max = b'{"prompt": "x"}'.ljust(MAX_BODY_BYTES)
-            status, _, _ = await api.call("POST", "/api/generations", data=io.BytesIO(exactly_max))
+            status, _, _ = await api.call(
+                "POST", "/api/generations", data=io.BytesIO(exactly_max), headers=JSON_TYPE
+            )
             assert status == 202
+            multiline = {"prompt": "a fox,\n\tthen snow", "parameters": {"negativePrompt": "a\tb"}}
+            assert check.is_valid(multiline)
+            status, _, _ = await api.call("POST", "/api/generations", json=multiline)
+            assert status == 202
+
+    run(body())
+
+
+def test_only_json_bodies_are_read_and_a_missing_type_is_taken_as_json(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serve(tmp_path) as api:
+            raw = b'{"prompt": "a fox"}'
+            for ctype in (
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "application/octet-stream",
+                "multipart/form-data; boundary=x",
+                "application/json; charset=latin-1",
+            ):
+                status, err, _ = await api.call(
+                    "POST", "/api/generations", data=raw, headers={"Content-Type": ctype}
+                )
+                assert_error(status, err, 415, "unsupported_media_type")
+            _, st, _ = await api.call("GET", "/api/queue/status")
+            assert st["submitted"] == 0
+            for ctype in (
+                "application/json",
+                "application/json; charset=UTF-8",
+                "application/vnd.x+json",
+            ):
+                status, job, _ = await api.call(
+                    "POST", "/api/generations", data=raw, headers={"Content-Type": ctype}
+                )
+                assert status == 202, (ctype, job)
+            # No Content-Type at all (aiohttp would add one to `data=`: skip it).
+            async with api.session.post(
+                "/api/generations",
+                data=raw,
+                headers={"Authorization": f"Bearer {TOKENS['alice']}"},
+                skip_auto_headers=["Content-Type"],
+            ) as resp:
+                assert resp.status == 202, await resp.text()
 
     run(body())
 

@@ -30,7 +30,7 @@ from genqueue.actors.webhook import (
 from genqueue.clock import Clock
 from genqueue.config import Config
 from genqueue.http.auth import ApiKeys, Caller
-from genqueue.http.body import parse_body
+from genqueue.http.body import parse_body, require_json
 from genqueue.http.dashboard import add_dashboard
 from genqueue.http.errors import ApiError, error_middleware
 from genqueue.http.metrics import CONTENT_TYPE, Metrics
@@ -47,7 +47,7 @@ from genqueue.http.views import (
     public_job,
 )
 from genqueue.jobqueue import JobQueue
-from genqueue.models import JOB_ID, Job
+from genqueue.models import ID_RULE, JOB_ID, Job
 
 __all__ = ["EVENTS", "MAX_BODY_BYTES", "QUEUE", "create_app"]
 
@@ -237,9 +237,10 @@ def _record(request: web.Request, caller: Caller) -> Job:
 @routes.post("/api/generations")
 async def submit(request: web.Request) -> web.Response:
     caller = _caller(request)
+    require_json(request)
     req = parse_body(await request.read())
     if req.id is not None and not JOB_ID.fullmatch(req.id):  # models' `$` lets "id\n" through
-        raise ApiError(400, "id must be 1-128 of letters, digits, '-', '_', '.', ':'", field="id")
+        raise ApiError(400, ID_RULE, field="id")
     seed = req.parameters.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ApiError(400, f"seed must be from 0 to {MAX_SEED}", field="parameters.seed")

@@ -23,7 +23,7 @@ from genqueue.http.views import (
     JobPage,
     PublicJob,
 )
-from genqueue.models import MAX_PROMPT_CHARS, QueueStatus
+from genqueue.models import MAX_NAME_CHARS, MAX_PROMPT_CHARS, PROVIDERS, QueueStatus
 from genqueue.providers.veo import resolve as resolve_veo
 from genqueue.providers.veo.schema import model_and_parameters_schema
 
@@ -38,19 +38,33 @@ _RENAMES = {
 }
 
 _TEXT = {"type": "string", "maxLength": MAX_PROMPT_CHARS}
+# No C0 control character but tab and newline (models.CONTROL_CHARS), in ECMA-262 syntax.
+_NO_CONTROLS = r"[^\u0000-\u0008\u000b-\u001f]"
+_JOB_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9._:\-]{1,128}$"
 REQUEST_SCHEMA: dict[str, Any] = {
     "title": "GenerationRequest",
     "type": "object",
     "additionalProperties": False,
     "required": ["prompt"],
     "properties": {
-        "prompt": {**_TEXT, "minLength": 1, "pattern": r"\S", "description": "Not blank."},
+        "prompt": {
+            **_TEXT,
+            "minLength": 1,
+            # something not blank, and no control character but tab and newline
+            "pattern": f"^{_NO_CONTROLS}*[^\\s\\u0000-\\u001f]{_NO_CONTROLS}*$",
+            "description": "Not blank; no control characters but tab and newline.",
+        },
         "id": {
             "type": ["string", "null"],
-            "pattern": r"^[A-Za-z0-9._:\-]{1,128}$",
+            "pattern": _JOB_ID_PATTERN,
             "description": "Client-chosen id: the same id again returns the same job (200).",
         },
-        "provider": {"type": "string", "default": "veo3"},
+        "provider": {
+            "type": "string",
+            "enum": list(PROVIDERS),
+            "maxLength": MAX_NAME_CHARS,
+            "default": "veo3",
+        },
         "priority": {
             "type": "integer",
             "minimum": 0,
@@ -117,7 +131,7 @@ _JOB_ID = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
+    "schema": {"type": "string", "pattern": _JOB_ID_PATTERN},
 }
 _PUBLIC: dict[str, Any] = {"security": []}
 _ONE_STATUS = "(" + "|".join(STATUSES) + ")"
@@ -158,6 +172,7 @@ def _paths() -> dict[str, Any]:
                     "400": _err("Not JSON (invalid_json) or invalid; `field` names the input."),
                     "409": _err("The client-chosen id is taken by another user (id_conflict)."),
                     "413": _err("The body is larger than 1 MB."),
+                    "415": _err("The body is declared as something other than JSON."),
                     "503": _err("The state store refuses writes (storage_unavailable)."),
                     **_ERRORS,
                 },
