@@ -8,6 +8,7 @@ from genqueue.errors import (
     InvalidRequest,
     JobNotFound,
     ProviderError,
+    QueueFull,
     StorageError,
 )
 from genqueue.jobqueue import JobQueue
@@ -26,6 +27,7 @@ __all__ = [
     "JobQueue",
     "JobResult",
     "ProviderError",
+    "QueueFull",
     "QueueStatus",
     "StorageError",
     "load_config",

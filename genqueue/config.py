@@ -31,6 +31,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dispatch: DispatchMode = "alarm"
     max_concurrency: int = 4
     max_per_user: int = 0
+    max_queued: int = 100_000  # waiting jobs in all (0: no cap); past it a submit is refused
+    max_queued_per_user: int = 1000  # waiting jobs of one user (0: no cap)
     rate_limit_per_minute: int = 0
     cron_interval_s: float = 60.0
     retention_days: float = 7.0
@@ -101,6 +103,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _check_non_negative(
             self,
             "max_per_user",
+            "max_queued",
+            "max_queued_per_user",
             "rate_limit_per_minute",
             "retention_days",
             "veo3_audio_block_retries",
@@ -174,6 +178,8 @@ ENV_NAMES: dict[str, str] = {
     "GENQUEUE_DISPATCH": "dispatch",
     "GENQUEUE_MAX_CONCURRENCY": "max_concurrency",
     "GENQUEUE_MAX_PER_USER": "max_per_user",
+    "GENQUEUE_MAX_QUEUED": "max_queued",
+    "GENQUEUE_MAX_QUEUED_PER_USER": "max_queued_per_user",
     "GENQUEUE_RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
     "GENQUEUE_CRON_INTERVAL_S": "cron_interval_s",
     "GENQUEUE_RETENTION_DAYS": "retention_days",

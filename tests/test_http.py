@@ -799,3 +799,59 @@ def test_local_videos_need_a_current_signature_and_are_re_signed_on_every_read(
                 assert resp.status == 200
 
     run(body())
+
+
+# -- one tenant cannot starve the rest (issue 12, item 4) ---------------------------------------
+
+
+def test_a_submission_past_a_queue_cap_is_a_429_queue_full_storing_nothing(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        gated = Gate()
+        async with serve(tmp_path, gated, max_concurrency=1, max_queued_per_user=1) as api:
+            await api.submit(id="a1")
+            await until(lambda: "a1" in gated.running)  # running: no longer waiting
+            await api.submit(id="a2")
+            status, err, headers = await api.call(
+                "POST", "/api/generations", json={"prompt": "x", "id": "a3"}
+            )
+            assert "alice" in assert_error(status, err, 429, "queue_full")["message"]
+            assert headers["Retry-After"]
+            status, _, _ = await api.call("GET", "/api/generations/a3")
+            assert status == 404
+            # a known client id is answered as before; other users still have room
+            status, job, _ = await api.call(
+                "POST", "/api/generations", json={"prompt": "x", "id": "a2"}
+            )
+            assert status == 200 and job["id"] == "a2"
+            await api.submit("bob", id="b1")
+            _, doc, _ = await api.call("GET", "/api/openapi.json", None)
+            assert "429" in doc["paths"]["/api/generations"]["post"]["responses"]
+            for job_id in ("a1", "a2", "b1"):
+                gated.release(job_id)
+
+    run(body())
+
+
+def test_a_keys_maximum_priority_is_enforced_and_admins_are_unlimited(tmp_path: Path) -> None:
+    keys = "k-alice-7f1e=alice:maxpriority=3,k-bob-33a0=bob,k-root-c9d2=root:admin"
+
+    async def body() -> None:
+        async with serve(tmp_path, api_keys=keys) as api:
+            status, err, _ = await api.call(
+                "POST", "/api/generations", json={"prompt": "x", "priority": 4}
+            )
+            detail = assert_error(status, err, 400, "invalid_request")
+            assert detail["field"] == "priority" and "3" in detail["message"]
+            assert (await api.submit(priority=3))["priority"] == 3
+            assert (await api.submit("bob", priority=10))["priority"] == 10
+            assert (await api.submit("root", priority=10))["priority"] == 10
+            _, st, _ = await api.call("GET", "/api/queue/status")
+            assert st["submitted"] == 3
+
+    run(body())
+    for spec in ("k1=ops:admin:maxpriority=3", "k1=a:maxpriority=11", "k1=a:maxpriority=x"):
+        with pytest.raises(ConfigError) as info:
+            create_app(Config(data_dir=str(tmp_path), api_keys=spec))
+        assert "maxpriority" in str(info.value) and "k1" not in str(info.value)

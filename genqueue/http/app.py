@@ -241,6 +241,12 @@ async def submit(request: web.Request) -> web.Response:
     req = parse_body(await request.read())
     if req.id is not None and not JOB_ID.fullmatch(req.id):  # models' `$` lets "id\n" through
         raise ApiError(400, ID_RULE, field="id")
+    if caller.max_priority is not None and req.priority > caller.max_priority:
+        raise ApiError(
+            400,
+            f"priority {req.priority} is above this key's maximum, {caller.max_priority}",
+            field="priority",
+        )
     seed = req.parameters.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ApiError(400, f"seed must be from 0 to {MAX_SEED}", field="parameters.seed")

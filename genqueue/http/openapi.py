@@ -173,6 +173,10 @@ def _paths() -> dict[str, Any]:
                     "409": _err("The client-chosen id is taken by another user (id_conflict)."),
                     "413": _err("The body is larger than 1 MB."),
                     "415": _err("The body is declared as something other than JSON."),
+                    "429": _err(
+                        "Too many waiting jobs, in all or for this user (queue_full): "
+                        "GENQUEUE_MAX_QUEUED, GENQUEUE_MAX_QUEUED_PER_USER."
+                    ),
                     "503": _err("The state store refuses writes (storage_unavailable)."),
                     **_ERRORS,
                 },

@@ -1,0 +1,180 @@
+"""The waiting line: higher priority first; within a priority, round robin between users.
+
+One user's backlog must not starve the others (Amazon SQS's fair queues and BullMQ's
+groups do the same). Each priority keeps every user's waiting jobs in FIFO order (by
+submission sequence) and a turn pointer: the user served last at that priority. The
+next job at a priority is the oldest job of the first user after the pointer, in user-id
+order, wrapping around, whom the per-user cap allows. So while a user has a job waiting
+(and is below its cap), each other user gets at most one dispatch at that priority
+before it: the pointer would have to pass it to serve anyone twice.
+
+The order is a pure function of the waiting entries (stored) and the pointers (stored in
+the queue's meta with every dispatch), so a restart dispatches in exactly the order the
+crashed process would have.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["FairLine", "Waiting"]
+
+
+class Waiting(Protocol):
+    """What the line needs of an entry (the queue's `Pending`)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def enqueued_at(self) -> float: ...
+
+
+E = TypeVar("E", bound=Waiting)
+
+
+class _Lane(Generic[E]):
+    """One priority: each user's FIFO, the users with work in id order, and the count."""
+
+    __slots__ = ("by_user", "count", "users")
+
+    def __init__(self) -> None:
+        self.by_user: dict[str, deque[E]] = {}
+        self.users: list[str] = []  # sorted: the round robin's order
+        self.count = 0
+
+    def add(self, entry: E) -> None:
+        q = self.by_user.get(entry.user_id)
+        if q is None:
+            self.by_user[entry.user_id] = deque((entry,))
+            bisect.insort(self.users, entry.user_id)
+        elif q[-1].seq > entry.seq:  # a retried job goes back to its own place
+            items = sorted([*q, entry], key=lambda e: e.seq)
+            q.clear()
+            q.extend(items)
+        else:
+            q.append(entry)
+        self.count += 1
+
+    def remove(self, entry: E) -> None:
+        q = self.by_user[entry.user_id]
+        if q[0] is entry:
+            q.popleft()
+        else:
+            q.remove(entry)
+        self.count -= 1
+        if not q:
+            del self.by_user[entry.user_id]
+            del self.users[bisect.bisect_left(self.users, entry.user_id)]
+
+    def after(self, last: str | None) -> Iterator[str]:
+        """The users in turn order: after `last`, wrapping around."""
+        users = self.users
+        start = 0 if last is None else bisect.bisect_right(users, last)
+        yield from users[start:]
+        yield from users[:start]
+
+
+class FairLine(Generic[E]):
+    """Waiting entries in dispatch order (see the module docstring)."""
+
+    def __init__(self, turns: dict[str, str] | None = None):
+        self._lanes: dict[int, _Lane[E]] = {}
+        # priority (as a string: it is stored in JSON-like meta) -> the user served last
+        self.turns: dict[str, str] = turns if turns is not None else {}
+        self._per_user: dict[str, int] = {}
+        self._total = 0
+
+    def __len__(self) -> int:
+        return self._total
+
+    def of_user(self, user_id: str) -> int:
+        """How many jobs of this user wait (all priorities)."""
+        return self._per_user.get(user_id, 0)
+
+    def add(self, entry: E) -> None:
+        lane = self._lanes.get(entry.priority)
+        if lane is None:
+            lane = self._lanes[entry.priority] = _Lane()
+        lane.add(entry)
+        self._per_user[entry.user_id] = self._per_user.get(entry.user_id, 0) + 1
+        self._total += 1
+
+    def find(self, priority: int, seq: int, user_id: str | None = None) -> E | None:
+        lane = self._lanes.get(priority)
+        if lane is None:
+            return None
+        queues = [lane.by_user.get(user_id, ())] if user_id is not None else lane.by_user.values()
+        for q in queues:
+            for e in q:
+                if e.seq == seq:
+                    return e
+        return None
+
+    def remove(self, entry: E) -> None:
+        lane = self._lanes[entry.priority]
+        lane.remove(entry)
+        if not lane.count:
+            del self._lanes[entry.priority]
+        left = self._per_user[entry.user_id] - 1
+        if left:
+            self._per_user[entry.user_id] = left
+        else:
+            del self._per_user[entry.user_id]
+        self._total -= 1
+
+    def next(self, blocked: Callable[[str], bool] | None = None) -> E | None:
+        """The entry to dispatch next (left in the line), skipping users `blocked` says are
+        at their cap; None when nothing may start."""
+        for priority in sorted(self._lanes, reverse=True):
+            lane = self._lanes[priority]
+            for user in lane.after(self.turns.get(str(priority))):
+                if blocked is None or not blocked(user):
+                    return lane.by_user[user][0]
+        return None
+
+    def served(self, entry: E) -> None:
+        """`entry` was dispatched: take it off the line and pass the turn on."""
+        self.remove(entry)
+        self.turns[str(entry.priority)] = entry.user_id
+
+    def position(self, entry: E) -> int:
+        """Where `entry` stands (1 = next) if nothing else arrives and no cap holds anyone:
+        every job of a higher priority, then the round robin at its own."""
+        ahead = sum(lane.count for p, lane in self._lanes.items() if p > entry.priority)
+        lane = self._lanes[entry.priority]
+        mine = lane.by_user[entry.user_id]
+        k = 1 + sum(1 for e in mine if e.seq < entry.seq)  # its place in its user's FIFO
+        last = self.turns.get(str(entry.priority))
+
+        def before(user: str) -> bool:  # served before this entry's user in a round
+            return (last is not None and user <= last, user) < (
+                last is not None and entry.user_id <= last,
+                entry.user_id,
+            )
+
+        ahead += k - 1
+        if k == 1:  # the common case, without looking at every user: count those before it
+            users = lane.users
+            start = 0 if last is None else bisect.bisect_right(users, last)
+            at = bisect.bisect_left(users, entry.user_id)
+            return ahead + (at - start if at >= start else len(users) - start + at) + 1
+        for user, q in lane.by_user.items():
+            if user != entry.user_id:
+                ahead += min(len(q), k if before(user) else k - 1)
+        return ahead + 1
+
+    def by_priority(self) -> dict[str, int]:
+        return {str(p): self._lanes[p].count for p in sorted(self._lanes, reverse=True)}
+
+    def oldest_enqueued_at(self) -> float | None:
+        return min(
+            (q[0].enqueued_at for lane in self._lanes.values() for q in lane.by_user.values()),
+            default=None,
+        )
