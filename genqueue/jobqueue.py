@@ -323,7 +323,8 @@ class JobQueue:
         return dict(stats()) if callable(stats) else {}
 
     def _queue_status(self) -> QueueStatus:
-        status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
+        # After the writes queued so far: the counters agree with any job read before.
+        status: QueueStatus = self._sys().ask_after_writes(QueueActor, QUEUE_KEY, Status())
         return status
 
     def subscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
@@ -419,7 +420,8 @@ class JobQueue:
         status: QueueStatus
         webhooks: WebhookStats
         status, webhooks = await asyncio.gather(
-            self._sys().ask_async(QueueActor, QUEUE_KEY, Status()), self.awebhook_stats()
+            self._sys().ask_async_after_writes(QueueActor, QUEUE_KEY, Status()),
+            self.awebhook_stats(),
         )
         return msgspec.structs.replace(
             status,
