@@ -151,7 +151,13 @@ def serve(args: argparse.Namespace) -> int:
 
             app.on_startup.append(announce)
             # SIGTERM and SIGINT end run_app gracefully; it returns once all is closed.
-            run_app(app, sock, shutdown_timeout_s=10)
+            run_app(
+                app,
+                sock,
+                shutdown_timeout_s=10,
+                max_connections=cfg.max_connections,
+                header_timeout_s=cfg.header_timeout_s,
+            )
     except CannotServe as exc:
         say(f"genqueue: {exc}", file=sys.stderr)
         return EXIT_CANNOT_SERVE

@@ -27,6 +27,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./data"
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
     api_keys: str = ""
+    # connections (`serve`): caps and deadlines one client cannot stretch
+    max_connections: int = 1000  # open at once (0: no cap); past it a 503 and a close
+    header_timeout_s: float = 30.0  # to send a request head (also the idle keep-alive time)
+    body_timeout_s: float = 30.0  # to send a request body once its head arrived: else a 408
+    max_streams_per_key: int = 32  # open event streams per API key (0: no cap): else a 429
     # queue
     dispatch: DispatchMode = "alarm"
     max_concurrency: int = 4
@@ -98,13 +103,21 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         _check_positive(
-            self, "max_concurrency", "poll_interval_s", "cron_interval_s", "video_url_ttl_s"
+            self,
+            "max_concurrency",
+            "poll_interval_s",
+            "cron_interval_s",
+            "video_url_ttl_s",
+            "header_timeout_s",
+            "body_timeout_s",
         )
         _check_non_negative(
             self,
             "max_per_user",
             "max_queued",
             "max_queued_per_user",
+            "max_connections",
+            "max_streams_per_key",
             "rate_limit_per_minute",
             "retention_days",
             "veo3_audio_block_retries",
@@ -175,6 +188,10 @@ ENV_NAMES: dict[str, str] = {
     "GENQUEUE_DATA_DIR": "data_dir",
     "GENQUEUE_SYNCHRONOUS": "synchronous",
     "GENQUEUE_API_KEYS": "api_keys",
+    "GENQUEUE_MAX_CONNECTIONS": "max_connections",
+    "GENQUEUE_HEADER_TIMEOUT_S": "header_timeout_s",
+    "GENQUEUE_BODY_TIMEOUT_S": "body_timeout_s",
+    "GENQUEUE_MAX_STREAMS_PER_KEY": "max_streams_per_key",
     "GENQUEUE_DISPATCH": "dispatch",
     "GENQUEUE_MAX_CONCURRENCY": "max_concurrency",
     "GENQUEUE_MAX_PER_USER": "max_per_user",

@@ -23,6 +23,8 @@ from genqueue.clock import ManualClock
 from genqueue.config import Config
 from genqueue.errors import ConfigError, StorageError
 from genqueue.http import EVENTS, MAX_BODY_BYTES, QUEUE, JsonErrorRunner, create_app
+from genqueue.http.app import STREAMS
+from genqueue.http.auth import Caller
 from genqueue.models import Job, JobResult
 
 T = TypeVar("T")
@@ -855,3 +857,60 @@ def test_a_keys_maximum_priority_is_enforced_and_admins_are_unlimited(tmp_path: 
         with pytest.raises(ConfigError) as info:
             create_app(Config(data_dir=str(tmp_path), api_keys=spec))
         assert "maxpriority" in str(info.value) and "k1" not in str(info.value)
+
+
+def test_event_streams_are_capped_per_key(tmp_path: Path) -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with serve(tmp_path, gate, max_streams_per_key=2) as api:
+            job = await api.submit()
+            url = f"{api.base_url}/api/generations/{job['id']}/events"
+            alice = {"Authorization": f"Bearer {TOKENS['alice']}"}
+            feed = {**alice, "Accept": "text/event-stream"}
+            async with contextlib.AsyncExitStack() as held, aiohttp.ClientSession() as other:
+                for _ in range(2):
+                    resp = await held.enter_async_context(other.get(url, headers=alice))
+                    assert resp.status == 200
+                    assert (await resp.content.readline()).startswith(b"event: ")
+                for path, headers in ((url, alice), (f"{api.base_url}/api/events", feed)):
+                    async with other.get(path, headers=headers) as resp:
+                        err = assert_error(resp.status, await resp.json(), 429, "too_many_streams")
+                        assert "GENQUEUE_MAX_STREAMS_PER_KEY" in err["message"]
+                # other keys are not affected; a snapshot without streaming is not a stream
+                status, _, _ = await api.call("GET", "/api/events", "root")
+                assert status == 200
+                root = {"Authorization": f"Bearer {TOKENS['root']}"}
+                async with other.get(url, headers=root) as resp:
+                    assert resp.status == 200
+            # The clients left: their streams no longer count once the server saw them go,
+            # even before its handlers notice at their next write (a heartbeat, 15 s).
+            streams, alice_key = api.app[STREAMS], Caller("alice", key_index=1)
+            await until(lambda: streams.open_streams(alice_key) == 0)
+            async with aiohttp.ClientSession() as again, again.get(url, headers=alice) as resp:
+                assert resp.status == 200
+            gate.release(job["id"])
+
+    run(body())
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serve(tmp_path, body_timeout_s=0.3) as api:
+            port = int(api.base_url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/generations HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + TOKENS["alice"].encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"prompt":'
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: the server closes
+            writer.close()
+            head, _, raw = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), answer
+            assert json.loads(raw)["error"]["code"] == "request_timeout"
+            _, st, _ = await api.call("GET", "/api/queue/status")
+            assert st["submitted"] == 0
+
+    run(body())

@@ -33,6 +33,7 @@ from genqueue.http.auth import ApiKeys, Caller
 from genqueue.http.body import parse_body, require_json
 from genqueue.http.dashboard import add_dashboard
 from genqueue.http.errors import ApiError, error_middleware
+from genqueue.http.limits import StreamLimit, body_deadline
 from genqueue.http.metrics import CONTENT_TYPE, Metrics
 from genqueue.http.openapi import build_openapi
 from genqueue.http.sse import JobEvents, stream_job
@@ -62,6 +63,7 @@ KEYS = web.AppKey("api_keys", ApiKeys)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 VIDEO_ROOT = web.AppKey("video_root", Path)
+STREAMS = web.AppKey("streams", StreamLimit)
 
 _CURSOR = re.compile(r"[0-9]{16}")
 _LIMIT = re.compile(r"[0-9]{1,3}")
@@ -84,16 +86,20 @@ def create_app(
 ) -> web.Application:
     """The aiohttp application; the queue opens on startup and closes on cleanup."""
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[_count_responses, error_middleware]
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[_count_responses, error_middleware, body_deadline(config.body_timeout_s)],
     )
     app[KEYS] = ApiKeys.parse(config.api_keys)
+    app[STREAMS] = StreamLimit(config.max_streams_per_key)
     app[METRICS] = Metrics()
     app[OPENAPI] = encode(build_openapi(config=config))
     app[VIDEO_ROOT] = video_root if video_root is not None else config.data_path / "videos"
     app.cleanup_ctx.append(_lifecycle(config, processor, clock))
     app.on_shutdown.append(_end_streams)
     app.add_routes(routes)
-    add_dashboard(app, authenticate=_caller, queue=QUEUE, events=EVENTS, page=_page)
+    add_dashboard(
+        app, authenticate=_caller, queue=QUEUE, events=EVENTS, page=_page, streams=STREAMS
+    )
     return app
 
 
@@ -283,7 +289,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         job = _record(request, caller)
         return job if job.terminal else await queue.aget(job.id)
 
-    return await stream_job(request, request.app[EVENTS], current, queue.video_urls)
+    with request.app[STREAMS].hold(caller, request):
+        return await stream_job(request, request.app[EVENTS], current, queue.video_urls)
 
 
 @routes.get("/api/generations")

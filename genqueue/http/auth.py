@@ -34,6 +34,7 @@ class Caller(msgspec.Struct, frozen=True):
     user_id: str
     admin: bool = False
     max_priority: int | None = None  # None: any priority (0-10)
+    key_index: int = 0  # which entry of GENQUEUE_API_KEYS (not secret): per-key limits
 
     def may_see(self, owner: str) -> bool:
         return self.admin or owner == self.user_id
@@ -66,7 +67,7 @@ class ApiKeys:
             digest = _digest(key)
             if any(hmac.compare_digest(digest, d) for d, _ in entries):
                 raise ConfigError(f"api_keys: entry {n} repeats an earlier key")
-            entries.append((digest, Caller(user_id, admin, max_priority)))
+            entries.append((digest, Caller(user_id, admin, max_priority, n)))
         return cls(entries)
 
     def __len__(self) -> int:

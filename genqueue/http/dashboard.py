@@ -31,6 +31,7 @@ from aiohttp import web
 
 from genqueue.actors.queue import ALL_USERS
 from genqueue.http.auth import Caller
+from genqueue.http.limits import StreamLimit
 from genqueue.http.sse import JobEvents, open_stream
 from genqueue.http.views import JobPage, PublicJob, encode, public_job
 from genqueue.jobqueue import JobQueue
@@ -103,6 +104,7 @@ def add_dashboard(
     queue: web.AppKey[JobQueue],
     events: web.AppKey[JobEvents],
     page: PageReader,
+    streams: web.AppKey[StreamLimit],
 ) -> None:
     """Add `GET /` and `GET /api/events` to `app` (the page is read now, once)."""
     app[PAGE] = load_page()
@@ -133,7 +135,10 @@ def add_dashboard(
         if "text/event-stream" not in request.headers.get("Accept", "").lower():
             first = await snapshot(request, caller)
             return web.Response(body=encode(first), content_type="application/json")
-        with request.app[events].listen(None) as changes:
+        with (
+            request.app[streams].hold(caller, request),
+            request.app[events].listen(None) as changes,
+        ):
             first = await snapshot(request, caller)  # after listening: no change slips by
             response = await open_stream(request)
             try:

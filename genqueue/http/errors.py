@@ -43,6 +43,7 @@ CODES: dict[int, str] = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -58,6 +59,7 @@ SPECIFIC_CODES = (
     "storage_unavailable",
     "queue_full",
     "too_many_streams",
+    "too_many_connections",
 )
 ALL_CODES = tuple(sorted({*CODES.values(), *SPECIFIC_CODES}))
 
