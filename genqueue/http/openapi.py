@@ -123,6 +123,10 @@ def _err(description: str) -> dict[str, Any]:
     return _json("ErrorBody", description)
 
 
+_TOO_MANY_STREAMS = _err(
+    "This API key holds as many open event streams as it may (too_many_streams): "
+    "GENQUEUE_MAX_STREAMS_PER_KEY."
+)
 _ERRORS = {
     "401": _err("Missing or unknown API key (or no keys configured)."),
     "default": _err("Any other error, in the same shape."),
@@ -239,6 +243,7 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                     },
                     "404": not_found,
+                    "429": _TOO_MANY_STREAMS,
                     **_ERRORS,
                 },
             },
@@ -457,6 +462,7 @@ def _dashboard_paths() -> dict[str, Any]:
                             },
                         },
                     },
+                    "429": _TOO_MANY_STREAMS,
                     **_ERRORS,
                 },
             }
