@@ -73,12 +73,19 @@ class _Lane(Generic[E]):
             del self.by_user[entry.user_id]
             del self.users[bisect.bisect_left(self.users, entry.user_id)]
 
+    def first_after(self, last: str | None) -> int:
+        """The index in `users` of the first user after `last` (wrapping around)."""
+        if last is None:
+            return 0
+        start = bisect.bisect_right(self.users, last)
+        return start if start < len(self.users) else 0
+
     def after(self, last: str | None) -> Iterator[str]:
         """The users in turn order: after `last`, wrapping around."""
-        users = self.users
-        start = 0 if last is None else bisect.bisect_right(users, last)
-        yield from users[start:]
-        yield from users[:start]
+        users, n = self.users, len(self.users)
+        start = self.first_after(last)
+        for i in range(n):
+            yield users[(start + i) % n]
 
 
 class FairLine(Generic[E]):
@@ -112,7 +119,7 @@ class FairLine(Generic[E]):
             return None
         queues = [lane.by_user.get(user_id, ())] if user_id is not None else lane.by_user.values()
         for q in queues:
-            for e in q:
+            for e in reversed(q):  # newest first: a job just added is found at once
                 if e.seq == seq:
                     return e
         return None
@@ -134,8 +141,11 @@ class FairLine(Generic[E]):
         at their cap; None when nothing may start."""
         for priority in sorted(self._lanes, reverse=True):
             lane = self._lanes[priority]
-            for user in lane.after(self.turns.get(str(priority))):
-                if blocked is None or not blocked(user):
+            last = self.turns.get(str(priority))
+            if blocked is None:  # no per-user cap: the next user's turn, at once
+                return lane.by_user[lane.users[lane.first_after(last)]][0]
+            for user in lane.after(last):
+                if not blocked(user):
                     return lane.by_user[user][0]
         return None
 
@@ -150,7 +160,8 @@ class FairLine(Generic[E]):
         ahead = sum(lane.count for p, lane in self._lanes.items() if p > entry.priority)
         lane = self._lanes[entry.priority]
         mine = lane.by_user[entry.user_id]
-        k = 1 + sum(1 for e in mine if e.seq < entry.seq)  # its place in its user's FIFO
+        # its place in its user's FIFO; usually just added, so the last
+        k = len(mine) if mine[-1] is entry else 1 + sum(1 for e in mine if e.seq < entry.seq)
         last = self.turns.get(str(entry.priority))
 
         def before(user: str) -> bool:  # served before this entry's user in a round

@@ -184,7 +184,7 @@ class QueueActor(DurableActor):
                 now = self.clock.now()
                 self._enqueue(Pending(job_id, user_id, priority, seq, now))
                 if self.cfg.dispatch == "immediate":  # like a submit: start at once
-                    self._start(self._take_pending(priority, seq), now)
+                    self._start(self._take_pending(priority, seq, user_id), now)
                 self._arrived()
             case Remove():
                 self._removed(message)
@@ -215,7 +215,7 @@ class QueueActor(DurableActor):
         self._save_meta()
         self.after_commit(functools.partial(self.svc.publish, job))
         if self.cfg.dispatch == "immediate":
-            self._start(self._take_pending(job.priority, seq), now)
+            self._start(self._take_pending(job.priority, seq, job.user_id), now)
         return job, True
 
     def _check_room(self, user_id: str) -> None:
@@ -272,7 +272,7 @@ class QueueActor(DurableActor):
         if msg.was == "retry_wait":
             self.retry_wait = max(0, self.retry_wait - 1)
         else:
-            self._remove_pending(msg.priority, msg.seq, msg.job_id)
+            self._remove_pending(msg.priority, msg.seq, msg.job_id, msg.user_id)
         self._count("cancelled")
         self._index_finished(msg.job_id, msg.user_id)
         self._save_meta()
@@ -401,15 +401,15 @@ class QueueActor(DurableActor):
         self.line.add(entry)  # a retried job goes back to its own place
         self.storage.put(pending_key(entry.priority, entry.seq), entry)
 
-    def _take_pending(self, priority: int, seq: int) -> Pending:
+    def _take_pending(self, priority: int, seq: int, user_id: str) -> Pending:
         """Take an entry off the waiting line (in memory; its stored entry stays)."""
-        entry = self.line.find(priority, seq)
+        entry = self.line.find(priority, seq, user_id)
         assert entry is not None, (priority, seq)
         self.line.remove(entry)
         return entry
 
-    def _remove_pending(self, priority: int, seq: int, job_id: str) -> None:
-        entry = self.line.find(priority, seq)
+    def _remove_pending(self, priority: int, seq: int, job_id: str, user_id: str) -> None:
+        entry = self.line.find(priority, seq, user_id)
         if entry is not None and entry.job_id == job_id:
             self.line.remove(entry)
             self.storage.delete(pending_key(priority, seq))
