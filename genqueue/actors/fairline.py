@@ -39,20 +39,70 @@ class Waiting(Protocol):
 E = TypeVar("E", bound=Waiting)
 
 
-class _Lane(Generic[E]):
-    """One priority: each user's FIFO, the users with work in id order, and the count."""
+class _Depths:
+    """For each depth j, how many users have at least j jobs waiting (`at(j)`), and the sum
+    over j <= c (`upto(c)`, which is the sum over users of min(their jobs, c)).
 
-    __slots__ = ("by_user", "count", "users")
+    The sums come from a Fenwick tree, built only when first asked for (a line of one
+    user never needs it) and kept up to date from then on."""
+
+    __slots__ = ("_at", "_tree")
+
+    def __init__(self) -> None:
+        self._at: list[int] = [0]  # index 0 unused
+        self._tree: list[int] | None = None
+
+    def at(self, j: int) -> int:
+        return self._at[j] if j < len(self._at) else 0
+
+    def change(self, j: int, delta: int) -> None:
+        if j >= len(self._at):
+            self._at.extend([0] * max(j + 1 - len(self._at), len(self._at)))
+            self._tree = None  # rebuilt at its next use, at the new size
+        self._at[j] += delta
+        tree = self._tree
+        if tree is not None:
+            n = len(tree)
+            while j < n:
+                tree[j] += delta
+                j += j & -j
+
+    def upto(self, c: int) -> int:
+        tree = self._tree
+        if tree is None:
+            tree = self._tree = self._build()
+        j, total = min(c, len(tree) - 1), 0
+        while j > 0:
+            total += tree[j]
+            j -= j & -j
+        return total
+
+    def _build(self) -> list[int]:
+        tree = self._at[:]
+        n = len(tree)
+        for i in range(1, n):
+            parent = i + (i & -i)
+            if parent < n:
+                tree[parent] += tree[i]
+        return tree
+
+
+class _Lane(Generic[E]):
+    """One priority: each user's FIFO, the users with work in id order, the count, and
+    how many users have at least j jobs waiting (for positions)."""
+
+    __slots__ = ("by_user", "count", "depths", "users")
 
     def __init__(self) -> None:
         self.by_user: dict[str, deque[E]] = {}
         self.users: list[str] = []  # sorted: the round robin's order
         self.count = 0
+        self.depths = _Depths()
 
     def add(self, entry: E) -> None:
         q = self.by_user.get(entry.user_id)
         if q is None:
-            self.by_user[entry.user_id] = deque((entry,))
+            q = self.by_user[entry.user_id] = deque((entry,))
             bisect.insort(self.users, entry.user_id)
         elif q[-1].seq > entry.seq:  # a retried job goes back to its own place
             items = sorted([*q, entry], key=lambda e: e.seq)
@@ -61,9 +111,11 @@ class _Lane(Generic[E]):
         else:
             q.append(entry)
         self.count += 1
+        self.depths.change(len(q), 1)
 
     def remove(self, entry: E) -> None:
         q = self.by_user[entry.user_id]
+        self.depths.change(len(q), -1)
         if q[0] is entry:
             q.popleft()
         else:
@@ -156,30 +208,26 @@ class FairLine(Generic[E]):
 
     def position(self, entry: E) -> int:
         """Where `entry` stands (1 = next) if nothing else arrives and no cap holds anyone:
-        every job of a higher priority, then the round robin at its own."""
+        every job of a higher priority, then the round robin at its own. Exact for a
+        user's first waiting job at a priority; for its k-th (k > 1), the users with k jobs
+        or more are all counted as served before it in the k-th round, so at most this
+        many jobs start before it. O(log n): no walk over the users."""
         ahead = sum(lane.count for p, lane in self._lanes.items() if p > entry.priority)
         lane = self._lanes[entry.priority]
         mine = lane.by_user[entry.user_id]
         # its place in its user's FIFO; usually just added, so the last
         k = len(mine) if mine[-1] is entry else 1 + sum(1 for e in mine if e.seq < entry.seq)
-        last = self.turns.get(str(entry.priority))
-
-        def before(user: str) -> bool:  # served before this entry's user in a round
-            return (last is not None and user <= last, user) < (
-                last is not None and entry.user_id <= last,
-                entry.user_id,
-            )
-
-        ahead += k - 1
-        if k == 1:  # the common case, without looking at every user: count those before it
-            users = lane.users
-            start = 0 if last is None else bisect.bisect_right(users, last)
+        users = lane.users
+        if len(users) == 1:
+            return ahead + k
+        if k == 1:  # the users before its own in this round, from the turn on
+            last = self.turns.get(str(entry.priority))
+            start = lane.first_after(last)
             at = bisect.bisect_left(users, entry.user_id)
             return ahead + (at - start if at >= start else len(users) - start + at) + 1
-        for user, q in lane.by_user.items():
-            if user != entry.user_id:
-                ahead += min(len(q), k if before(user) else k - 1)
-        return ahead + 1
+        # rounds 1..k-1: each user's jobs up to k-1 (its own included); round k: the others
+        # with k jobs or more
+        return ahead + lane.depths.upto(k - 1) + lane.depths.at(k) - 1 + 1
 
     def by_priority(self) -> dict[str, int]:
         return {str(p): self._lanes[p].count for p in sorted(self._lanes, reverse=True)}
