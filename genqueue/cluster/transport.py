@@ -12,7 +12,8 @@ the same attributes is idempotent):
     {prefix}-dlq.fifo     work messages whose workers kept dying
 
 The board is two prefixes in the videos bucket, `_genqueue/{prefix}/`:
-    checkpoints/{job_id}  the generation's latest checkpoint, written by the worker
+    checkpoints/{generation_id}  the latest checkpoint of a job record (never of an
+                          earlier record with the same client id), written by the worker
                           before it reports it: what a resuming worker reads
     cancel/{job_id}.{attempt}  a cancel (or timeout) of a running attempt, for its worker
 """
@@ -261,13 +262,14 @@ class Board:
         self.requests += 1
         await self._s3.put_object(Bucket=self.bucket, Key=self.root + key, Body=body)
 
-    async def put_checkpoint(self, job_id: str, attempt: int, checkpoint: Any) -> None:
+    async def put_checkpoint(self, generation_id: str, attempt: int, checkpoint: Any) -> None:
         await self._put(
-            f"checkpoints/{job_id}", msgspec.json.encode(BoardCheckpoint(attempt, checkpoint))
+            f"checkpoints/{generation_id}",
+            msgspec.json.encode(BoardCheckpoint(attempt, checkpoint)),
         )
 
-    async def get_checkpoint(self, job_id: str) -> BoardCheckpoint | None:
-        data = await self._get(f"checkpoints/{job_id}")
+    async def get_checkpoint(self, generation_id: str) -> BoardCheckpoint | None:
+        data = await self._get(f"checkpoints/{generation_id}")
         return None if data is None else msgspec.json.decode(data, type=BoardCheckpoint)
 
     async def cancel(self, job_id: str, attempt: int) -> None:

@@ -189,7 +189,9 @@ class Worker:
         job_id = work.job.id
         if await self.board.is_cancelled(job_id, work.attempt):
             raise _CancelledByCoordinator
-        latest = await self.board.get_checkpoint(job_id)
+        # Keyed by the generation id, unique per job record: a client id reused after
+        # retention must not resume (or be dropped by) its predecessor's checkpoint.
+        latest = await self.board.get_checkpoint(work.job.generation_id)
         if latest is not None and latest.attempt > work.attempt:
             return None  # a message of an earlier attempt, delivered late: drop it
         ckpt = latest.checkpoint if latest is not None and latest.attempt == work.attempt else None
@@ -226,7 +228,7 @@ class Worker:
             if checkpoint is None:
                 return  # progress rides on the next heartbeat
             try:
-                await self.board.put_checkpoint(work.job.id, work.attempt, checkpoint)
+                await self.board.put_checkpoint(work.job.generation_id, work.attempt, checkpoint)
                 event = Checkpoint(
                     job_id=work.job.id,
                     attempt=work.attempt,
