@@ -29,7 +29,7 @@ test: lint chromium
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench state queue generation webhook http restart compare
+	$(BIN)/python -m bench state queue generation webhook http restart compare cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

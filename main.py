@@ -1,6 +1,7 @@
-"""genqueue's command line: serve | submit | status | jobs | fake-veo.
+"""genqueue's command line: serve | worker | submit | status | jobs | fake-veo.
 
     python main.py serve [--host H] [--port N] [--data-dir D] [--config FILE]
+    python main.py worker [--concurrency N] [--config FILE]   (GENQUEUE_DISPATCH=sqs)
     python main.py submit "PROMPT" [--duration 8] [--aspect-ratio 16:9] [--priority 0] [--wait]
     python main.py status
     python main.py jobs [--status S[,S...]] [--limit N]
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import socket
 import sys
@@ -51,6 +53,27 @@ EXIT_CANNOT_SERVE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 5, 130, 141
 KEY_FILE = "admin_key"
 POLL_S = 0.5  # how often `submit --wait` looks at the job
 
+# What a terminal may act on: C0 controls (ESC, BEL, CR, ...), DEL, C1 controls (CSI
+# U+009B opens an escape sequence on its own) and the bidi overrides that reorder what
+# is shown. Everything the client commands print goes through `safe`, so a job's prompt,
+# an error message or a status key from the server cannot drive an admin's terminal.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str) -> str:
+    """`text` with every character a terminal could act on shown escaped (`\\x1b`)."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def say(text: str, file: IO[str] | None = None) -> None:
+    """Print one line of output, escaped (`safe`), and flush it."""
+    print(safe(text), file=file or sys.stdout, flush=True)
+
 
 def ensure_api_keys(cfg: Config) -> Config:
     """With no keys configured, make one admin key on first start, store it, print it once."""
@@ -67,7 +90,8 @@ def ensure_api_keys(cfg: Config) -> Config:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
-        print(f"Generated an admin API key (stored in {path}; shown once):\n  {key}", flush=True)
+        say(f"Generated an admin API key (stored in {path}; shown once):")
+        say(f"  {key}")
 
     return msgspec.structs.replace(cfg, api_keys=f"{key}=admin:admin")
 
@@ -119,6 +143,10 @@ def serve(args: argparse.Namespace) -> int:
     from genqueue.log import setup_logging
 
     cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    if cfg.dispatch == "sqs":
+        from genqueue.cluster import check_cluster_config
+
+        check_cluster_config(cfg)
     if not veo_model_served(cfg):
         return EXIT_CANNOT_SERVE
     try:
@@ -131,22 +159,58 @@ def serve(args: argparse.Namespace) -> int:
                 # After the cleanup context opened the queue (and so took the data directory):
                 # a refused start never says "serving on".
                 url = f"http://{cfg.host}:{cfg.port}"
-                print(f"genqueue serving on {url} (data in {cfg.data_dir})", flush=True)
+                say(f"genqueue serving on {url} (data in {cfg.data_dir})")
 
             app.on_startup.append(announce)
             # SIGTERM and SIGINT end run_app gracefully; it returns once all is closed.
-            run_app(app, sock, shutdown_timeout_s=10)
+            run_app(
+                app,
+                sock,
+                shutdown_timeout_s=10,
+                max_connections=cfg.max_connections,
+                header_timeout_s=cfg.header_timeout_s,
+            )
     except CannotServe as exc:
-        print(f"genqueue: {exc}", file=sys.stderr)
+        say(f"genqueue: {exc}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
     except DataDirInUse as exc:  # JobQueue.open() holds the one lock per data directory
         holder = f" (held by pid {exc.pid})" if exc.pid is not None else ""
-        print(
+        say(
             f"genqueue: another genqueue server is using the data directory {exc.data_dir}{holder}",
             file=sys.stderr,
         )
         return EXIT_CANNOT_SERVE
-    print("genqueue stopped", flush=True)
+    say("genqueue stopped")
+    return EXIT_OK
+
+
+def worker(args: argparse.Namespace) -> int:
+    """A generation worker for `GENQUEUE_DISPATCH=sqs`, until SIGTERM or SIGINT."""
+    import signal
+
+    from genqueue.cluster import check_cluster_config
+    from genqueue.cluster.worker import Worker
+    from genqueue.log import setup_logging
+
+    cfg = load_config(args.config)
+    check_cluster_config(cfg)
+    if not veo_model_served(cfg):
+        return EXIT_CANNOT_SERVE
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError(f"--concurrency: must be 1 or more, got {args.concurrency}")
+    setup_logging(cfg.log_level, secrets=secret_values(cfg))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        w = Worker(cfg, concurrency=args.concurrency)
+        print(f"genqueue worker {w.id}: {w.concurrency} slots", flush=True)
+        await w.run(stop)
+
+    asyncio.run(run())
+    print("genqueue worker stopped", flush=True)
     return EXIT_OK
 
 
@@ -208,7 +272,7 @@ class Progress:
             return
         self.last = (status, progress)
         bar = "#" * (max(0, min(progress, 100)) // 5)
-        line = f"[{bar:<20}] {progress:3d}% {status:<10}"
+        line = safe(f"[{bar:<20}] {progress:3d}% {status:<10}")
         if self.tty:
             self.out.write("\r" + line)
         else:
@@ -229,7 +293,7 @@ async def _submit(args: argparse.Namespace) -> int:
     }
     async with _client(args) as client:
         job, _ = await client.asubmit(body)
-        print(f"submitted {job.id} ({job.status})", flush=True)
+        say(f"submitted {job.id} ({job.status})")
         if not args.wait:
             return EXIT_OK
         progress = Progress(sys.stdout)
@@ -242,9 +306,9 @@ async def _submit(args: argparse.Namespace) -> int:
         finally:
             progress.end()
     if job.status == "completed" and job.result is not None:
-        print(job.result.video_url)
+        say(job.result.video_url)
         return EXIT_OK
-    print(f"job {job.id} {job.status}: {job.error}", file=sys.stderr)
+    say(f"job {job.id} {job.status}: {job.error}", file=sys.stderr)
     return EXIT_JOB_FAILED
 
 
@@ -263,7 +327,7 @@ async def _status(args: argparse.Namespace) -> int:
         st: dict[str, Any] = msgspec.to_builtins(await client.astatus())
     width = max(len(k) for k in st)
     for k, v in st.items():
-        print(f"{k:<{width}}  {_shown(v)}")
+        say(f"{k:<{width}}  {_shown(v)}")
     return EXIT_OK
 
 
@@ -271,12 +335,12 @@ async def _jobs(args: argparse.Namespace) -> int:
     statuses = args.status.split(",") if args.status else None
     async with _client(args) as client:
         page = await client.alist_jobs(statuses=statuses, limit=args.limit)
-    print(f"{'id':<34} {'status':<11} {'progress':>8}  prompt")
+    say(f"{'id':<34} {'status':<11} {'progress':>8}  prompt")
     for job in page.items:
         prompt = " ".join(job.prompt.split())[:40]
-        print(f"{job.id:<34} {job.status:<11} {job.progress:>7}%  {prompt}")
+        say(f"{job.id:<34} {job.status:<11} {job.progress:>7}%  {prompt}")
     if page.next_cursor:
-        print(f"(the newest {len(page.items)}; --limit shows up to 100)")
+        say(f"(the newest {len(page.items)}; --limit shows up to 100)")
     return EXIT_OK
 
 
@@ -299,6 +363,9 @@ def parser() -> argparse.ArgumentParser:
     jp = sub.choices["jobs"]
     jp.add_argument("--status", help="comma-separated: queued, processing, completed, ...")
     jp.add_argument("--limit", type=int, default=20, help="how many, newest first (1-100)")
+    w = sub.add_parser("worker", help="run a generation worker (GENQUEUE_DISPATCH=sqs)")
+    w.add_argument("--concurrency", type=int, help="jobs at once (GENQUEUE_WORKER_CONCURRENCY)")
+    w.add_argument("--config", help="a TOML file")
     f = sub.add_parser("fake-veo", help="run the fake Veo server")
     f.add_argument("--host", default="127.0.0.1")
     f.add_argument("--port", type=int, default=8788)
@@ -325,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "worker":
+            return worker(args)
         if args.command == "fake-veo":
             from genqueue.providers.fake_veo import GOOGLE_MODELS, KNOWN_MODELS, serve_fake_veo
 
@@ -341,16 +410,16 @@ def main(argv: list[str] | None = None) -> int:
                     issuer_options={"lifetime_s": args.token_lifetime_s},
                 )
             except OSError as exc:
-                print(f"fake Veo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+                say(f"fake Veo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
                 return EXIT_CANNOT_SERVE
             return EXIT_OK
         run = {"submit": _submit, "status": _status, "jobs": _jobs}[args.command]
         return asyncio.run(run(args))
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        say(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as exc:
-        print(f"genqueue: {exc}", file=sys.stderr)
+        say(f"genqueue: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

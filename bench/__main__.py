@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "ack-start": "bench.ack_start_bench:main",
     "restart": "bench.restart_bench:main",
     "compare": "bench.compare_bench:main",
+    "cluster": "bench.cluster_bench:main",
 }
 
 

@@ -89,7 +89,7 @@ def genqueue_dispatch(spec: Spec) -> Result:
 
 
 def genqueue_long(spec: Spec) -> Result:
-    from bench.queue_bench import submit_from_tasks
+    from bench.queue_bench import UNREACHED_CAP, submit_from_tasks
     from genqueue import Config, Job, JobQueue, JobResult
     from genqueue.actors.bridge import LoopThread
 
@@ -104,7 +104,12 @@ def genqueue_long(spec: Spec) -> Result:
         loop = io.start()
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = Config(data_dir=tmp, max_concurrency=spec["concurrency"])
+                cfg = Config(
+                    data_dir=tmp,
+                    max_concurrency=spec["concurrency"],
+                    max_queued=UNREACHED_CAP,
+                    max_queued_per_user=UNREACHED_CAP,
+                )
                 with JobQueue(cfg, sleeper, loop=loop) as q:
                     t0 = time.perf_counter()
                     io.run(submit_from_tasks(q, n, CLIENTS), timeout_s=600)
@@ -121,6 +126,7 @@ def genqueue_long(spec: Spec) -> Result:
 
 def genqueue_fifo(spec: Spec) -> Result:
     """max_concurrency 1, jobs submitted one after another: order of starts, most at once."""
+    from bench.queue_bench import UNREACHED_CAP
     from genqueue import Config, Job, JobQueue, JobResult
 
     n, work_s = spec["jobs"], spec["work_s"]
@@ -144,6 +150,8 @@ def genqueue_fifo(spec: Spec) -> Result:
             dispatch=spec["mode"],
             max_concurrency=1,
             cron_interval_s=CRON_INTERVAL_S,
+            max_queued=UNREACHED_CAP,
+            max_queued_per_user=UNREACHED_CAP,
         )
         with JobQueue(cfg, process) as q:
             for i in range(n):

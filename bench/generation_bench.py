@@ -128,6 +128,8 @@ def run(
             max_concurrency=concurrency,
             synchronous=sync,  # type: ignore[arg-type]
             job_timeout_s=max(60.0, 30 * latency_s),
+            max_queued=0,  # one user submits them all at once: no cap on waiting jobs
+            max_queued_per_user=0,
         )
         queue = JobQueue(config, actor, loop=worker_loop.loop)
         statuses: dict[str, int] = {}

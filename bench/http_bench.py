@@ -74,7 +74,9 @@ def run_genqueue(port: int, data_dir: str, profile: str | None) -> None:
     from genqueue.config import Config
     from genqueue.http import create_app
 
-    cfg = Config(data_dir=data_dir, api_keys=f"{KEY}=bench", port=port)  # synchronous=FULL
+    cfg = Config(  # synchronous=FULL; one user parks every job: no cap on waiting jobs
+        data_dir=data_dir, api_keys=f"{KEY}=bench", port=port, max_queued=0, max_queued_per_user=0
+    )
     app = create_app(cfg, processor=Parked())
     if profile is None:
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)

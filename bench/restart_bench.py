@@ -47,7 +47,13 @@ async def never_runs(job: Job, report: Any) -> JobResult:
 
 
 def config(root: Path) -> Config:
-    return Config(data_dir=str(root), dispatch="cron", cron_interval_s=NEVER_S)
+    return Config(  # N waiting jobs of one user: no cap on waiting jobs
+        data_dir=str(root),
+        dispatch="cron",
+        cron_interval_s=NEVER_S,
+        max_queued=0,
+        max_queued_per_user=0,
+    )
 
 
 def fill(root: Path, n: int, batch: int) -> float:

@@ -15,7 +15,7 @@ from genqueue.errors import ConfigError
 
 __all__ = ["ENV_NAMES", "SECRET_FIELDS", "Config", "load_config", "secret_values"]
 
-DispatchMode = Literal["alarm", "immediate", "cron"]
+DispatchMode = Literal["alarm", "immediate", "cron", "sqs"]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -27,10 +27,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./data"
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
     api_keys: str = ""
+    # connections (`serve`): caps and deadlines one client cannot stretch
+    max_connections: int = 1000  # open at once (0: no cap); past it a 503 and a close
+    header_timeout_s: float = 30.0  # to send a request head (also the idle keep-alive time)
+    body_timeout_s: float = 30.0  # to send a request body once its head arrived: else a 408
+    max_streams_per_key: int = 32  # open event streams per API key (0: no cap): else a 429
     # queue
     dispatch: DispatchMode = "alarm"
     max_concurrency: int = 4
     max_per_user: int = 0
+    max_queued: int = 100_000  # waiting jobs in all (0: no cap); past it a submit is refused
+    max_queued_per_user: int = 1000  # waiting jobs of one user (0: no cap)
     rate_limit_per_minute: int = 0
     cron_interval_s: float = 60.0
     retention_days: float = 7.0
@@ -84,21 +91,43 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     webhook_timeout_s: float = 15.0
     webhook_events_started: bool = False
     webhook_events_progress: bool = False
+    # several machines (dispatch = "sqs"): genqueue/cluster/
+    sqs_endpoint_url: str = ""
+    sqs_prefix: str = "genqueue"
+    sqs_max_receives: int = 5  # receives of one work message before the dead-letter queue
+    sqs_wait_s: int = 20  # long polling (SQS allows 0-20)
+    worker_concurrency: int = 16
+    worker_lease_s: int = 60  # visibility of a work message; a heartbeat renews it
     # logs
     log_level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
 
     def __post_init__(self) -> None:
         _check_positive(
-            self, "max_concurrency", "poll_interval_s", "cron_interval_s", "video_url_ttl_s"
+            self,
+            "max_concurrency",
+            "poll_interval_s",
+            "cron_interval_s",
+            "video_url_ttl_s",
+            "header_timeout_s",
+            "body_timeout_s",
         )
         _check_non_negative(
             self,
             "max_per_user",
+            "max_queued",
+            "max_queued_per_user",
+            "max_connections",
+            "max_streams_per_key",
             "rate_limit_per_minute",
             "retention_days",
             "veo3_audio_block_retries",
         )
         _check_positive(self, "veo3_quota_pause_s", "veo3_result_timeout_s")
+        _check_positive(self, "worker_concurrency", "worker_lease_s")
+        if not 0 <= self.sqs_wait_s <= 20:
+            raise ConfigError(f"sqs_wait_s: must be 0-20 (SQS long polling), got {self.sqs_wait_s}")
+        if self.sqs_max_receives < 2:
+            raise ConfigError(f"sqs_max_receives: must be 2 or more, got {self.sqs_max_receives}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port")
         _check_webhooks(self)
@@ -159,9 +188,15 @@ ENV_NAMES: dict[str, str] = {
     "GENQUEUE_DATA_DIR": "data_dir",
     "GENQUEUE_SYNCHRONOUS": "synchronous",
     "GENQUEUE_API_KEYS": "api_keys",
+    "GENQUEUE_MAX_CONNECTIONS": "max_connections",
+    "GENQUEUE_HEADER_TIMEOUT_S": "header_timeout_s",
+    "GENQUEUE_BODY_TIMEOUT_S": "body_timeout_s",
+    "GENQUEUE_MAX_STREAMS_PER_KEY": "max_streams_per_key",
     "GENQUEUE_DISPATCH": "dispatch",
     "GENQUEUE_MAX_CONCURRENCY": "max_concurrency",
     "GENQUEUE_MAX_PER_USER": "max_per_user",
+    "GENQUEUE_MAX_QUEUED": "max_queued",
+    "GENQUEUE_MAX_QUEUED_PER_USER": "max_queued_per_user",
     "GENQUEUE_RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
     "GENQUEUE_CRON_INTERVAL_S": "cron_interval_s",
     "GENQUEUE_RETENTION_DAYS": "retention_days",
@@ -198,6 +233,12 @@ ENV_NAMES: dict[str, str] = {
     "WEBHOOK_SECRET": "webhook_secret",
     "GENQUEUE_WEBHOOK_RETRY_S": "webhook_retry_s",
     "GENQUEUE_LOG_LEVEL": "log_level",
+    "SQS_ENDPOINT_URL": "sqs_endpoint_url",
+    "GENQUEUE_SQS_PREFIX": "sqs_prefix",
+    "GENQUEUE_SQS_MAX_RECEIVES": "sqs_max_receives",
+    "GENQUEUE_SQS_WAIT_S": "sqs_wait_s",
+    "GENQUEUE_WORKER_CONCURRENCY": "worker_concurrency",
+    "GENQUEUE_WORKER_LEASE_S": "worker_lease_s",
 }
 
 # Values that must never be printed or logged.

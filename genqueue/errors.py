@@ -13,6 +13,7 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "ProviderError",
+    "QueueFull",
     "StorageError",
     "Unauthorized",
     "Unreachable",
@@ -48,6 +49,16 @@ class InvalidRequest(GenqueueError):
         self.message = message
         self.field = field
         self.code = code
+
+
+class QueueFull(GenqueueError):
+    """A submission would pass `max_queued` or, for its user, `max_queued_per_user`."""
+
+    def __init__(self, message: str, *, limit: int, user: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+        self.user = user  # the user's own cap (else the queue's)
 
 
 class JobNotFound(GenqueueError):

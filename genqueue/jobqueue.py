@@ -175,9 +175,9 @@ class JobQueue:
                 raise
             self._unavailable = False
 
-    def _parts(self) -> tuple[ActorSystem, StateStore]:
-        """The open actor system and store, read together once (`reopen` replaces them):
-        StorageError while the store is unavailable."""
+    def parts(self) -> tuple[ActorSystem, StateStore]:
+        """(Internal, for genqueue.cluster's consumer.) The open actor system and store,
+        read together once (`reopen` replaces them): StorageError while unavailable."""
         system, store = self.system, self.store
         if system is None or store is None:
             self._sys()  # raises: StorageError while unavailable, else "not open"
@@ -233,7 +233,7 @@ class JobQueue:
     ) -> JobPage:
         """A page of jobs (of `user_id`, or everyone's), newest first, whose status is among
         `statuses`; pass `next_cursor` as `cursor` for the next page. Blocking reads."""
-        system, store = self._parts()
+        system, store = self.parts()
         page = JobIndex(store).page(
             lambda job_id: JobActor.read(system, job_id),
             user_id=user_id,
@@ -249,6 +249,7 @@ class JobQueue:
             self._queue_status(),
             webhooks=self.webhooks.stats().as_status(),
             provider=self._provider_stats(),
+            cluster=self._cluster_stats(),
         )
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
@@ -325,10 +326,14 @@ class JobQueue:
         status: QueueStatus
         webhooks: WebhookStats
         status, webhooks = await asyncio.gather(
-            self._sys().ask_async(QueueActor, QUEUE_KEY, Status()), self.webhooks.astats()
+            self._sys().ask_async_after_writes(QueueActor, QUEUE_KEY, Status()),
+            self.webhooks.astats(),
         )
         return msgspec.structs.replace(
-            status, webhooks=webhooks.as_status(), provider=self._provider_stats()
+            status,
+            webhooks=webhooks.as_status(),
+            provider=self._provider_stats(),
+            cluster=self._cluster_stats(),
         )
 
     async def await_job(self, job_id: str, timeout_s: float | None = None) -> Job:
@@ -369,8 +374,14 @@ class JobQueue:
         stats = getattr(self.processor, "stats", None)
         return dict(stats()) if callable(stats) else {}
 
+    def _cluster_stats(self) -> dict[str, Any] | None:
+        """The coordinator's view of its workers and queues (`dispatch = "sqs"`)."""
+        stats = getattr(self.processor, "cluster_stats", None)
+        return dict(stats()) if callable(stats) else None
+
     def _queue_status(self) -> QueueStatus:
-        status: QueueStatus = self._sys().ask(QueueActor, QUEUE_KEY, Status())
+        # After the writes queued so far: the counters agree with any job read before.
+        status: QueueStatus = self._sys().ask_after_writes(QueueActor, QUEUE_KEY, Status())
         return status
 
     def _sys(self) -> ActorSystem:

@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Any, Literal, NamedTuple, NoReturn
 
 import msgspec
+from msgspec import Meta
 
 from genqueue.errors import InvalidRequest
 
@@ -19,9 +20,11 @@ __all__ = [
     "JOB_ID_PATTERN",
     "MAX_IMAGES_BYTES",
     "MAX_IMAGE_BYTES",
+    "MAX_NAME_CHARS",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
     "NAME_PATTERN",
+    "PROVIDERS",
     "TERMINAL",
     "GenerationParams",
     "GenerationRequest",
@@ -41,12 +44,17 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1  # Veo's seed is a uint32
-# The id alphabet, written once: job ids (a client may choose one), and user ids and path
-# segments, which may not start with '.' (they become folder names).
+MAX_NAME_CHARS = 128  # `model` and `provider`: names, not documents
+PROVIDERS: tuple[str, ...] = ("veo3",)  # the providers a request may name
+# The id alphabet, written once: job ids (a client may choose one; not made only of dots:
+# "." and ".." are path segments, not names), and user ids and path segments, which may
+# not start with '.' (they become folder names).
 ID_CHARS = r"[A-Za-z0-9._:\-]"
-JOB_ID_PATTERN = rf"^{ID_CHARS}{{1,128}}$"  # as JSON Schema (the OpenAPI document) spells it
+JOB_ID_PATTERN = rf"^(?!\.+$){ID_CHARS}{{1,128}}$"  # as JSON Schema (OpenAPI) spells it too
 JOB_ID = re.compile(JOB_ID_PATTERN)
 NAME_PATTERN = rf"[A-Za-z0-9_:\-]{ID_CHARS}{{0,127}}"
+# C0 control characters a text may not hold: all but \t and \n (ESC, BEL, NUL, CR, ...).
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f]")
 # Whitespace as JSON Schema's (ECMA-262) `\S` sees it, so the API and its OpenAPI agree on
 # "blank" (Python's str.strip() also strips the \x1c-\x1f separators).
 _BLANK = (
@@ -103,14 +111,17 @@ class GenerationParams(
         return [(field, image) for field, image in named if image is not None]
 
 
+Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
+
+
 class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """`POST /api/generations` and `JobQueue.submit`."""
 
     prompt: str
     id: str | None = None
     parameters: GenerationParams = msgspec.field(default_factory=GenerationParams)
-    provider: str = "veo3"
-    model: str | None = None
+    provider: Name = "veo3"
+    model: Name | None = None
     priority: int = 0
 
 
@@ -212,6 +223,8 @@ class QueueStatus(msgspec.Struct, rename="camel"):
     quota_pauses: int = 0
     provider: dict[str, Any] = msgspec.field(default_factory=dict)
     webhooks: dict[str, Any] = msgspec.field(default_factory=dict)
+    # dispatch = "sqs": workers, SQS depths, the dead-letter count (genqueue/cluster/)
+    cluster: dict[str, Any] | None = None
 
 
 def _fail(field: str, message: str) -> NoReturn:
@@ -224,8 +237,11 @@ def validate_request(req: GenerationRequest) -> None:
         _fail("prompt", "prompt must not be blank")
     if len(req.prompt) > MAX_PROMPT_CHARS:
         _fail("prompt", f"prompt is {len(req.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    _check_text("prompt", req.prompt)
     if req.id is not None and not JOB_ID.fullmatch(req.id):
-        _fail("id", "id must be 1-128 of letters, digits, '-', '_', '.', ':'")
+        _fail("id", ID_RULE)
+    if req.provider not in PROVIDERS:
+        _fail("provider", f"provider must be one of {', '.join(PROVIDERS)}")
     if not 0 <= req.priority <= 10:
         _fail("priority", f"priority must be an integer from 0 to 10, got {req.priority}")
     p = req.parameters
@@ -241,8 +257,10 @@ def validate_request(req: GenerationRequest) -> None:
         _fail("parameters.resolution", f"resolution {p.resolution} needs duration 8")
     if p.seed is not None and not 0 <= p.seed <= MAX_SEED:
         _fail("parameters.seed", f"seed must be an integer from 0 to {MAX_SEED}")
-    if p.negative_prompt is not None and len(p.negative_prompt) > MAX_PROMPT_CHARS:
-        _fail("parameters.negativePrompt", "negativePrompt is too long")
+    if p.negative_prompt is not None:
+        if len(p.negative_prompt) > MAX_PROMPT_CHARS:
+            _fail("parameters.negativePrompt", "negativePrompt is too long")
+        _check_text("parameters.negativePrompt", p.negative_prompt)
     _check_images(p)
 
 
@@ -258,3 +276,17 @@ def _check_images(p: GenerationParams) -> None:
         total += size
     if total > MAX_IMAGES_BYTES:
         _fail("parameters", f"the images total {total} bytes; the limit is {MAX_IMAGES_BYTES}")
+
+
+ID_RULE = "id must be 1-128 of letters, digits, '-', '_', '.', ':', not only dots"
+
+
+def _check_text(field: str, text: str) -> None:
+    bad = CONTROL_CHARS.search(text)
+    if bad is not None:
+        name = field.rsplit(".", 1)[-1]
+        _fail(
+            field,
+            f"{name} holds the control character U+{ord(bad.group()):04X} "
+            "(only tab and newline are allowed)",
+        )

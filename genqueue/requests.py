@@ -33,6 +33,8 @@ def parse_request(request: RequestLike) -> GenerationRequest:
         raise InvalidRequest(str(exc), field=field) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds a str
+        raise InvalidRequest(f"body is not valid UTF-8: {exc.reason}", code="invalid_json") from exc
     validate_request(req)
     return req
 

@@ -50,7 +50,9 @@ class Submissions:
             for i, fut in enumerate(waiters):
                 if fut.done():
                     continue
-                if ok:
+                if ok and isinstance(value[i], BaseException):  # this one was refused
+                    fut.set_exception(value[i])
+                elif ok:
                     fut.set_result(value[i])
                 else:
                     fut.set_exception(value)

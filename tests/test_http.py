@@ -25,6 +25,8 @@ from genqueue.clock import ManualClock
 from genqueue.config import Config
 from genqueue.errors import ConfigError, StorageError
 from genqueue.http import EVENTS, MAX_BODY_BYTES, QUEUE, JsonErrorRunner, create_app
+from genqueue.http.app import STREAMS
+from genqueue.http.auth import Caller
 from genqueue.models import Job, JobResult
 
 T = TypeVar("T")
@@ -434,10 +436,30 @@ BAD_BODIES: list[tuple[Any, str | None]] = [
     ({"prompt": "x", "id": 7}, "id"),
     ({"prompt": "x", "model": 3}, "model"),
     ({"prompt": "x", "colour": "red"}, "colour"),
+    # issue 12 item 5: bounded names, known providers, no control characters, no dot ids
+    ({"prompt": "x", "model": "m" * 129}, "model"),
+    ({"prompt": "x", "provider": "v" * 129}, "provider"),
+    ({"prompt": "x", "provider": "other"}, "provider"),
+    ({"prompt": "a \x1b]0;owned\x07 fox"}, "prompt"),
+    ({"prompt": "a fox\r\n"}, "prompt"),
+    ({"prompt": "x\x00"}, "prompt"),
+    ({"prompt": "x", "parameters": {"negativePrompt": "blur\x1b[2J"}}, "parameters.negativePrompt"),
+    ({"prompt": "x", "id": "."}, "id"),
+    ({"prompt": "x", "id": ".."}, "id"),
+    ({"prompt": "x", "id": "..."}, "id"),
     ([], None),
     ("a string", None),
 ]
-NOT_JSON = [b"", b"not json", b'{"prompt": "x"', b"\xff\xfe", b'{"prompt": "x"} trailing']
+NOT_JSON = [
+    b"",
+    b"not json",
+    b'{"prompt": "x"',
+    b"\xff\xfe",
+    b'{"prompt": "x"} trailing',
+    b'{"prompt": "a \xff fox"}',  # invalid UTF-8 inside a string (was a 500)
+    b'{"prompt": "x", "priority": 1.0, "model": "\xc3"}',  # ... on the float fallback path
+]
+JSON_TYPE = {"Content-Type": "application/json"}
 
 
 def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Path) -> None:
@@ -452,10 +474,14 @@ def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Pa
             )
             assert assert_error(status, err, 400, "invalid_request")["field"] == "id"
             for raw in NOT_JSON:
-                status, err, _ = await api.call("POST", "/api/generations", data=raw)
+                status, err, _ = await api.call(
+                    "POST", "/api/generations", data=raw, headers=JSON_TYPE
+                )
                 assert_error(status, err, 400, "invalid_json")
             big = json.dumps({"prompt": "x" * MAX_BODY_BYTES}).encode()
-            status, err, _ = await api.call("POST", "/api/generations", data=io.BytesIO(big))
+            status, err, _ = await api.call(
+                "POST", "/api/generations", data=io.BytesIO(big), headers=JSON_TYPE
+            )
             assert_error(status, err, 413, "payload_too_large")
             _, page, _ = await api.call("GET", "/api/generations", "root")
             assert page == {"items": [], "nextCursor": None}
@@ -471,8 +497,52 @@ def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Pa
             status, _, _ = await api.call("POST", "/api/generations", json=good)
             assert status == 202
             exactly_max = b'{"prompt": "x"}'.ljust(MAX_BODY_BYTES)
-            status, _, _ = await api.call("POST", "/api/generations", data=io.BytesIO(exactly_max))
+            status, _, _ = await api.call(
+                "POST", "/api/generations", data=io.BytesIO(exactly_max), headers=JSON_TYPE
+            )
             assert status == 202
+            multiline = {"prompt": "a fox,\n\tthen snow", "parameters": {"negativePrompt": "a\tb"}}
+            assert check.is_valid(multiline)
+            status, _, _ = await api.call("POST", "/api/generations", json=multiline)
+            assert status == 202
+
+    run(body())
+
+
+def test_only_json_bodies_are_read_and_a_missing_type_is_taken_as_json(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serve(tmp_path) as api:
+            raw = b'{"prompt": "a fox"}'
+            for ctype in (
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "application/octet-stream",
+                "multipart/form-data; boundary=x",
+                "application/json; charset=latin-1",
+            ):
+                status, err, _ = await api.call(
+                    "POST", "/api/generations", data=raw, headers={"Content-Type": ctype}
+                )
+                assert_error(status, err, 415, "unsupported_media_type")
+            _, st, _ = await api.call("GET", "/api/queue/status")
+            assert st["submitted"] == 0
+            for ctype in (
+                "application/json",
+                "application/json; charset=UTF-8",
+                "application/vnd.x+json",
+            ):
+                status, job, _ = await api.call(
+                    "POST", "/api/generations", data=raw, headers={"Content-Type": ctype}
+                )
+                assert status == 202, (ctype, job)
+            # No Content-Type at all (aiohttp would add one to `data=`: skip it).
+            async with api.session.post(
+                "/api/generations",
+                data=raw,
+                headers={"Authorization": f"Bearer {TOKENS['alice']}"},
+                skip_auto_headers=["Content-Type"],
+            ) as resp:
+                assert resp.status == 202, await resp.text()
 
     run(body())
 
@@ -723,5 +793,120 @@ def test_local_videos_need_a_current_signature_and_are_re_signed_on_every_read(
             assert page["items"][0]["result"]["videoUrl"] == again["result"]["videoUrl"]
             async with api.session.get(f"{fresh.path}?{fresh.query}") as resp:
                 assert resp.status == 200
+
+    run(body())
+
+
+# -- one tenant cannot starve the rest (issue 12, item 4) ---------------------------------------
+
+
+def test_a_submission_past_a_queue_cap_is_a_429_queue_full_storing_nothing(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        gated = Gate()
+        async with serve(tmp_path, gated, max_concurrency=1, max_queued_per_user=1) as api:
+            await api.submit(id="a1")
+            await aeventually(
+                lambda: "a1" in gated.running, "a1 running", 5.0
+            )  # running: no longer waiting
+            await api.submit(id="a2")
+            status, err, headers = await api.call(
+                "POST", "/api/generations", json={"prompt": "x", "id": "a3"}
+            )
+            assert "alice" in assert_error(status, err, 429, "queue_full")["message"]
+            assert headers["Retry-After"]
+            status, _, _ = await api.call("GET", "/api/generations/a3")
+            assert status == 404
+            # a known client id is answered as before; other users still have room
+            status, job, _ = await api.call(
+                "POST", "/api/generations", json={"prompt": "x", "id": "a2"}
+            )
+            assert status == 200 and job["id"] == "a2"
+            await api.submit("bob", id="b1")
+            _, doc, _ = await api.call("GET", "/api/openapi.json", None)
+            assert "429" in doc["paths"]["/api/generations"]["post"]["responses"]
+            for job_id in ("a1", "a2", "b1"):
+                gated.release(job_id)
+
+    run(body())
+
+
+def test_a_keys_maximum_priority_is_enforced_and_admins_are_unlimited(tmp_path: Path) -> None:
+    keys = "k-alice-7f1e=alice:maxpriority=3,k-bob-33a0=bob,k-root-c9d2=root:admin"
+
+    async def body() -> None:
+        async with serve(tmp_path, api_keys=keys) as api:
+            status, err, _ = await api.call(
+                "POST", "/api/generations", json={"prompt": "x", "priority": 4}
+            )
+            detail = assert_error(status, err, 400, "invalid_request")
+            assert detail["field"] == "priority" and "3" in detail["message"]
+            assert (await api.submit(priority=3))["priority"] == 3
+            assert (await api.submit("bob", priority=10))["priority"] == 10
+            assert (await api.submit("root", priority=10))["priority"] == 10
+            _, st, _ = await api.call("GET", "/api/queue/status")
+            assert st["submitted"] == 3
+
+    run(body())
+    for spec in ("k1=ops:admin:maxpriority=3", "k1=a:maxpriority=11", "k1=a:maxpriority=x"):
+        with pytest.raises(ConfigError) as info:
+            create_app(Config(data_dir=str(tmp_path), api_keys=spec))
+        assert "maxpriority" in str(info.value) and "k1" not in str(info.value)
+
+
+def test_event_streams_are_capped_per_key(tmp_path: Path) -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with serve(tmp_path, gate, max_streams_per_key=2) as api:
+            job = await api.submit()
+            url = f"{api.base_url}/api/generations/{job['id']}/events"
+            alice = {"Authorization": f"Bearer {TOKENS['alice']}"}
+            feed = {**alice, "Accept": "text/event-stream"}
+            async with contextlib.AsyncExitStack() as held, aiohttp.ClientSession() as other:
+                for _ in range(2):
+                    resp = await held.enter_async_context(other.get(url, headers=alice))
+                    assert resp.status == 200
+                    assert (await resp.content.readline()).startswith(b"event: ")
+                for path, headers in ((url, alice), (f"{api.base_url}/api/events", feed)):
+                    async with other.get(path, headers=headers) as resp:
+                        err = assert_error(resp.status, await resp.json(), 429, "too_many_streams")
+                        assert "GENQUEUE_MAX_STREAMS_PER_KEY" in err["message"]
+                # other keys are not affected; a snapshot without streaming is not a stream
+                status, _, _ = await api.call("GET", "/api/events", "root")
+                assert status == 200
+                root = {"Authorization": f"Bearer {TOKENS['root']}"}
+                async with other.get(url, headers=root) as resp:
+                    assert resp.status == 200
+            # The clients left: their streams no longer count once the server saw them go,
+            # even before its handlers notice at their next write (a heartbeat, 15 s).
+            streams, alice_key = api.app[STREAMS], Caller("alice", key_index=1)
+            await aeventually(lambda: streams.open_streams(alice_key) == 0, "no stream", 5.0)
+            async with aiohttp.ClientSession() as again, again.get(url, headers=alice) as resp:
+                assert resp.status == 200
+            gate.release(job["id"])
+
+    run(body())
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serve(tmp_path, body_timeout_s=0.3) as api:
+            port = int(api.base_url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/generations HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + TOKENS["alice"].encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"prompt":'
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: the server closes
+            writer.close()
+            head, _, raw = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), answer
+            assert json.loads(raw)["error"]["code"] == "request_timeout"
+            _, st, _ = await api.call("GET", "/api/queue/status")
+            assert st["submitted"] == 0
 
     run(body())

@@ -210,7 +210,8 @@ def test_invalid_requests_get_a_clear_4xx_and_store_nothing(stack: Stack, server
         starts = (await stack.fake.stats(session))["starts"]
         for body, code, field in INVALID:
             if isinstance(body, str):
-                status, reply = await api.call("POST", "/api/generations", data=body)
+                raw = aiohttp.payload.StringPayload(body, content_type="application/json")
+                status, reply = await api.call("POST", "/api/generations", data=raw)
             else:
                 status, reply = await api.call("POST", "/api/generations", json=body)
             assert 400 <= status < 500 and isinstance(reply, dict), (body, status, reply)

@@ -4,9 +4,13 @@ submits, finishes and cancellations.
 A hypothesis state machine drives a real JobQueue (alarm dispatch) whose processor holds
 every job on its own asyncio event until the test releases it. After each step the test
 waits until the set of running processor coroutines equals what a model predicts: a
-greedy dispatcher over jobs ordered by priority then submission, skipping users at their
-cap. At every processor call the recorder checks the live counts, so a moment over
-`max_concurrency` or `max_per_user` is caught even if it does not last.
+greedy dispatcher over jobs ordered by priority, then round robin between users (in
+user-id order, after the user served last at that priority), then submission, skipping
+users at their cap. At every processor call the recorder checks the live counts, so a
+moment over `max_concurrency` or `max_per_user` is caught even if it does not last.
+
+A second property (issue 12) checks fairness on the real dispatch order alone, without a
+model: no user waits behind more than one job of each other active user at its priority.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers_queue import QueueFactory, Recorder, request
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -28,26 +32,41 @@ USERS = ["alice", "bob", "carol"]
 
 @dataclass
 class Model:
-    """What the queue should be running: greedy, by (priority desc, submission), with caps."""
+    """What the queue should be running: greedy by priority, then round robin between users
+    in id order after the user served last at that priority, then submission; with caps."""
 
     max_concurrency: int
     max_per_user: int
     pending: list[tuple[int, int, str, str]] = field(default_factory=list)  # -prio, n, id, user
     running: dict[str, str] = field(default_factory=dict)  # job id -> user
+    last: dict[int, str] = field(default_factory=dict)  # -prio -> the user served last
 
     def user_count(self, user: str) -> int:
         return sum(1 for u in self.running.values() if u == user)
 
+    def eligible(self, user: str) -> bool:
+        return not self.max_per_user or self.user_count(user) < self.max_per_user
+
+    def pick(self) -> tuple[int, int, str, str] | None:
+        for prio in sorted({e[0] for e in self.pending}):
+            here = sorted(e for e in self.pending if e[0] == prio)
+            users = sorted({e[3] for e in here})
+            last = self.last.get(prio)
+            turn = [u for u in users if last is None or u > last]
+            turn += [u for u in users if last is not None and u <= last]
+            for user in turn:
+                if self.eligible(user):
+                    return next(e for e in here if e[3] == user)
+        return None
+
     def dispatch(self) -> None:
         while len(self.running) < self.max_concurrency:
-            for entry in sorted(self.pending):
-                user = entry[3]
-                if not self.max_per_user or self.user_count(user) < self.max_per_user:
-                    self.pending.remove(entry)
-                    self.running[entry[2]] = user
-                    break
-            else:
+            entry = self.pick()
+            if entry is None:
                 return
+            self.pending.remove(entry)
+            self.running[entry[2]] = entry[3]
+            self.last[entry[0]] = entry[3]
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -154,3 +173,88 @@ QueueMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestQueueCaps = QueueMachine.TestCase
+
+
+# -- fairness (issue 12): checked on the real dispatch order alone ----------------------------
+
+Submitted = tuple[str, str, int]  # ("submit", user, priority)
+Released = tuple[str]  # ("release",): let the running job finish
+# Mostly submissions, so backlogs build up; a release lets the running job end.
+FAIR_STEPS = st.lists(
+    st.sampled_from(
+        [("submit", user, priority) for user in USERS for priority in (0, 1)] + [("release",)] * 2
+    ),
+    min_size=2,
+    max_size=40,
+)
+
+
+def run_one_at_a_time(steps: list[Submitted | Released]) -> tuple[list[tuple[str, str]], dict]:
+    """Drive a queue at max_concurrency 1 through `steps`, then drain it; return the events
+    as they happened (("submit" | "start", job id)) and each job's (user, priority)."""
+    folder = Path(tempfile.mkdtemp(prefix="genqueue-fair-"))
+    factory, rec = QueueFactory(folder), Recorder(hold_all=True)
+    events: list[tuple[str, str]] = []
+    jobs: dict[str, tuple[str, int]] = {}
+    starts: list[str] = []
+    current: str | None = None  # started, not released
+
+    def next_start() -> None:
+        nonlocal current
+        rec.wait_calls(len(starts) + 1)
+        current = rec.order()[len(starts)]
+        starts.append(current)
+        events.append(("start", current))
+
+    try:
+        q = factory.open(rec, max_concurrency=1)
+        for step in steps:
+            if step[0] == "submit":
+                _, user, priority = step  # type: ignore[misc]
+                job_id = f"j{len(jobs) + 1:03d}"
+                jobs[job_id] = (user, priority)
+                events.append(("submit", job_id))
+                q.submit(request(id=job_id, priority=priority), user_id=user)
+                if current is None:
+                    next_start()  # nothing held: it (or another) starts now
+            elif current is not None:
+                rec.release(current)
+                current = None
+                if len(starts) < len(jobs):
+                    next_start()
+        rec.release_all()
+        rec.release(*jobs)
+        q.join(timeout_s=20)
+        while len(starts) < len(jobs):
+            next_start()
+    finally:
+        factory.close_all()
+        shutil.rmtree(folder, ignore_errors=True)
+    return events, jobs
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(FAIR_STEPS)
+def test_no_user_waits_behind_more_than_one_job_of_each_other_active_user(
+    steps: list[Submitted | Released],
+) -> None:
+    events, jobs = run_one_at_a_time(steps)
+    at = {event: i for i, event in enumerate(events)}
+    assert sorted(j for kind, j in events if kind == "start") == sorted(jobs)  # each ran once
+    for job_id, (user, priority) in jobs.items():
+        mine = [j for j in sorted(jobs) if jobs[j] == (user, priority)]
+        before = mine[: mine.index(job_id)]
+        end = at[("start", job_id)]
+        assert all(at[("start", b)] < end for b in before), "FIFO per user and priority"
+        for kind, other in events[at[("submit", job_id)] + 1 : end]:
+            assert kind == "submit" or jobs[other][1] >= priority, (other, "jumped", job_id)
+        # It heads its user's line at its priority from its submission, or from the start of
+        # the user's previous job there, until its own start: meanwhile each other user may
+        # start at most one job of this priority.
+        head = max([at[("submit", job_id)], *(at[("start", b)] for b in before[-1:])])
+        others: dict[str, int] = {}
+        for kind, other in events[head + 1 : end]:
+            o_user, o_priority = jobs[other]
+            if kind == "start" and o_priority == priority and o_user != user:
+                others[o_user] = others.get(o_user, 0) + 1
+        assert all(n <= 1 for n in others.values()), (job_id, user, priority, others, events)

@@ -217,7 +217,10 @@ def test_check_models_answers_ok_refused_or_unknown() -> None:
     asyncio.run(asyncio.wait_for(body(), 30))
 
 
-def test_serve_with_an_unserved_model_exits_non_zero_naming_veo3_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_start_with_an_unserved_model_exits_non_zero_naming_veo3_model(
+    tmp_path: Path, command: str
+) -> None:
     import subprocess
 
     loop_thread = LoopThread()
@@ -228,16 +231,16 @@ def test_serve_with_an_unserved_model_exits_non_zero_naming_veo3_model(tmp_path:
         env = base_env(
             VEO3_API_KEY=KEY, VEO3_BASE_URL=fake.base_url, VEO3_MODEL="veo-3.1-generate-001x"
         )
+        args = ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path)]
+        if command == "worker":  # the worker checks the model before it touches SQS or S3
+            env |= {"GENQUEUE_DISPATCH": "sqs", "GENQUEUE_STORAGE": "s3", "S3_BUCKET": "b"}
+            env |= {
+                "SQS_ENDPOINT_URL": "http://127.0.0.1:9",
+                "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            }
+            args = ["worker"]
         done = subprocess.run(
-            [
-                sys.executable,
-                MAIN,
-                "serve",
-                "--port",
-                str(free_port()),
-                "--data-dir",
-                str(tmp_path),
-            ],
+            [sys.executable, MAIN, *args],
             env=env,
             cwd=ROOT,
             capture_output=True,

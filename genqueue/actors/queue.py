@@ -1,7 +1,7 @@
 """QueueActor: the singleton that orders pending jobs and dispatches them by alarm.
 
 Stored keys (its own instance, "main"):
-    pending/{10-priority:02}/{seq:016}  -> Pending      (key order = dispatch order)
+    pending/{10-priority:02}/{seq:016}  -> Pending      (by priority, then submission)
     finished/{finished_ms:015}/{job_id} -> user id      (the retention index)
     meta                                -> QueueMeta    (sequence, counters, rate window)
 A job's `pending/` entry lives from its submission to its end: waiting while its
@@ -11,6 +11,10 @@ another key). Start-up reads only these entries: finished history costs nothing.
 Dispatch ("alarm" mode): the alarm pops jobs while `in_flight < max_concurrency`,
 the user's cap allows and the rate limit has a token; an empty bucket sets the
 alarm to the next token's time; a finished job sets it to now. Nothing polls.
+The waiting line (`fairline.FairLine`) orders jobs by priority, then round robin
+between users within a priority, then FIFO per user; its turn pointers live in `meta`.
+A submission past `max_queued` (all users) or `max_queued_per_user` waiting jobs is
+refused with `QueueFull`, before anything is stored.
 
 The same alarm is the watchdog of every job in flight: in-flight jobs are kept in
 start order, so the oldest one's deadline (`job_timeout_s` after its start, or after
@@ -22,11 +26,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import deque
 from typing import Any
 
 import msgspec
 
+from genqueue.actors.fairline import FairLine
 from genqueue.actors.job import JobActor
 from genqueue.actors.messages import (
     Finished,
@@ -47,6 +51,7 @@ from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.services import QUEUE
 from genqueue.actors.stats import QueueStats
 from genqueue.actors.system import ActorSystem
+from genqueue.errors import QueueFull
 from genqueue.models import Job, QueueStatus
 from genqueue.storage.jobindex import JobIndex
 
@@ -63,13 +68,12 @@ class QueueActor(DurableActor):
         super().__init__(system, key)
         self.svc = system.queue_services()
         self.cfg = self.svc.config
-        self.pending: dict[int, deque[Pending]] = {}
+        self.line: FairLine[Pending] = FairLine()
         self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it
         # In flight, told TimedOut (when), not finished yet: told again each job_timeout_s
         # while it stays, in case the notice was lost (a crashed turn, a store failure).
         self.timed_out: dict[str, float] = {}
         self.activated_at = self.clock.now()
-        self.queued = 0  # jobs in `pending`
         self.per_user: dict[str, int] = {}
         self.retry_wait = 0
         self.meta = QueueMeta()
@@ -80,10 +84,10 @@ class QueueActor(DurableActor):
         self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
         self.rate.load(self.meta.spent_tokens)
         self.activated_at = now = self.clock.now()
+        self.line = FairLine(self.meta.turns)
         for key, entry in self.storage.list("pending/", Pending):
             if entry.started_at is None:
-                self.pending.setdefault(entry.priority, deque()).append(entry)
-                self.queued += 1
+                self.line.add(entry)
             else:
                 self._add_flight(entry.job_id, InFlight(entry.user_id, entry.started_at, key))
         for job_id in self.in_flight:
@@ -104,7 +108,12 @@ class QueueActor(DurableActor):
                 self._arrived()
                 return submitted
             case SubmitMany(submissions=submissions):
-                results = [self._submit(sub.job, sub.client_id) for sub in submissions]
+                results: list[tuple[Job, bool] | QueueFull] = []
+                for sub in submissions:
+                    try:
+                        results.append(self._submit(sub.job, sub.client_id))
+                    except QueueFull as exc:  # refused before anything was stored
+                        results.append(exc)
                 self._arrived()
                 return results
             case Finished():
@@ -114,7 +123,7 @@ class QueueActor(DurableActor):
                 now = self.clock.now()
                 self._enqueue(Pending(job_id, user_id, priority, seq, now))
                 if self.cfg.dispatch == "immediate":  # like a submit: start at once
-                    self._start(self._take_pending(priority, seq), now)
+                    self._start(self._take_pending(priority, seq, user_id), now)
                 self._arrived()
             case Remove():
                 self._removed(message)
@@ -130,28 +139,39 @@ class QueueActor(DurableActor):
         existing = JobActor.read(self.system, job.id) if client_id else None
         if existing is not None:
             return existing, False
+        self._check_room(job.user_id)
         now = self.clock.now()
         seq = self.meta.next_seq
         self.meta.next_seq += 1
-        position = self.depth() + 1
+        entry = Pending(job.id, job.user_id, job.priority, seq, now)
+        self._enqueue(entry)
         job = msgspec.structs.replace(
-            job, seq=seq, status="queued", queued_at=now, queue_position=position
+            job, seq=seq, status="queued", queued_at=now, queue_position=self.line.position(entry)
         )
         JobActor.create(self.system, job)
         self.storage.last_seq = self._index(job)
-        self._enqueue(Pending(job.id, job.user_id, job.priority, seq, now))
         self._count("submitted")
         self._save_meta()
         self.after_commit(functools.partial(self.svc.publish, job))
         if self.cfg.dispatch == "immediate":
-            self._start(self._take_pending(job.priority, seq), now)
+            self._start(self._take_pending(job.priority, seq, job.user_id), now)
         return job, True
+
+    def _check_room(self, user_id: str) -> None:
+        """QueueFull if one more waiting job would pass a cap (checked before any change)."""
+        total, mine = self.cfg.max_queued, self.cfg.max_queued_per_user
+        if total and len(self.line) >= total:
+            raise QueueFull(f"the queue holds {total} waiting jobs, its limit", limit=total)
+        if mine and self.line.of_user(user_id) >= mine:
+            raise QueueFull(
+                f"user {user_id} has {mine} waiting jobs, the limit per user", limit=mine, user=True
+            )
 
     def _arrived(self) -> None:
         """Jobs joined the line. Alarm mode dispatches in this turn (what an alarm set to now
         would do, without the round trip through the scheduler: the dispatch is committed
         with the submission); every mode keeps the alarm the watchdog needs."""
-        if self.cfg.dispatch == "alarm":
+        if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
             self._dispatch_here()
             return
         at, due = self._next_alarm(None), self.get_alarm()
@@ -179,7 +199,7 @@ class QueueActor(DurableActor):
                 self.meta.pause_reason = ""  # the provider works again: a pause is news
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
         self._save_meta()
-        if self.cfg.dispatch == "alarm":
+        if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
             self._dispatch_here()  # what an alarm set to now would do, without the round trip
         self._tell_if_idle()
 
@@ -188,7 +208,7 @@ class QueueActor(DurableActor):
         if msg.was == "retry_wait":
             self.retry_wait = max(0, self.retry_wait - 1)
         else:
-            self._remove_pending(msg.priority, msg.seq, msg.job_id)
+            self._remove_pending(msg.priority, msg.seq, msg.job_id, msg.user_id)
         self._count("cancelled")
         self._index_finished(msg.job_id, msg.user_id)
         self._save_meta()
@@ -285,24 +305,21 @@ class QueueActor(DurableActor):
         """Start what the caps allow; return when to look again (None: when something ends)."""
         if self.meta.paused_until > now:
             return self.meta.paused_until
+        blocked = self._at_cap if self.cfg.max_per_user else None
         while len(self.in_flight) < self.cfg.max_concurrency:
-            entry = self._next_eligible()
+            entry = self.line.next(blocked)
             if entry is None:
                 return None
             token_at = self.rate.next_token_at(now)
             if token_at > now:
                 return token_at
             self.rate.spend(now)
-            self._start(self._take_pending(entry.priority, entry.seq), now)
+            self.line.served(entry)
+            self._start(entry, now)
         return None
 
-    def _next_eligible(self) -> Pending | None:
-        cap = self.cfg.max_per_user
-        for priority in sorted(self.pending, reverse=True):
-            for entry in self.pending[priority]:
-                if not cap or self.per_user.get(entry.user_id, 0) < cap:
-                    return entry
-        return None
+    def _at_cap(self, user_id: str) -> bool:
+        return self.per_user.get(user_id, 0) >= self.cfg.max_per_user
 
     def _start(self, entry: Pending, now: float) -> None:
         """Dispatch a job taken off the waiting line: its entry is stored as in flight."""
@@ -317,30 +334,20 @@ class QueueActor(DurableActor):
     # -- pending bookkeeping ---------------------------------------------------------------------
 
     def _enqueue(self, entry: Pending) -> None:
-        q = self.pending.setdefault(entry.priority, deque())
-        if q and q[-1].seq > entry.seq:  # a retried job goes back to its own place
-            items = sorted([*q, entry], key=lambda e: e.seq)
-            q.clear()
-            q.extend(items)
-        else:
-            q.append(entry)
-        self.queued += 1
+        self.line.add(entry)  # a retried job goes back to its own place
         self.storage.put(pending_key(entry.priority, entry.seq), entry)
 
-    def _take_pending(self, priority: int, seq: int) -> Pending:
+    def _take_pending(self, priority: int, seq: int, user_id: str) -> Pending:
         """Take an entry off the waiting line (in memory; its stored entry stays)."""
-        q = self.pending[priority]
-        entry = next(e for e in q if e.seq == seq)
-        q.remove(entry)
-        self.queued -= 1
-        if not q:
-            del self.pending[priority]
+        entry = self.line.find(priority, seq, user_id)
+        assert entry is not None, (priority, seq)
+        self.line.remove(entry)
         return entry
 
-    def _remove_pending(self, priority: int, seq: int, job_id: str) -> None:
-        q = self.pending.get(priority)
-        if q is not None and any(e.seq == seq and e.job_id == job_id for e in q):
-            self._take_pending(priority, seq)
+    def _remove_pending(self, priority: int, seq: int, job_id: str, user_id: str) -> None:
+        entry = self.line.find(priority, seq, user_id)
+        if entry is not None and entry.job_id == job_id:
+            self.line.remove(entry)
             self.storage.delete(pending_key(priority, seq))
 
     def _add_flight(self, job_id: str, flight: InFlight) -> None:
@@ -355,7 +362,7 @@ class QueueActor(DurableActor):
             self.per_user.pop(user_id, None)
 
     def depth(self) -> int:
-        return self.queued
+        return len(self.line)
 
     # -- retention, counters, status -------------------------------------------------------------
 
@@ -379,8 +386,8 @@ class QueueActor(DurableActor):
         self.storage.put("meta", self.meta)
 
     def status(self) -> QueueStatus:
-        by_priority = {str(p): len(q) for p, q in sorted(self.pending.items(), reverse=True)}
-        oldest = min((q[0].enqueued_at for q in self.pending.values() if q), default=None)
+        by_priority = self.line.by_priority()
+        oldest = self.line.oldest_enqueued_at()
         now = self.clock.now()
         return self.stats.status(
             dispatch=self.cfg.dispatch,

@@ -34,6 +34,8 @@ class QueueMeta(msgspec.Struct):
     spent_tokens: list[float] = msgspec.field(default_factory=list)
     next_retention_at: float = 0.0
     counters: dict[str, int] = msgspec.field(default_factory=dict)
+    # the fair line's turn pointers: priority -> the user served last at it
+    turns: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def pending_key(priority: int, seq: int) -> str:

@@ -314,6 +314,38 @@ class ActorSystem:
         """Send `message`; `reply(ok, value)` is called once the answer is durable."""
         self.tell_internal(cls, key, _Call(message, reply))
 
+    def send_after_writes(
+        self, cls: type[DurableActor], key: str, message: Any, reply: Reply
+    ) -> None:
+        """`send`, once every write queued so far is committed and the messages its turn
+        sent have left: the answer then reflects every change another thread could have
+        read. (A job read as completed has told the queue so in the same turn; a status
+        asked after that read is answered after the queue took the news.)
+
+        Queued as a reply at the end of the release that covers the last write: replies
+        leave after the sends of their group, so `message` lands in the actor's inbox
+        behind them."""
+        store = self.store
+
+        def release() -> None:
+            self.reply(lambda ok, value: self.send(cls, key, message, reply), True, None)
+
+        store.after_commit(store.write_seq, release)
+
+    def ask_after_writes(
+        self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0
+    ) -> Any:
+        """`ask`, sent as `send_after_writes` sends."""
+        waiter = SyncWaiter()
+        self.send_after_writes(cls, key, message, waiter)
+        return waiter.wait(timeout_s)
+
+    async def ask_async_after_writes(self, cls: type[DurableActor], key: str, message: Any) -> Any:
+        """`ask_async`, sent as `send_after_writes` sends."""
+        fut, reply = future_reply(asyncio.get_running_loop())
+        self.send_after_writes(cls, key, message, reply)
+        return await fut
+
     # -- alarms, tasks, passivation ---------------------------------------------------
 
     def schedule_alarm(self, cls: type[DurableActor], key: str, at: float) -> int:

@@ -35,9 +35,10 @@ from genqueue import (
     veo_processor,
 )
 from genqueue.http.auth import ApiKeys, Caller
-from genqueue.http.body import parse_body
+from genqueue.http.body import parse_body, require_json
 from genqueue.http.dashboard import add_dashboard
 from genqueue.http.errors import ApiError, error_middleware
+from genqueue.http.limits import StreamLimit, body_deadline
 from genqueue.http.metrics import CONTENT_TYPE, Metrics
 from genqueue.http.openapi import build_openapi
 from genqueue.http.sse import JobEvents, stream_job
@@ -65,6 +66,7 @@ KEYS = web.AppKey("api_keys", ApiKeys)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 VIDEO_ROOT = web.AppKey("video_root", Path)
+STREAMS = web.AppKey("streams", StreamLimit)
 
 _CURSOR = re.compile(r"[0-9]{16}")
 _LIMIT = re.compile(r"[0-9]{1,3}")
@@ -85,16 +87,18 @@ def create_app(
 ) -> web.Application:
     """The aiohttp application; the queue opens on startup and closes on cleanup."""
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[_count_responses, error_middleware]
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[_count_responses, error_middleware, body_deadline(config.body_timeout_s)],
     )
     app[KEYS] = ApiKeys.parse(config.api_keys)
+    app[STREAMS] = StreamLimit(config.max_streams_per_key)
     app[METRICS] = Metrics()
     app[OPENAPI] = encode(build_openapi(config=config))
     app[VIDEO_ROOT] = video_root if video_root is not None else config.data_path / "videos"
     app.cleanup_ctx.append(_lifecycle(config, processor, clock))
     app.on_shutdown.append(_end_streams)
     app.add_routes(routes)
-    add_dashboard(app, authenticate=_caller, queue=QUEUE, events=EVENTS)
+    add_dashboard(app, authenticate=_caller, queue=QUEUE, events=EVENTS, streams=STREAMS)
     return app
 
 
@@ -105,6 +109,14 @@ def _lifecycle(
         loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
             proc = processor
+            coordinator = None
+            if proc is None and config.dispatch == "sqs":
+                from genqueue.cluster.coordinator import Coordinator
+
+                coordinator = Coordinator(config, clock=clock)
+                await coordinator.start()
+                stack.push_async_callback(coordinator.close)
+                proc = coordinator
             if proc is None:
                 service = veo_processor(config, clock=clock)
                 await service.start()
@@ -114,6 +126,13 @@ def _lifecycle(
             # open/close wait on actor threads, which may need this loop: not on it.
             await asyncio.to_thread(queue.open)
             stack.push_async_callback(asyncio.to_thread, queue.close)
+            if coordinator is not None:  # events wait in SQS until the queue is open
+                from genqueue.cluster.consumer import EventsConsumer
+
+                consumer = EventsConsumer(coordinator, queue)
+                stack.callback(consumer.close)
+                consumer.start()
+                stack.push_async_callback(coordinator.stop_tasks)
             healer = asyncio.create_task(_heal_store(queue, config))
             stack.push_async_callback(_cancel, healer)
             events = JobEvents(loop)
@@ -218,7 +237,14 @@ async def _visible(request: web.Request, caller: Caller) -> Job:
 @routes.post("/api/generations")
 async def submit(request: web.Request) -> web.Response:
     caller = _caller(request)
+    require_json(request)
     req = parse_body(await request.read())
+    if caller.max_priority is not None and req.priority > caller.max_priority:
+        raise ApiError(
+            400,
+            f"priority {req.priority} is above this key's maximum, {caller.max_priority}",
+            field="priority",
+        )
     job, created = await request.app[QUEUE].asubmit(req, user_id=caller.user_id)
     if not created and not caller.may_see(job.user_id):
         raise ApiError(409, "this id is already taken", code="id_conflict", field="id")
@@ -243,7 +269,8 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.get("/api/generations/{id}/events")
 async def job_events(request: web.Request) -> web.StreamResponse:
     caller = _caller(request)
-    return await stream_job(request, request.app[EVENTS], lambda: _visible(request, caller))
+    with request.app[STREAMS].hold(caller, request):
+        return await stream_job(request, request.app[EVENTS], lambda: _visible(request, caller))
 
 
 @routes.get("/api/generations")

@@ -32,7 +32,8 @@ from aiohttp import web
 
 from genqueue import Job, JobQueue, QueueStatus
 from genqueue.http.auth import Caller
-from genqueue.http.openapi_parts import ERRORS, PUBLIC, REF
+from genqueue.http.limits import StreamLimit
+from genqueue.http.openapi_parts import ERRORS, PUBLIC, REF, TOO_MANY_STREAMS
 from genqueue.http.sse import JobEvents, open_stream
 from genqueue.wire import PublicJob, encode, public_job
 
@@ -101,6 +102,7 @@ def add_dashboard(
     authenticate: Authenticate,
     queue: web.AppKey[JobQueue],
     events: web.AppKey[JobEvents],
+    streams: web.AppKey[StreamLimit],
 ) -> None:
     """Add `GET /` and `GET /api/events` to `app` (the page is read now, once)."""
     app[PAGE] = load_page()
@@ -131,7 +133,10 @@ def add_dashboard(
         if "text/event-stream" not in request.headers.get("Accept", "").lower():
             first = await snapshot(request, caller)
             return web.Response(body=encode(first), content_type="application/json")
-        with request.app[events].listen(None) as changes:
+        with (
+            request.app[streams].hold(caller, request),
+            request.app[events].listen(None) as changes,
+        ):
             first = await snapshot(request, caller)  # after listening: no change slips by
             response = await open_stream(request)
             try:
@@ -245,6 +250,7 @@ def dashboard_paths() -> dict[str, Any]:
                             },
                         },
                     },
+                    "429": TOO_MANY_STREAMS,
                     **ERRORS,
                 },
             }

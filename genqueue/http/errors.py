@@ -17,7 +17,13 @@ import pykka
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from genqueue import IllegalTransition, InvalidRequest, JobNotFound, StorageError
+from genqueue import (
+    IllegalTransition,
+    InvalidRequest,
+    JobNotFound,
+    QueueFull,
+    StorageError,
+)
 
 __all__ = [
     "ALL_CODES",
@@ -37,14 +43,24 @@ CODES: dict[int, str] = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
 }
 # Codes more specific than the status's own.
-SPECIFIC_CODES = ("invalid_json", "job_finished", "id_conflict", "storage_unavailable")
+SPECIFIC_CODES = (
+    "invalid_json",
+    "job_finished",
+    "id_conflict",
+    "storage_unavailable",
+    "queue_full",
+    "too_many_streams",
+    "too_many_connections",
+)
 ALL_CODES = tuple(sorted({*CODES.values(), *SPECIFIC_CODES}))
 
 
@@ -136,6 +152,8 @@ def _translate(exc: Exception, request: web.Request) -> ApiError | None:
         return invalid(exc)
     if isinstance(exc, JobNotFound):
         return ApiError(404, "no such job")
+    if isinstance(exc, QueueFull):
+        return ApiError(429, exc.message, code="queue_full", headers={"Retry-After": "5"})
     if isinstance(exc, IllegalTransition):
         return ApiError(409, str(exc), code="job_finished")
     if isinstance(exc, (StorageError, sqlite3.Error)):

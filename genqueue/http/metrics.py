@@ -112,6 +112,26 @@ class QueueCollector(Collector):
         )
         yield from _numbers(P + "provider_", st.provider, "Provider figure")
         yield from _webhooks(st.webhooks)
+        if st.cluster is not None:
+            yield from _cluster(st.cluster)
+
+
+def _cluster(values: Mapping[str, Any]) -> Iterator[Metric]:
+    """`dispatch = "sqs"`: a gauge per worker figure (labelled by worker), the SQS depths
+    and the coordinator's counters."""
+    workers = values.get("workers", [])
+    for key, name, doc in (
+        ("concurrency", "worker_concurrency", "Slots of a worker."),
+        ("inFlight", "worker_in_flight", "Jobs a worker holds."),
+        ("lastHeartbeatAgoS", "worker_last_heartbeat_age_seconds", "Since a worker's heartbeat."),
+        ("sqsRequests", "worker_sqs_requests", "SQS requests a worker made."),
+    ):
+        family = GaugeMetricFamily(P + "cluster_" + name, doc, labels=["worker", "host"])
+        for w in workers:
+            family.add_metric([str(w["id"]), str(w["host"])], _num(w[key]))
+        yield family
+    rest = {k: v for k, v in values.items() if k != "workers"}
+    yield from _numbers(P + "cluster_", rest, "Cluster figure")
 
 
 def _webhooks(values: Mapping[str, Any]) -> Iterator[Metric]:

@@ -22,7 +22,14 @@ from genqueue import (
 )
 from genqueue.http.dashboard import EventSnapshot, dashboard_paths
 from genqueue.http.errors import ALL_CODES, ErrorBody
-from genqueue.http.openapi_parts import ERRORS, PUBLIC, REF, error_ref, json_ref
+from genqueue.http.openapi_parts import (
+    ERRORS,
+    PUBLIC,
+    REF,
+    TOO_MANY_STREAMS,
+    error_ref,
+    json_ref,
+)
 from genqueue.http.openapi_request import request_schema
 from genqueue.wire import (
     DEFAULT_LIMIT,
@@ -126,6 +133,11 @@ def _paths() -> dict[str, Any]:
                         "The client-chosen id is taken by another user (id_conflict)."
                     ),
                     "413": error_ref("The body is larger than 1 MB."),
+                    "415": error_ref("The body is declared as something other than JSON."),
+                    "429": error_ref(
+                        "Too many waiting jobs, in all or for this user (queue_full): "
+                        "GENQUEUE_MAX_QUEUED, GENQUEUE_MAX_QUEUED_PER_USER."
+                    ),
                     "503": error_ref("The state store refuses writes (storage_unavailable)."),
                     **ERRORS,
                 },
@@ -188,6 +200,7 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                     },
                     "404": not_found,
+                    "429": TOO_MANY_STREAMS,
                     **ERRORS,
                 },
             },

@@ -47,7 +47,12 @@ def _general_parameters() -> dict[str, Any]:
                 "default": "720p",
                 "description": "1080p and 4k need duration 8; which a model has: its row.",
             },
-            "negativePrompt": {"type": ["string", "null"], "maxLength": MAX_PROMPT_CHARS},
+            "negativePrompt": {
+                "type": ["string", "null"],
+                "maxLength": MAX_PROMPT_CHARS,
+                # no C0 control character but tab and newline (models.CONTROL_CHARS)
+                "pattern": r"^[^\u0000-\u0008\u000b-\u001f]*$",
+            },
             "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
             "image": {"anyOf": [IMAGE_SCHEMA, {"type": "null"}], "description": "First frame."},
             "lastFrame": {"anyOf": [IMAGE_SCHEMA, {"type": "null"}]},

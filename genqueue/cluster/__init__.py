@@ -1,0 +1,26 @@
+"""Several machines (`dispatch = "sqs"`): one coordinator, any number of workers, over SQS.
+
+coordinator.py  the coordinator's processor: an attempt goes out as a work message
+consumer.py     the coordinator applies the events (and dead-letter) queue to its jobs
+worker.py       `python main.py worker`: runs attempts with the one-machine workflow
+messages.py     what travels on SQS (every message names its job and attempt)
+transport.py    the SQS queues and the S3 board (checkpoints, cancel notices)
+"""
+
+from __future__ import annotations
+
+from genqueue.config import Config
+from genqueue.errors import ConfigError
+
+__all__ = ["check_cluster_config"]
+
+
+def check_cluster_config(cfg: Config) -> None:
+    """`sqs` dispatch needs videos in S3: workers on other machines store them."""
+    if cfg.storage != "s3":
+        raise ConfigError(
+            "GENQUEUE_DISPATCH=sqs requires GENQUEUE_STORAGE=s3 (and S3_BUCKET): workers on "
+            "other machines store the videos, so they cannot go to a local folder"
+        )
+    if not cfg.s3_bucket:
+        raise ConfigError("GENQUEUE_DISPATCH=sqs requires S3_BUCKET (GENQUEUE_STORAGE=s3)")

@@ -1,0 +1,227 @@
+"""The coordinator's side of `dispatch = "sqs"`: a processor that runs jobs on workers.
+
+The QueueActor dispatches as in one process, and the JobActor runs its processor: here the
+processor sends the attempt to the work queue and waits for its outcome, which the events
+consumer (consumer.py) hands to it. So the JobActor, the webhook outbox, the retries and
+the watchdog are the one-machine ones; this file only carries the attempt away and back.
+
+What the coordinator stores of a remote attempt is the job's checkpoint,
+`{"attempt": N, "work": <the generation's checkpoint>}`: `attempt` says the work message of
+attempt N was sent (so a restart does not send it again), `work` is the latest checkpoint a
+worker reported (the Veo operation's name), sent with the next attempt's work message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from genqueue.actors.job import ReportFn
+from genqueue.clock import Clock, RealClock
+from genqueue.cluster.messages import Heartbeat, Work, encode
+from genqueue.cluster.transport import Board, Queues
+from genqueue.config import Config
+from genqueue.errors import ProviderError
+from genqueue.models import Job, JobResult
+
+__all__ = ["Coordinator", "RemoteRun", "WorkerSeen"]
+
+log = logging.getLogger("genqueue.cluster")
+MAX_WORK_BYTES = 250_000  # SQS takes 256 KiB a message
+SEND_TRIES = 5
+NOTICE_LOOKS = 50  # a cancelled run's job leaves `processing` within 5 s (one actor turn)
+
+
+@dataclass
+class RemoteRun:
+    """An attempt in flight on some worker, as the coordinator waits for it."""
+
+    job_id: str
+    attempt: int
+    report: ReportFn
+    future: asyncio.Future[JobResult]
+    work: Any = None  # the generation's latest checkpoint
+    progress: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def save(self, progress: int | None = None) -> None:
+        """Store the attempt's state in the job (durable before it returns)."""
+        await self.report(
+            progress=progress, checkpoint={"attempt": self.attempt, "work": self.work}
+        )
+
+
+@dataclass
+class WorkerSeen:
+    beat: Heartbeat
+    seen_at: float
+
+
+class _Stored(msgspec.Struct):
+    attempt: int = 0
+    work: Any = None
+
+
+def dedup_id(job_id: str, attempt: int) -> str:
+    """SQS's MessageDeduplicationId (at most 128 characters)."""
+    raw = f"{job_id}.{attempt}"
+    return raw if len(raw) <= 128 else hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Coordinator:
+    """The Processor of a coordinator: `await coordinator(job, report)` runs the job remotely."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None):
+        self.config = config
+        self.clock: Clock = clock or RealClock()
+        self.queues = Queues(config)
+        self.board = Board(config)
+        self.runs: dict[str, RemoteRun] = {}
+        self.workers: dict[str, WorkerSeen] = {}
+        self.depths: dict[str, dict[str, int]] = {}
+        self.counters = {"dispatched": 0, "deadLettered": 0, "staleEvents": 0, "events": 0}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False  # shutting down: the runs' cancellation is no cancel
+        self.read_job: Callable[[str], Job | None] | None = None  # set by the consumer
+
+    async def start(self) -> None:
+        await self.queues.start()
+        await self.board.start()
+
+    async def stop_tasks(self) -> None:
+        """Before the queue closes: stop consuming, and do not take the runs' coming
+        cancellation (the actors stopping) for cancels: the workers carry on."""
+        self.closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.stop_tasks()
+        await self.board.close()
+        await self.queues.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def __call__(self, job: Job, report: ReportFn) -> JobResult:
+        stored = _stored(job.checkpoint)
+        loop = asyncio.get_running_loop()
+        run = RemoteRun(job.id, job.attempts, report, loop.create_future(), stored.work)
+        run.progress = job.progress
+        self.runs[job.id] = run
+        try:
+            async with run.lock:
+                if stored.attempt != job.attempts:  # not sent yet (a restart does not resend)
+                    await self._send_work(job, stored.work)
+                    await run.save()
+            return await run.future
+        except asyncio.CancelledError:
+            if not self.closing:  # cancelled or timed out: tell the worker that holds it
+                self.spawn(self._notice_cancel(job.id, job.attempts))
+            raise
+        finally:
+            if self.runs.get(job.id) is run:
+                del self.runs[job.id]
+
+    async def _send_work(self, job: Job, checkpoint: Any) -> None:
+        work = Work(
+            job=msgspec.structs.replace(job, checkpoint=None),
+            attempt=job.attempts,
+            checkpoint=checkpoint,
+            sent_at=self.clock.now(),
+        )
+        body = encode(work)
+        if len(body.encode()) > MAX_WORK_BYTES:
+            raise ProviderError(
+                f"the job is {len(body.encode())} bytes as a work message; SQS takes 256 KiB",
+                retryable=False,
+                code="too_large",
+            )
+        for attempt in range(SEND_TRIES):
+            try:
+                await self.queues.send("work", body, job.id, dedup_id(job.id, job.attempts))
+                self.counters["dispatched"] += 1
+                return
+            except Exception as exc:
+                if attempt + 1 == SEND_TRIES:
+                    raise ProviderError(
+                        f"cannot send the job to the SQS work queue: {exc}",
+                        retryable=True,
+                        code="sqs_error",
+                    ) from exc
+                log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    async def _notice_cancel(self, job_id: str, attempt: int) -> None:
+        """Tell the worker, once the job is seen to have left this attempt (cancelled, or
+        timed out): the actors stopping (a store reopening) cancel runs too, and then the
+        job stays processing and its worker carries on."""
+        for _ in range(NOTICE_LOOKS):
+            await asyncio.sleep(0.1)
+            try:
+                job = self.read_job(job_id) if self.read_job is not None else None
+            except Exception:  # the store is unavailable: not a cancel to pass on now
+                return
+            if job is None:
+                return
+            if job.status != "processing" or job.attempts != attempt:
+                break
+        else:
+            return
+        try:
+            await self.board.cancel(job_id, attempt)
+        except Exception as exc:
+            log.warning("cancel notice not stored", extra={"job_id": job_id, "error": repr(exc)})
+
+    # -- what the status shows ----------------------------------------------------------
+
+    def saw_worker(self, beat: Heartbeat) -> None:
+        if beat.stopping:
+            self.workers.pop(beat.worker_id, None)
+        else:
+            self.workers[beat.worker_id] = WorkerSeen(beat, time.time())
+
+    def cluster_stats(self) -> dict[str, Any]:
+        now = time.time()
+        forget_s = max(60.0, 10 * self.config.worker_lease_s)
+        for wid, seen in list(self.workers.items()):
+            if now - seen.seen_at > forget_s:
+                del self.workers[wid]
+        return {
+            "workers": [
+                {
+                    "id": wid,
+                    "host": seen.beat.host,
+                    "concurrency": seen.beat.concurrency,
+                    "inFlight": len(seen.beat.jobs),
+                    "lastHeartbeatAgoS": round(now - seen.seen_at, 1),
+                    "sqsRequests": seen.beat.sqs_requests,
+                }
+                for wid, seen in sorted(self.workers.items())
+            ],
+            "queues": self.depths,
+            "deadLetterDepth": self.depths.get("dlq", {}).get("visible", 0),
+            "remoteInFlight": len(self.runs),
+            "sqsRequests": self.queues.requests,
+            **self.counters,
+        }
+
+
+def _stored(checkpoint: Any) -> _Stored:
+    if isinstance(checkpoint, dict) and "attempt" in checkpoint:
+        try:
+            return msgspec.convert(checkpoint, _Stored)
+        except msgspec.ValidationError:
+            pass
+    return _Stored()

@@ -1,0 +1,386 @@
+"""`python main.py worker`: runs dispatched attempts with the one-machine generation code.
+
+    receive (only while a slot is free) -> read the board's checkpoint -> the generation
+    workflow (GenerationService, as `serve` runs it) -> the outcome on the events queue ->
+    delete the work message
+
+The lease is the work message's visibility: `worker_lease_s` at receive, renewed every
+third of it (with a heartbeat event carrying each job's progress). A checkpoint goes to
+the board (S3) and then to the events queue before the workflow goes on, so a worker that
+receives the message after this one died reads it and polls the same Veo operation. On
+SIGTERM the worker stops receiving, lets a paid start in flight reach its checkpoint, then
+hands back what it holds (visibility 0) and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from genqueue.actors.generation import GenerationService
+from genqueue.cluster.messages import (
+    Checkpoint,
+    ErrorInfo,
+    Event,
+    Heartbeat,
+    JobBeat,
+    Outcome,
+    RateLimited,
+    Work,
+    decode_work,
+    encode,
+)
+from genqueue.cluster.transport import Board, Queues, Received
+from genqueue.config import Config
+from genqueue.errors import InvalidRequest, ProviderError
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("genqueue.worker")
+SEND_TRIES = 8
+START_GRACE_S = 30.0  # how long SIGTERM waits for a paid start to reach its checkpoint
+
+
+@dataclass
+class WorkerRun:
+    work: Work
+    handle: str
+    progress: int = 0
+    starting: bool = False  # a paid start is in flight and not yet checkpointed
+    stop_reason: str | None = None  # "cancelled" | "handback" | "lease_lost"
+    task: asyncio.Task[None] | None = None
+    closing: bool = False  # the outcome is known: being sent, then the message deleted
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None and self.task is not None and not self.closing:
+            self.stop_reason = reason
+            self.task.cancel()
+
+
+class _CancelledByCoordinator(Exception):
+    pass
+
+
+_RUN: ContextVar[WorkerRun | None] = ContextVar("genqueue_worker_run", default=None)
+
+
+class Worker:
+    def __init__(self, config: Config, *, concurrency: int | None = None, worker_id: str = ""):
+        self.config = config
+        self.concurrency = concurrency or config.worker_concurrency
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.host = socket.gethostname()
+        self.queues = Queues(config)
+        self.board = Board(config)
+        self.service = GenerationService(config)
+        self.runs: dict[str, WorkerRun] = {}
+        self._freed = asyncio.Event()
+        self._last_429 = 0.0
+        self._stopping = False
+        self._calm = asyncio.Event()  # set when a start in flight reached its checkpoint
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set; then hand back what is held and return."""
+        async with contextlib.AsyncExitStack() as stack:
+            await self.service.start()
+            stack.push_async_callback(self.service.close)
+            self._spy_rate_limits()
+            await self.queues.start()
+            stack.push_async_callback(self.queues.close)
+            await self.board.start()
+            stack.push_async_callback(self.board.close)
+            log.info("worker started", extra={"worker_id": self.id, "slots": self.concurrency})
+            receiver = asyncio.create_task(self._receive_loop())
+            beats = asyncio.create_task(self._heartbeat_loop())
+            await stop.wait()
+            await self._stop_receiving(receiver)
+            await self._hand_back_all()
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._send(self._beat(stopping=True), self.id)
+            log.info("worker stopped", extra={"worker_id": self.id})
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self.runs)
+            if free <= 0:
+                self._freed.clear()
+                await self._freed.wait()
+                continue
+            try:
+                msgs = await self.queues.receive(
+                    "work", free, self.config.sqs_wait_s, self.queues.lease_s
+                )
+            except Exception as exc:
+                log.warning("SQS receive failed", extra={"error": repr(exc)})
+                await asyncio.sleep(1)
+                continue
+            if self._stopping:  # received while SIGTERM came: straight back
+                for m in msgs:
+                    with contextlib.suppress(Exception):
+                        await self.queues.set_visibility("work", m.handle, 0)
+                return
+            for m in msgs:
+                self._accept(m)
+
+    async def _stop_receiving(self, receiver: asyncio.Task[None]) -> None:
+        """Let the long poll under way end (what it brings goes straight back): a poll cut
+        short could leave messages SQS already handed out invisible for a whole lease."""
+        self._stopping = True
+        self._freed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(receiver), self.config.sqs_wait_s + 5)
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+
+    def _accept(self, m: Received) -> None:
+        try:
+            work = decode_work(m.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Left alone: after `sqs_max_receives` receives SQS moves it to the DLQ.
+            log.error("undecodable work message", extra={"error": str(exc)})
+            return
+        if work.job.id in self.runs:
+            return  # a duplicate delivery of what this worker runs
+        run = WorkerRun(work, m.handle)
+        self.runs[work.job.id] = run
+        run.task = asyncio.create_task(self._execute(run))
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def _execute(self, run: WorkerRun) -> None:
+        job_id = run.work.job.id
+        _RUN.set(run)  # (this task's own context) the Veo client spy marks its starts
+        try:
+            try:
+                outcome = await self._generate(run)
+            except asyncio.CancelledError:
+                if run.stop_reason != "cancelled":
+                    return  # handed back or lease lost: no outcome, the message stays
+                outcome = self._outcome(run, error=_cancelled())
+            except _CancelledByCoordinator:
+                outcome = self._outcome(run, error=_cancelled())
+            run.closing = True
+            if outcome is not None:
+                await self._send(outcome, job_id)  # the outcome is out before the delete
+            await self.queues.delete("work", run.handle)
+        except Exception as exc:
+            log.error("attempt not closed", extra={"job_id": job_id, "error": repr(exc)})
+        finally:
+            self.runs.pop(job_id, None)
+            self._freed.set()
+
+    async def _generate(self, run: WorkerRun) -> Outcome | None:
+        work = run.work
+        job_id = work.job.id
+        if await self.board.is_cancelled(job_id, work.attempt):
+            raise _CancelledByCoordinator
+        # Keyed by the generation id, unique per job record: a client id reused after
+        # retention must not resume (or be dropped by) its predecessor's checkpoint.
+        latest = await self.board.get_checkpoint(work.job.generation_id)
+        if latest is not None and latest.attempt > work.attempt:
+            return None  # a message of an earlier attempt, delivered late: drop it
+        ckpt = latest.checkpoint if latest is not None and latest.attempt == work.attempt else None
+        ckpt = ckpt if ckpt is not None else work.checkpoint
+        job = msgspec.structs.replace(work.job, checkpoint=ckpt, attempts=work.attempt)
+        try:
+            result = await self.service(job, self._reporter(run))
+        except ProviderError as exc:
+            return self._outcome(
+                run,
+                error=ErrorInfo(
+                    message=exc.message,
+                    retryable=exc.retryable,
+                    status=exc.status,
+                    retry_after_s=exc.retry_after_s,
+                    code=exc.code,
+                ),
+            )
+        except InvalidRequest as exc:
+            info = ErrorInfo(message=exc.message, retryable=False, code="invalid_request")
+            return self._outcome(run, error=info)
+        except Exception as exc:
+            log.exception("generation raised", extra={"job_id": job_id})
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            return self._outcome(run, error=ErrorInfo(message=message, retryable=False))
+        return self._outcome(run, result=result)
+
+    def _reporter(self, run: WorkerRun) -> Any:
+        work = run.work
+
+        async def report(progress: int | None = None, checkpoint: Any = None) -> None:
+            if progress is not None:
+                run.progress = max(run.progress, int(progress))
+            if checkpoint is None:
+                return  # progress rides on the next heartbeat
+            try:
+                await self.board.put_checkpoint(work.job.generation_id, work.attempt, checkpoint)
+                event = Checkpoint(
+                    job_id=work.job.id,
+                    attempt=work.attempt,
+                    worker_id=self.id,
+                    checkpoint=checkpoint,
+                    progress=progress,
+                )
+                await self._send(event, work.job.id)
+            except Exception as exc:
+                raise ProviderError(
+                    f"the checkpoint could not be stored: {exc}",
+                    retryable=True,
+                    code="checkpoint_failed",
+                ) from exc
+            self.start_settled(run)
+
+        return report
+
+    def _outcome(self, run: WorkerRun, **kw: Any) -> Outcome:
+        return Outcome(job_id=run.work.job.id, attempt=run.work.attempt, worker_id=self.id, **kw)
+
+    async def _send(self, event: Event, group: str) -> None:
+        body = encode(event)
+        dedup = uuid.uuid4().hex  # one id for every try of this send
+        for attempt in range(SEND_TRIES):
+            try:
+                await self.queues.send("events", body, group, dedup)
+                return
+            except Exception as exc:
+                if attempt + 1 == SEND_TRIES:
+                    raise
+                log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+
+    # -- the lease, heartbeats, cancels, 429s --------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval_s = max(0.5, self.queues.lease_s / 3)
+        with contextlib.suppress(Exception):  # the coordinator lists this worker at once
+            await self._send(self._beat(), self.id)
+        while True:
+            await asyncio.sleep(interval_s)
+            runs = list(self.runs.values())
+            try:
+                refused = await self.queues.extend(
+                    "work", [r.handle for r in runs], self.queues.lease_s
+                )
+                for r in runs:
+                    if r.handle in refused and not r.closing:  # (closing: deleted meanwhile)
+                        log.warning("lease lost", extra={"job_id": r.work.job.id})
+                        r.stop("lease_lost")
+                await self._send(self._beat(), self.id)
+                cancels = await self.board.cancels() if runs else set()
+                for r in runs:
+                    if (r.work.job.id, r.work.attempt) in cancels:
+                        r.stop("cancelled")
+            except Exception as exc:
+                log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    def _beat(self, *, stopping: bool = False) -> Heartbeat:
+        return Heartbeat(
+            worker_id=self.id,
+            host=self.host,
+            concurrency=self.concurrency,
+            jobs=tuple(
+                JobBeat(r.work.job.id, r.work.attempt, r.progress) for r in self.runs.values()
+            ),
+            sent_at=time.time(),
+            stopping=stopping,
+            sqs_requests=self.queues.requests,
+        )
+
+    def _spy_rate_limits(self) -> None:
+        actor = self.service.actor
+        if actor is not None:
+            actor.client = _ClientSpy(actor.client, self)  # type: ignore[assignment]
+
+    def start_settled(self, run: WorkerRun | None) -> None:
+        """A paid start ended: checkpointed, or refused (nothing to lose)."""
+        if run is not None and run.starting:
+            run.starting = False
+            self._calm.set()
+
+    def saw_429(self, retry_after_s: float | None) -> None:
+        now = time.monotonic()
+        if now - self._last_429 < 1.0:
+            return  # one notice a second is enough to pause everyone
+        self._last_429 = now
+        event = RateLimited(worker_id=self.id, retry_after_s=retry_after_s or 5.0)
+        task = asyncio.get_running_loop().create_task(self._send(event, self.id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hand_back_all(self) -> None:
+        """Wait until no paid start is between its call and its checkpoint, then stop every
+        attempt in the same loop turn (none can begin a start after the check) and make
+        each message visible again."""
+        deadline = time.monotonic() + START_GRACE_S
+        while any(r.starting for r in self.runs.values()) and time.monotonic() < deadline:
+            self._calm.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._calm.wait(), deadline - time.monotonic())
+        runs = [r for r in self.runs.values() if r.task is not None and not r.task.done()]
+        if not runs:
+            return
+        log.info("handing back", extra={"worker_id": self.id, "jobs": len(runs)})
+        for run in runs:
+            run.stop("handback")
+        await asyncio.gather(*(self._hand_back(r) for r in runs))
+
+    async def _hand_back(self, run: WorkerRun) -> None:
+        assert run.task is not None
+        await asyncio.gather(run.task, return_exceptions=True)
+        if run.stop_reason != "handback":
+            return  # it ended by itself meanwhile
+        try:
+            await self.queues.set_visibility("work", run.handle, 0)
+        except Exception as exc:  # the lease runs out instead
+            log.warning("hand back failed", extra={"job_id": run.work.job.id, "error": repr(exc)})
+
+
+def _cancelled() -> ErrorInfo:
+    return ErrorInfo(message="cancelled", retryable=False, code="cancelled")
+
+
+class _ClientSpy:
+    """The Veo client, telling the worker when a paid start is in flight (until its
+    checkpoint is stored) and of every 429 (which the workflow then retries)."""
+
+    def __init__(self, client: Any, worker: Worker):
+        self._client = client
+        self._worker = worker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def start(self, *args: Any, **kw: Any) -> Any:
+        run = _RUN.get()
+        if run is not None:
+            run.starting = True
+        try:
+            return await self._client.start(*args, **kw)
+        except BaseException as exc:
+            self._worker.start_settled(run)  # no operation: nothing to checkpoint
+            if isinstance(exc, ProviderError) and exc.status == 429:
+                self._worker.saw_429(exc.retry_after_s)
+            raise
+
+    async def poll(self, *args: Any, **kw: Any) -> Any:
+        try:
+            return await self._client.poll(*args, **kw)
+        except ProviderError as exc:
+            if exc.status == 429:
+                self._worker.saw_429(exc.retry_after_s)
+            raise

@@ -1,0 +1,50 @@
+"""The queue's counters agree with job reads (issue 12, item 10).
+
+`tests/test_browser.py::test_the_feed_shows_each_caller_only_what_it_may_see` once saw
+`completed == 1` right after both jobs read as completed. A job's terminal record is
+readable once its turn's writes are queued, and the `Finished` it tells the queue leaves
+only when that turn's commit is released; a status asked in between counted without it.
+Now a status is asked only after every write queued so far is committed and its turn's
+messages have left, so whatever a reader saw, the status counts.
+
+The window is made wide here, deterministically: an after-commit callback holds the
+releaser thread while the job ends, so its `Finished` waits while its record is readable.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from helpers_queue import Recorder, poll_until, queue_factory, request
+
+
+def test_a_status_asked_after_a_job_reads_completed_counts_it(tmp_path: Path) -> None:
+    rec = Recorder(hold_all=True)
+    with queue_factory(tmp_path) as factory:
+        q = factory.open(rec, max_concurrency=1)
+        q.submit(request(id="j1"), user_id="alice")
+        rec.wait_running("j1")
+        assert q.system is not None
+        store = q.system.store
+        holding, go_on = threading.Event(), threading.Event()
+
+        def hold_the_releaser() -> None:
+            holding.set()
+            go_on.wait(10)
+
+        store.after_commit(store.write_seq + 1, hold_the_releaser)  # the next commit's
+        rec.release("j1")
+        assert holding.wait(10)
+        poll_until(lambda: q.get("j1").status == "completed", "j1 read as completed")
+        seen: list[int] = []
+        groups = store._releasing  # white-box: groups of callbacks handed to the releaser
+        asking = threading.Thread(target=lambda: seen.append(q.status().completed))
+        asking.start()
+        # The status is now queued behind the held release (as an answer before, as a
+        # question now): both hand the releaser one more group.
+        poll_until(lambda: store._releasing > groups, "the status waiting on the releaser")
+        go_on.set()
+        asking.join(10)
+        assert seen == [1], "the status must count what a read already showed"
+        assert q.get("j1").status == "completed"
