@@ -98,15 +98,15 @@ class AsyncClient:
             raise InvalidRequest("over HTTP the API key decides the user", field="user_id")
         body = _ENCODER.encode(parse_request(request))
         status, raw = await self._call("POST", "/api/generations", body=body)
-        return Submission(_job(_JOB.decode(raw)), status == 202)
+        return Submission(_job(_decode(_JOB, raw)), status == 202)
 
     async def aget(self, job_id: str) -> Job:
         _, raw = await self._call("GET", f"/api/generations/{job_id}")
-        return _job(_JOB.decode(raw))
+        return _job(_decode(_JOB, raw))
 
     async def acancel(self, job_id: str) -> Job:
         _, raw = await self._call("DELETE", f"/api/generations/{job_id}")
-        return _job(_JOB.decode(raw))
+        return _job(_decode(_JOB, raw))
 
     async def alist_jobs(
         self,
@@ -123,7 +123,7 @@ class AsyncClient:
         if cursor is not None:
             params["cursor"] = cursor
         _, raw = await self._call("GET", "/api/generations", params=params)
-        page = _PAGE.decode(raw)
+        page = _decode(_PAGE, raw)
         jobs = [_job(p) for p in page.items]
         if user_id is not None:
             jobs = [job for job in jobs if job.user_id == user_id]
@@ -131,7 +131,7 @@ class AsyncClient:
 
     async def astatus(self) -> QueueStatus:
         _, raw = await self._call("GET", "/api/queue/status")
-        return _STATUS.decode(raw)
+        return _decode(_STATUS, raw)
 
     async def ahealthy(self) -> bool:
         try:
@@ -157,7 +157,7 @@ class AsyncClient:
         stream = self._events(f"/api/generations/{job_id}/events")
         async with contextlib.aclosing(stream) as events:
             async for data in events:
-                job = _job(_JOB.decode(data))
+                job = _job(_decode(_JOB, data))
                 if job.terminal:
                     return job
         raise GenqueueError(f"the event stream of job {job_id} ended before the job did")
@@ -226,12 +226,12 @@ class AsyncWebhooks:
         if after is not None:
             params["cursor"] = after
         _, raw = await self._client._call("GET", "/api/webhooks/dead", params=params)
-        page = _DEAD.decode(raw)
+        page = _decode(_DEAD, raw)
         return DeadLetters([_delivery(d) for d in page.items], page.next_cursor)
 
     async def areplay(self, delivery_id: str) -> Delivery:
         _, raw = await self._client._call("POST", f"/api/webhooks/{delivery_id}/replay")
-        return _delivery(_DELIVERY.decode(raw))
+        return _delivery(_decode(_DELIVERY, raw))
 
 
 class Client:
@@ -384,6 +384,20 @@ def _delivery(d: PublicDelivery) -> Delivery:
         last_error=d.last_error,
         created_at=_seconds(d.created_at),
     )
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
+    """The answer as the API's type; GenqueueError (showing what came, escaped by the caller
+    that prints it) when it is not the API's answer (another server, or a tampered one)."""
+    try:
+        return decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        try:
+            shown: object = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            shown = raw[:300]
+        message = f"the server's answer is not genqueue's API ({exc}): {shown!r:.300}"
+        raise GenqueueError(message) from exc
 
 
 def _error(status: int, raw: bytes, path: str) -> GenqueueError:
