@@ -59,7 +59,8 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 
 class ScriptedVertex:
     """A Vertex predictLongRunning / fetchPredictOperation server whose operations end as
-    scripted: each start takes the next outcome (a dict for `done` ops, or "hang")."""
+    scripted: each start takes the next outcome (a dict for `done` ops, "hang", or "cut": the
+    operation starts but the 200 answer's JSON is cut short, as by a proxy)."""
 
     def __init__(self, outcomes: list[Any]):
         self.outcomes = outcomes
@@ -85,6 +86,8 @@ class ScriptedVertex:
                 f"/operations/op{self.starts}"
             )
             self.results[name] = outcome
+            if outcome == "cut":
+                return web.Response(text=f'{{"name": "{name[:30]}', content_type="application/json")
             return web.json_response({"name": name})
         name = body["operationName"]
         return web.json_response({"name": name, "done": True, **self.results[name]})
@@ -188,6 +191,24 @@ def test_an_ambiguous_start_follows_the_policy_and_is_counted(tmp_path: Path, po
         assert (outcome.code, outcome.retryable) == ("ambiguous_start", False)
         assert "VEO3_AMBIGUOUS_START=fail" in outcome.message
     else:  # knowingly started again
+        assert (tmp_path / outcome.video_key).is_file() and server.starts == 2
+
+
+@pytest.mark.parametrize("policy", ["fail", "retry"])
+def test_a_start_answered_2xx_unreadably_is_ambiguous_never_resent_blindly(
+    tmp_path: Path, policy: str
+) -> None:
+    """A 2xx to a start means Google accepted (and may bill) it: an answer that cannot be
+    decoded is an ambiguous start (counted, VEO3_AMBIGUOUS_START), never a blind retry."""
+    ok = {"response": {"videos": [video(build_mp4(10_000))]}}
+    server = ScriptedVertex(["cut", ok])
+    outcome, gen, _ = run(generate(server, tmp_path, ambiguous_start=policy))
+    assert gen.stats()["ambiguousStarts"] == 1
+    if policy == "fail":
+        assert isinstance(outcome, ProviderError) and server.starts == 1
+        assert (outcome.code, outcome.retryable) == ("ambiguous_start", False)
+        assert "could not be read" in outcome.message
+    else:
         assert (tmp_path / outcome.video_key).is_file() and server.starts == 2
 
 

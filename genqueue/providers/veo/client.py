@@ -130,7 +130,9 @@ class Veo3Client:
         """Start a generation (a paid call) and return the operation name.
 
         A failure after the request went out (a timeout, a reset) is `ambiguous_start`: Veo
-        may have started, and charged for, the video whose name was lost."""
+        may have started, and charged for, the video whose name was lost. So is a 2xx answer
+        whose body cannot be read (cut short by a proxy, a renamed field): Google accepted
+        the start, so it is never sent again blindly (VEO3_AMBIGUOUS_START decides)."""
         model = model or self.model
         segment = model_segment(model)
         if not prompt.strip():
@@ -143,7 +145,15 @@ class Veo3Client:
         url = self._model_url(segment, "predictLongRunning")
         with self._guard("start", paid=True):
             payload = await self._call("POST", url, body, "start", model, self._call_timeout)
-            return _decode(STARTED, payload, "start").name
+            try:
+                return _decode(STARTED, payload, "start").name
+            except ProviderError as exc:
+                raise ProviderError(
+                    f"Veo accepted the start (HTTP 2xx) but its answer could not be read "
+                    f"({exc.message}); Veo may have started (and charged for) it",
+                    retryable=False,
+                    code="ambiguous_start",
+                ) from None
 
     async def poll(self, name: str) -> Operation:
         """Read the operation once: running, finished with videos, or a ProviderError."""
