@@ -22,6 +22,7 @@ import msgspec
 
 from genqueue.actors.bridge import Outcome
 from genqueue.actors.messages import (
+    Accepted,
     Cancel,
     Finished,
     GetJob,
@@ -163,6 +164,8 @@ class JobActor(DurableActor):
             changes["checkpoint"] = checkpoint
         if changes:
             self._save(job, status="processing", **changes)
+        if checkpoint is not None:
+            self._tell_queue(Accepted(job.id))
         self._maybe_step_aside()
 
     def _cancel(self, reason: str) -> Job:

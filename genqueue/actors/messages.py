@@ -9,6 +9,7 @@ import msgspec
 from genqueue.models import Job
 
 __all__ = [
+    "Accepted",
     "Cancel",
     "Finished",
     "GetJob",
@@ -78,6 +79,13 @@ class PauseDispatch(Msg, frozen=True):
 
     until: float
     reason: str = "rate_limit"
+
+
+class Accepted(Msg, frozen=True):
+    """A running job's processor stored a checkpoint: the provider accepted its work (a
+    successful start), so a later 429 is a new per-minute limit, not a spent quota."""
+
+    job_id: str
 
 
 class Status(Msg, frozen=True):

@@ -33,8 +33,9 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.fairline import FairLine
-from genqueue.actors.job import JobActor, services
+from genqueue.actors.job import RATE_LIMIT_PAUSE_S, JobActor, services
 from genqueue.actors.messages import (
+    Accepted,
     Finished,
     PauseDispatch,
     Recover,
@@ -88,6 +89,7 @@ class QueueMeta(msgspec.Struct):
     next_seq: int = 1
     paused_until: float = 0.0
     pause_reason: str = ""
+    pause_s: float = 0.0  # the length of the last pause, as set
     spent_tokens: list[float] = msgspec.field(default_factory=list)
     next_retention_at: float = 0.0
     counters: dict[str, int] = msgspec.field(default_factory=dict)
@@ -190,6 +192,8 @@ class QueueActor(DurableActor):
                 self._removed(message)
             case PauseDispatch(until=until, reason=reason):
                 self._pause(until, reason)
+            case Accepted(job_id=job_id):
+                self._accepted(job_id)
             case Status():
                 return self.status()
             case _:
@@ -289,17 +293,34 @@ class QueueActor(DurableActor):
         self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
     def _pause(self, until: float, reason: str = "rate_limit") -> None:
-        now = self.clock.now()
-        if reason == "rate_limit" and self.meta.pause_reason and self.meta.paused_until <= now:
-            # The limit is back as soon as its pause ended, with no job completed between:
-            # a quota that does not lift in a minute (a daily one without a QuotaFailure).
+        now, meta = self.clock.now(), self.meta
+        ended = meta.paused_until
+        if (
+            reason == "rate_limit"
+            and meta.pause_reason
+            and ended <= now <= ended + (meta.pause_s or RATE_LIMIT_PAUSE_S)
+        ):
+            # The limit is back right after its pause ended (within one pause length), with
+            # no start accepted or job completed between: a quota that does not lift in a
+            # minute (a daily one without a QuotaFailure).
             reason, until = "quota", now + self.cfg.veo3_quota_pause_s
         self._count("rate_limit_hits" if reason == "rate_limit" else "quota_pauses")
-        if until > self.meta.paused_until:
-            self.meta.paused_until = until
-            self.meta.pause_reason = reason
+        if until > meta.paused_until:
+            meta.paused_until = until
+            meta.pause_reason = reason
+            meta.pause_s = until - now
             self._save_meta()
             log.warning("dispatch paused by the provider", extra={"until": until, "reason": reason})
+
+    def _accepted(self, job_id: str) -> None:
+        """A job dispatched after the last pause ended had its start accepted: the provider
+        works again, so the next 429 starts a plain rate-limit pause."""
+        flight = self.in_flight.get(job_id)
+        if flight is None or not self.meta.pause_reason:
+            return
+        if flight.started_at >= self.meta.paused_until:
+            self.meta.pause_reason = ""
+            self._save_meta()
 
     # -- dispatch ----------------------------------------------------------------------------------
 
