@@ -62,9 +62,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     vertex_output_gcs_uri: str = ""  # gs://bucket/prefix: Vertex writes videos there
     google_application_credentials: str = ""  # a service-account key file (ADC)
     gcs_base_url: str = "https://storage.googleapis.com"  # where gs:// results are read
-    # A start whose answer was lost (timeout or reset after the request went out) may have
-    # been paid for: "fail" fails the job and never starts it again; "retry" starts it
-    # again, knowingly risking a second charge. Both count it (ambiguousStarts).
+    # A start whose answer was lost (timeout or reset after the request went out, a 2xx body
+    # that cannot be read, or a poll's 404 for its operation) may have been paid for: "fail"
+    # fails the job and never starts it again; "retry" starts it again, knowingly risking a
+    # second charge. Both count it (ambiguousStarts).
     veo3_ambiguous_start: Literal["fail", "retry"] = "fail"
     veo3_audio_block_retries: int = 2  # new operations after "You have not been charged"
     veo3_quota_pause_s: float = 3600.0  # dispatch pause after a per-day quota exhaustion

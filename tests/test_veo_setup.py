@@ -46,6 +46,9 @@ def test_door_host_and_model_follow_the_configuration(tmp_path: Path) -> None:
     assert settings(VERTEX_PROJECT="p1", VERTEX_LOCATION="global").base_url == (
         "https://aiplatform.googleapis.com"
     )
+    assert vertex.location_hosts  # an operation is polled at its own location's host
+    based = settings(VERTEX_PROJECT="p1", VEO3_BASE_URL="http://127.0.0.1:9")
+    assert not based.location_hosts and not settings(VEO3_API_KEY=KEY).location_hosts
     key_file = tmp_path / "sa.json"
     key_file.write_text(json.dumps({"type": "service_account", "project_id": "from-adc"}))
     adc = settings(GOOGLE_APPLICATION_CREDENTIALS=str(key_file))

@@ -37,6 +37,7 @@ from genqueue.models import Job, JobResult, VideoOutput
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo import Operation, Veo3Client, VideoRef, resolve, to_video_params
 from genqueue.providers.veo.google_auth import Auth, load_adc
+from genqueue.providers.veo.settings import vertex_base_url
 from genqueue.storage.videos import LocalStore, S3Store, StoredVideo, VideoStore
 from genqueue.storage.videourls import stored_video_key
 
@@ -86,9 +87,13 @@ class GenerationActor:
         clock: Clock | None = None,
         ambiguous_start: str = "fail",
         audio_block_retries: int = 2,
+        lost_operation: str | None = None,
     ):
         self.client = client
         self.ambiguous_start = ambiguous_start
+        # A poll's 404 (the operation lost): VEO3_AMBIGUOUS_START unless said otherwise (the
+        # built-in fake, free and forgetful across restarts, starts anew).
+        self.lost_operation = lost_operation or ambiguous_start
         self.audio_block_retries = audio_block_retries
         self.ambiguous_starts = 0  # starts whose answer was lost (maybe paid)
         self.store = store
@@ -114,31 +119,7 @@ class GenerationActor:
                     op = await self._poll_until_done(job, ckpt, report, fresh=fresh)
                     break
                 except ProviderError as exc:
-                    if exc.code == "audio_blocked":
-                        # Not charged and not deterministic: a bounded number of new tries.
-                        if ckpt.audio_blocks >= self.audio_block_retries:
-                            raise _final(exc, f"after {ckpt.audio_blocks + 1} operations") from exc
-                        ckpt = msgspec.structs.replace(
-                            ckpt, operation=None, audio_blocks=ckpt.audio_blocks + 1
-                        )
-                        await report(checkpoint=msgspec.to_builtins(ckpt))
-                        continue
-                    # A failed operation that may be retried, or one the provider no longer
-                    # knows (expired, or the fake restarted): start anew within the budget.
-                    lost = exc.code == "operation_not_found"
-                    if not lost and (exc.code != "operation_error" or not exc.retryable):
-                        raise
-                    if ckpt.starts > self.max_retries:
-                        # Retries spent: final, or the queue's retry would re-poll the
-                        # failed operation the checkpoint still names.
-                        raise ProviderError(
-                            f"{exc.message} (after {ckpt.starts} operations)",
-                            retryable=False,
-                            status=exc.status,
-                            code=exc.code,
-                        ) from exc
-                    ckpt = msgspec.structs.replace(ckpt, operation=None)
-                    await report(checkpoint=msgspec.to_builtins(ckpt))
+                    ckpt = await self._after_failed_operation(job, ckpt, exc, report)
             result = await self._store(job, op, ckpt, report, t0)
         except ProviderError as exc:
             log.warning(
@@ -154,6 +135,50 @@ class GenerationActor:
             },
         )
         return result
+
+    async def _after_failed_operation(
+        self, job: Job, ckpt: GenerationCheckpoint, exc: ProviderError, report: ReportFn
+    ) -> GenerationCheckpoint:
+        """The checkpoint to go on with (its operation cleared: start anew) when polling
+        ended in `exc`, or raise: the job's outcome."""
+        if exc.code == "audio_blocked":
+            # Not charged and not deterministic: a bounded number of new tries.
+            if ckpt.audio_blocks >= self.audio_block_retries:
+                raise _final(exc, f"after {ckpt.audio_blocks + 1} operations") from exc
+            ckpt = msgspec.structs.replace(ckpt, operation=None, audio_blocks=ckpt.audio_blocks + 1)
+            await report(checkpoint=msgspec.to_builtins(ckpt))
+            return ckpt
+        # A failed operation that may be retried, or one the provider no longer knows
+        # (expired, polled at the wrong host, or the built-in fake restarted).
+        lost = exc.code == "operation_not_found"
+        if not lost and (exc.code != "operation_error" or not exc.retryable):
+            raise exc
+        if lost:
+            self._lost_operation(job, exc)
+        if ckpt.starts > self.max_retries:
+            # Retries spent: final, or the queue's retry would re-poll the failed operation
+            # the checkpoint still names.
+            raise _final(exc, f"after {ckpt.starts} operations") from exc
+        ckpt = msgspec.structs.replace(ckpt, operation=None)
+        await report(checkpoint=msgspec.to_builtins(ckpt))
+        return ckpt
+
+    def _lost_operation(self, job: Job, exc: ProviderError) -> None:
+        """Veo answered 404 to a poll of an operation it accepted (and may have charged
+        for): an ambiguous start, counted, under VEO3_AMBIGUOUS_START ("fail": the job
+        fails rather than pay for a second video; "retry": a new operation is started)."""
+        self.ambiguous_starts += 1
+        log.warning("veo operation lost", extra={"job_id": job.id, "error": exc.message})
+        if self.lost_operation == "retry":
+            return
+        raise ProviderError(
+            f"{exc.message}; Veo accepted this operation (and may have charged for it) but no"
+            " longer knows it: not started again, to never pay twice"
+            " (VEO3_AMBIGUOUS_START=fail): check the Veo console before resubmitting",
+            retryable=False,
+            status=exc.status,
+            code="operation_not_found",
+        ) from exc
 
     async def _start(
         self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn
@@ -396,6 +421,7 @@ class GenerationService:
             gcs_base_url=cfg.gcs_base_url,
             result_timeout_s=cfg.veo3_result_timeout_s,
             quota_pause_s=cfg.veo3_quota_pause_s,
+            host_for_location=vertex_base_url if veo.location_hosts else None,
         )
         store = self._video_store()
         await store.start()
@@ -409,6 +435,7 @@ class GenerationService:
             clock=self.clock,
             ambiguous_start=cfg.veo3_ambiguous_start,
             audio_block_retries=cfg.veo3_audio_block_retries,
+            lost_operation="retry" if veo.fake else None,
         )
 
     async def _adc(self, veo: Any) -> Auth | None:
