@@ -266,6 +266,39 @@ def test_a_start_accepted_after_a_pause_means_the_next_429_is_not_the_quota(queu
     rec.release_all()
 
 
+def test_a_checkpoint_without_progress_says_nothing_of_the_provider(queues):
+    """A checkpoint stored with no progress (what sqs mode's coordinator saves at dispatch,
+    before any worker called Veo) does not count as an accepted start: a 429 right after
+    the pause is still taken for the quota."""
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    limited = ProviderError("too many", retryable=True, status=429, retry_after_s=30)
+    rec.script["a"] = [limited, "hold"]
+    rec.script["b"] = ["hold"]
+    rec.script["c"] = [limited]
+
+    async def bookkeeping_first(job, report):
+        if job.id == "b":
+            await report(checkpoint={"attempt": 1, "work": None})
+        return await rec(job, report)
+
+    q = queues.open(
+        bookkeeping_first, clock=clock, max_concurrency=4, retry_backoff_s=2, max_attempts=5
+    )
+    q.submit(request(id="a"))
+    poll_until(lambda: q.status().paused_until == t0 + 30, "a per-minute pause")
+    q.submit(request(id="b"))
+    clock.advance(30)
+    rec.wait_running("b")
+    poll_until(lambda: q.get("b").checkpoint is not None, "b's checkpoint")
+    clock.advance(5)
+    q.submit(request(id="c"))
+    poll_until(lambda: q.status().paused_until == t0 + 35 + 3600, "the quota pause")
+    assert (q.status().paused_reason, q.status().quota_pauses) == ("quota", 1)
+    rec.release_all()
+
+
 # -- dispatch modes -----------------------------------------------------------------------------
 
 

@@ -164,7 +164,10 @@ class JobActor(DurableActor):
             changes["checkpoint"] = checkpoint
         if changes:
             self._save(job, status="processing", **changes)
-        if checkpoint is not None:
+        if checkpoint is not None and progress is not None:
+            # Work moved forward (GenerationActor: the operation Veo accepted, progress 5; a
+            # worker's checkpoint event alike). The coordinator's own save at dispatch carries
+            # no progress: it says nothing of the provider.
             self._tell_queue(Accepted(job.id))
         self._maybe_step_aside()
 

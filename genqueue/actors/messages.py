@@ -82,8 +82,9 @@ class PauseDispatch(Msg, frozen=True):
 
 
 class Accepted(Msg, frozen=True):
-    """A running job's processor stored a checkpoint: the provider accepted its work (a
-    successful start), so a later 429 is a new per-minute limit, not a spent quota."""
+    """A running job's processor stored a checkpoint with progress: the provider accepted
+    its work (a successful start), so a later 429 is a new per-minute limit, not a spent
+    quota."""
 
     job_id: str
 
