@@ -33,8 +33,7 @@ from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest, JobNotFound, StorageError
 from genqueue.models import GenerationRequest, Job, QueueStatus, validate_request
-from genqueue.providers.veo import VeoSettings, check_request
-from genqueue.providers.veo import resolve as resolve_veo
+from genqueue.providers.registry import Registry
 from genqueue.storage.dirlock import DataDirLock, private_file
 from genqueue.storage.state import StateStore
 from genqueue.storage.videourls import VideoUrls
@@ -99,7 +98,7 @@ class JobQueue:
         self._dir_lock: DataDirLock | None = None  # held from open to close, across reopen
         # Signs the URLs of local videos whenever a job is read (set by the first open).
         self.video_urls: VideoUrls | None = None
-        self._veo: VeoSettings | None = None  # resolved at the first submission
+        self._registry: Registry | None = None  # built at the first submission
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -250,16 +249,16 @@ class JobQueue:
         req = parse_request(request)
         return Submit(self._job_from(req, user_id), client_id=req.id is not None)
 
-    def _model_for(self, req: GenerationRequest) -> str:
-        """The model the job will use, checked against the provider's capability table (Veo
-        is the one provider: every job runs on it, whatever its `provider` says)."""
-        if self._veo is None:
-            self._veo = resolve_veo(self.config)
-        veo = self._veo
-        return check_request(req, dialect=veo.dialect, default_model=veo.model, models=veo.models)
+    @property
+    def registry(self) -> Registry:
+        """The providers this queue offers (GET /api/providers)."""
+        if self._registry is None:
+            self._registry = Registry(self.config)
+        return self._registry
 
     def _job_from(self, req: GenerationRequest, user_id: str) -> Job:
-        model = self._model_for(req)
+        # checked against each chosen model's capability row before anything is stored
+        routes = self.registry.route(req)
         now = self.clock.now()
         job_id = req.id or uuid.uuid4().hex
         return Job(
@@ -270,8 +269,9 @@ class JobQueue:
             user_id=user_id,
             prompt=req.prompt,
             parameters=req.parameters,
-            provider=req.provider,
-            model=model,
+            provider=routes[0].provider,
+            model=routes[0].model,
+            routes=routes if len(routes) > 1 else None,
             priority=req.priority,
             created_at=now,
             updated_at=now,

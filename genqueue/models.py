@@ -27,6 +27,7 @@ __all__ = [
     "JobResult",
     "JobStatus",
     "QueueStatus",
+    "Route",
     "VideoOutput",
     "validate_request",
 ]
@@ -36,7 +37,8 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_PROMPT_CHARS = 4000
 MAX_NAME_CHARS = 128  # `model` and `provider`: names, not documents
-PROVIDERS: tuple[str, ...] = ("veo3",)  # the providers a request may name
+# the providers a request may name ("veo" is "veo3"); which this server offers: GET /api/providers
+PROVIDERS: tuple[str, ...] = ("veo3", "veo", "fal")
 # Not made only of dots ("." and ".." are path segments, not names).
 JOB_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9._:\-]{1,128}$")
 # C0 control characters a text may not hold: all but \t and \n (ESC, BEL, NUL, CR, ...).
@@ -106,9 +108,17 @@ class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     prompt: str
     id: str | None = None
     parameters: GenerationParams = msgspec.field(default_factory=GenerationParams)
+    # which provider runs the job (GET /api/providers lists those this server offers)
     provider: Name = "veo3"
     model: Name | None = None
     priority: int = 0
+
+
+class Route(msgspec.Struct, frozen=True, rename="camel"):
+    """One provider a job may run on, with the model it would use there."""
+
+    provider: str
+    model: str
 
 
 class VideoOutput(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -157,6 +167,8 @@ class Job(msgspec.Struct, rename="camel", omit_defaults=True):
     started_at: float | None = None
     finished_at: float | None = None
     checkpoint: Any = None
+    # the providers the job may run on, in the caller's order (None: `provider` alone)
+    routes: list[Route] | None = None
 
     @property
     def terminal(self) -> bool:

@@ -23,25 +23,21 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import msgspec
 
 from genqueue.actors.job import ReportFn
+from genqueue.actors.system import TASK_CANCELLED
 from genqueue.clock import Clock, RealClock
-from genqueue.config import Config
 from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult, VideoOutput
-from genqueue.providers.fake_veo import FakeVeoServer
-from genqueue.providers.veo import Operation, Veo3Client, VideoRef, resolve, to_video_params
-from genqueue.providers.veo.google_auth import Auth, load_adc
-from genqueue.providers.veo.settings import vertex_base_url
-from genqueue.storage.videos import LocalStore, S3Store, StoredVideo, VideoStore
+from genqueue.providers.base import ProviderClient
+from genqueue.providers.veo import Operation, VideoRef, to_video_params
+from genqueue.storage.videos import LocalStore, StoredVideo, VideoStore
 from genqueue.storage.videourls import stored_video_key
 
-__all__ = ["GenerationActor", "GenerationCheckpoint", "GenerationService"]
+__all__ = ["GenerationActor", "GenerationCheckpoint"]
 
 log = logging.getLogger("genqueue.generation")
 T = TypeVar("T")
@@ -78,7 +74,7 @@ class GenerationActor:
 
     def __init__(
         self,
-        client: Veo3Client,
+        client: ProviderClient,
         store: VideoStore,
         *,
         polling_interval_s: float = 5.0,
@@ -104,12 +100,44 @@ class GenerationActor:
         self.calls: dict[str, int] = {"start": 0, "poll": 0, "download": 0, "errors": 0}
         self.rate_limited = 0  # 429 answers
         self._recent: deque[float] = deque()  # times of calls in the last minute
+        self._started: dict[str, str] = {}  # job id -> the provider request it runs
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     async def __call__(self, job: Job, report: ReportFn) -> JobResult:
         t0 = time.monotonic()
         ids = {"job_id": job.id, "user_id": job.user_id}
         ckpt = msgspec.convert(job.checkpoint or {}, GenerationCheckpoint)
         log.info("generation started", extra={**ids, "resumed": ckpt.operation is not None})
+        try:
+            return await self._run(job, ckpt, report, t0, ids)
+        except asyncio.CancelledError as exc:
+            if TASK_CANCELLED in exc.args:
+                self._cancel_remote(job, report)
+            raise
+
+    def _cancel_remote(self, job: Job, report: ReportFn) -> None:
+        """The job was cancelled (not the process stopped): ask the provider to cancel the
+        request it is running, when it can (fal can; Veo has no cancel)."""
+        del report
+        name = self._started.get(job.id)
+        cancel = getattr(self.client, "cancel", None)
+        if name is None or cancel is None:
+            return
+        task = asyncio.get_running_loop().create_task(cancel(name))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+        log.info("provider request cancelled", extra={"job_id": job.id, "operation": name})
+
+    async def _run(
+        self,
+        job: Job,
+        ckpt: GenerationCheckpoint,
+        report: ReportFn,
+        t0: float,
+        ids: dict[str, str],
+    ) -> JobResult:
+        if ckpt.operation is not None:
+            self._started[job.id] = ckpt.operation
         try:
             while True:
                 fresh = ckpt.operation is None
@@ -126,6 +154,8 @@ class GenerationActor:
                 "generation failed", extra={**ids, "error": exc.message, "retryable": exc.retryable}
             )
             raise
+        finally:
+            self._started.pop(job.id, None)
         log.info(
             "generation completed",
             extra={
@@ -197,6 +227,7 @@ class GenerationActor:
         ckpt = msgspec.structs.replace(
             ckpt, operation=name, started_at=self.clock.now(), starts=ckpt.starts + 1
         )
+        self._started[job.id] = name
         await report(progress=5, checkpoint=msgspec.to_builtins(ckpt))  # durable before polling
         return ckpt
 
@@ -366,114 +397,3 @@ class GenerationActor:
                     extra={"error": exc.message, "status": exc.status, "retry_in_s": delay},
                 )
                 await self.clock.sleep(delay)
-
-
-class GenerationService:
-    """The GenerationActor with its clients: a session, the Veo client, the video store.
-
-    With no `VEO3_API_KEY` it starts the fake Veo server on loopback, so a new user sees
-    jobs complete without a Google account.
-    """
-
-    def __init__(self, config: Config, *, clock: Clock | None = None, public_base_url: str = ""):
-        self.config = config
-        self.clock = clock
-        self.public_base_url = (
-            public_base_url or config.public_base_url or (f"http://{config.host}:{config.port}")
-        )
-        self.actor: GenerationActor | None = None
-        self.fake: FakeVeoServer | None = None
-        self._stack = contextlib.AsyncExitStack()
-
-    @classmethod
-    def from_config(cls, config: Config, **kw: Any) -> GenerationService:
-        return cls(config, **kw)
-
-    async def start(self) -> None:
-        cfg = self.config
-        veo = resolve(cfg)
-        base_url = veo.base_url
-        if veo.fake:
-            self.fake = FakeVeoServer(latency_s=3.0)
-            await self._stack.enter_async_context(self.fake)
-            base_url = self.fake.base_url
-            log.warning(
-                "no VEO3_API_KEY: using the built-in fake Veo server", extra={"base_url": base_url}
-            )
-        session = await self._stack.enter_async_context(
-            aiohttp.ClientSession(
-                # aiohttp's default of 100 connections would queue calls of larger batches.
-                connector=aiohttp.TCPConnector(limit=max(100, 2 * cfg.max_concurrency)),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        )
-        client = Veo3Client(
-            session,
-            base_url=base_url,
-            api_key=veo.api_key,
-            dialect=veo.dialect,
-            access_token=veo.access_token,
-            project=veo.project,
-            location=veo.location,
-            model=veo.model,
-            auth=await self._adc(veo),
-            output_gcs_uri=veo.output_gcs_uri,
-            gcs_base_url=cfg.gcs_base_url,
-            result_timeout_s=cfg.veo3_result_timeout_s,
-            quota_pause_s=cfg.veo3_quota_pause_s,
-            host_for_location=vertex_base_url if veo.location_hosts else None,
-        )
-        store = self._video_store()
-        await store.start()
-        self._stack.push_async_callback(store.close)
-        self.actor = GenerationActor(
-            client,
-            store,
-            polling_interval_s=cfg.poll_interval_s,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            clock=self.clock,
-            ambiguous_start=cfg.veo3_ambiguous_start,
-            audio_block_retries=cfg.veo3_audio_block_retries,
-            lost_operation="retry" if veo.fake else None,
-        )
-
-    async def _adc(self, veo: Any) -> Auth | None:
-        """Application Default Credentials for Vertex without a fixed token or API key
-        (loaded in the executor: ADC may read files and probe the metadata server)."""
-        if veo.dialect != "vertex" or veo.access_token or veo.express:
-            return None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, functools.partial(load_adc, veo.credentials_file, clock=self.clock)
-        )
-
-    def _video_store(self) -> VideoStore:
-        cfg = self.config
-        if cfg.storage == "s3":
-            return S3Store(
-                bucket=cfg.s3_bucket,
-                endpoint_url=cfg.s3_endpoint_url or None,
-                region=cfg.aws_region or "auto",
-                access_key_id=cfg.aws_access_key_id or None,
-                secret_access_key=cfg.aws_secret_access_key or None,
-                public_base_url=cfg.s3_public_base_url or None,
-                presign_expiry_s=cfg.s3_presign_expiry_s,
-            )
-        return LocalStore(Path(cfg.data_dir), self.public_base_url)
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-
-    async def delete_videos(self, jobs: list[Job]) -> None:
-        """Delete the videos of jobs that retention removed."""
-        if self.actor is not None:
-            await self.actor.delete_videos(jobs)
-
-    def stats(self) -> dict[str, Any]:
-        return self.actor.stats() if self.actor is not None else {}
-
-    async def __call__(self, job: Job, report: ReportFn) -> JobResult:
-        if self.actor is None:
-            raise RuntimeError("GenerationService.start() was not awaited")
-        return await self.actor(job, report)

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from genqueue.actors.generation import GenerationService
+from genqueue.actors.generation_service import GenerationService
 from genqueue.cluster.messages import (
     Checkpoint,
     ErrorInfo,
@@ -302,9 +302,8 @@ class Worker:
         )
 
     def _spy_rate_limits(self) -> None:
-        actor = self.service.actor
-        if actor is not None:
-            actor.client = _ClientSpy(actor.client, self)  # type: ignore[assignment]
+        for actor in self.service.actors.values():  # every provider's 429s count
+            actor.client = _ClientSpy(actor.client, self)
 
     def start_settled(self, run: WorkerRun | None) -> None:
         """A paid start ended: checkpointed, or refused (nothing to lose)."""

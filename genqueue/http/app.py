@@ -49,6 +49,7 @@ from genqueue.http.views import (
 )
 from genqueue.jobqueue import JobQueue
 from genqueue.models import ID_RULE, JOB_ID, Job
+from genqueue.providers.registry import ProviderList
 
 __all__ = ["EVENTS", "MAX_BODY_BYTES", "QUEUE", "create_app"]
 
@@ -119,7 +120,7 @@ def _lifecycle(
                 stack.push_async_callback(coordinator.close)
                 proc = coordinator
             if proc is None:
-                from genqueue.actors.generation import GenerationService
+                from genqueue.actors.generation_service import GenerationService
 
                 service = GenerationService.from_config(config, clock=clock)
                 await service.start()
@@ -345,6 +346,12 @@ def _page(
 
 
 # -- the queue, health, metrics, the document ----------------------------------------------------
+
+
+@routes.get("/api/providers")
+async def providers(request: web.Request) -> web.Response:
+    _caller(request)
+    return _json(ProviderList(request.app[QUEUE].registry.listing()))
 
 
 @routes.get("/api/queue/status")

@@ -24,8 +24,8 @@ from genqueue.http.views import (
     PublicJob,
 )
 from genqueue.models import MAX_NAME_CHARS, MAX_PROMPT_CHARS, PROVIDERS, QueueStatus
-from genqueue.providers.veo import resolve as resolve_veo
-from genqueue.providers.veo.schema import model_and_parameters_schema
+from genqueue.providers.registry import ALIASES, ProviderList, Registry
+from genqueue.providers.veo.schema import model_and_parameters_schema, model_clauses
 
 __all__ = ["build_openapi"]
 
@@ -99,9 +99,19 @@ def _rename(node: Any) -> Any:
 
 def _schemas(config: Config | None) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [PublicJob, JobPage, ErrorBody, QueueStatus, DeliveryPage, WebhookStats, EventSnapshot],
+        [
+            PublicJob,
+            JobPage,
+            ErrorBody,
+            QueueStatus,
+            DeliveryPage,
+            WebhookStats,
+            EventSnapshot,
+            ProviderList,
+        ],
         ref_template=REF + "{name}",
     )
+    components = msgspec.json.decode(msgspec.json.encode(components))  # tuple defaults: lists
     schemas = {_RENAMES.get(k, k): _rename(v) for k, v in components.items()}
     for name in _RENAMES.values():
         schemas[name]["title"] = name
@@ -249,6 +259,14 @@ def _paths() -> dict[str, Any]:
             },
         },
         **_dashboard_paths(),
+        "/api/providers": {
+            "get": {
+                "operationId": "listProviders",
+                "summary": "The providers this server offers: their models, each model's "
+                "capabilities and price a second of video.",
+                "responses": {"200": _json("ProviderList", "The providers."), **_ERRORS},
+            }
+        },
         "/api/queue/status": {
             "get": {
                 "operationId": "queueStatus",
@@ -471,12 +489,30 @@ def _dashboard_paths() -> dict[str, Any]:
 
 
 def request_schema(config: Config | None = None) -> dict[str, Any]:
-    """The submission's schema for the door `config` configures (its models' limits)."""
-    veo = resolve_veo(config or Config())
-    model, parameters, clauses = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
+    """The submission's schema for the providers `config` offers (each model's limits)."""
+    registry = Registry(config or Config())
+    veo = registry.veo
+    model, parameters, _ = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
     schema = {**REQUEST_SCHEMA, "properties": dict(REQUEST_SCHEMA["properties"])}
+    names = [n for n, c in ALIASES.items() if c in registry.providers]
+    schema["properties"]["provider"] = {**REQUEST_SCHEMA["properties"]["provider"], "enum": names}
     schema["properties"]["parameters"] = parameters
-    schema["properties"]["model"] = model
+    clauses: list[dict[str, Any]] = []
+    all_models: list[str | None] = []
+    for name, info in registry.providers.items():
+        aliases = [n for n, c in ALIASES.items() if c == name]
+        when: dict[str, Any] = {
+            "required": ["provider"],
+            "properties": {"provider": {"enum": aliases}},
+        }
+        if name == "veo3":  # the default provider
+            when = {"anyOf": [when, {"not": {"required": ["provider"]}}]}
+        models = [m.id for m in info.models]
+        all_models += models
+        clauses.append({"if": when, "then": {"properties": {"model": {"enum": [*models, None]}}}})
+        rows = {m.id: m.capabilities for m in info.models}
+        clauses += model_clauses(rows, info.default_model, when)
+    schema["properties"]["model"] = {**model, "enum": [*all_models, None]}
     schema["allOf"] = clauses
     return schema
 
