@@ -112,13 +112,14 @@ class GenerationActor:
             return await self._run(job, ckpt, report, t0, ids)
         except asyncio.CancelledError as exc:
             if TASK_CANCELLED in exc.args:
-                self._cancel_remote(job, report)
+                self._cancel_remote(job)
             raise
+        finally:
+            self._started.pop(job.id, None)
 
-    def _cancel_remote(self, job: Job, report: ReportFn) -> None:
+    def _cancel_remote(self, job: Job) -> None:
         """The job was cancelled (not the process stopped): ask the provider to cancel the
         request it is running, when it can (fal can; Veo has no cancel)."""
-        del report
         name = self._started.get(job.id)
         cancel = getattr(self.client, "cancel", None)
         if name is None or cancel is None:
@@ -154,8 +155,6 @@ class GenerationActor:
                 "generation failed", extra={**ids, "error": exc.message, "retryable": exc.retryable}
             )
             raise
-        finally:
-            self._started.pop(job.id, None)
         log.info(
             "generation completed",
             extra={

@@ -49,6 +49,7 @@ class FakeFal:
     progress_polls: int = 0
     base_url: str = ""
     fail_next_submits: int = 0
+    hold: bool = False  # while set, every request stays IN_PROGRESS (POST /_fake/control)
     requests: dict[str, FalRequest] = field(default_factory=dict)
     paid_starts: Counter[str] = field(default_factory=Counter)
     cancels: int = 0
@@ -58,6 +59,8 @@ class FakeFal:
         self.app = web.Application()
         self.app.add_routes(
             [
+                web.get("/_fake/state", self._fake_state),
+                web.post("/_fake/control", self._fake_control),
                 web.get("/files/{rid}.mp4", self._file),
                 web.get("/{owner}/{alias}/requests/{rid}/status", self._status),
                 web.put("/{owner}/{alias}/requests/{rid}/cancel", self._cancel),
@@ -121,6 +124,8 @@ class FakeFal:
         """By status reads (deterministic for tests) and by time (for demos), both."""
         if req.cancelled:
             return "COMPLETED"
+        if self.hold:
+            return "IN_PROGRESS"
         n, queued = req.status_reads, self.queue_polls
         if n > queued + self.progress_polls:
             return (
@@ -196,6 +201,34 @@ class FakeFal:
         req.cancelled = True
         self.cancels += 1
         return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
+
+    async def _fake_state(self, request: web.Request) -> web.Response:
+        """What a real account would show: paid starts per model, cancels, downloads."""
+        return web.json_response(
+            {
+                "paidStarts": dict(self.paid_starts),
+                "cancels": self.cancels,
+                "downloads": self.downloads,
+                "requests": [
+                    {
+                        "id": r.request_id,
+                        "model": r.model,
+                        "prompt": r.input.prompt,
+                        "statusReads": r.status_reads,
+                        "cancelled": r.cancelled,
+                    }
+                    for r in self.requests.values()
+                ],
+            }
+        )
+
+    async def _fake_control(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if "hold" in body:
+            self.hold = bool(body["hold"])
+        if "failNextSubmits" in body:
+            self.fail_next_submits = int(body["failNextSubmits"])
+        return web.json_response({"hold": self.hold, "failNextSubmits": self.fail_next_submits})
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         req = self.requests.get(request.match_info["rid"])

@@ -1,0 +1,224 @@
+"""Jobs through fal end to end, against real processes: `main.py serve` with FAL_KEY and
+FAL_QUEUE_RUN_HOST pointing at the fake fal queue (tests/fake_fal_child.py, its own process,
+over TLS with a throwaway CA that the server trusts through SSL_CERT_FILE, as it would trust
+fal's real certificate), the fake Veo, and a webhook receiver that verifies signatures with
+`standardwebhooks`. The fake fal is the one judged by fal-client (tests/test_fake_fal_sdk.py).
+
+- a fal job completes: webhook, local video (signed URL), the provider recorded, one paid
+  request, the fal key only ever sent to the queue host;
+- `kill -9` while fal generates: the restarted server resumes the same request (its id is
+  the checkpoint) and the fake counts exactly one paid start;
+- a cancelled job cancels its fal request;
+- GET /api/providers lists fal's models with their capabilities and prices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from helpers_procs import (
+    Api,
+    Child,
+    FakeVeoProc,
+    Receiver,
+    Server,
+    child_env,
+    eventually,
+    free_port,
+    run,
+    urlopen_status,
+)
+from tls_helpers import make_tls
+
+FAL_KEY = "fal-e2e-key:0f3a"
+CHILD = str(Path(__file__).resolve().parent / "fake_fal_child.py")
+pytestmark = pytest.mark.timeout(90)
+
+
+class FakeFalProc:
+    def __init__(self, logs: Path):
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca = logs / "tls" / "cert.pem"
+        make_tls(logs / "tls")
+        args = [CHILD, str(self.port), str(self.ca), str(logs / "tls" / "key.pem"), FAL_KEY]
+        self.child = Child(args, logs, "fake-fal", child_env())
+
+    def start(self) -> FakeFalProc:
+        self.child.start()
+        return self
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def _ssl(self) -> Any:
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    async def state(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        async def check() -> tuple[bool, Any]:
+            try:
+                async with session.get(f"{self.url}/_fake/state", ssl=self._ssl()) as resp:
+                    return resp.status == 200, await resp.json()
+            except aiohttp.ClientConnectionError:
+                return False, None
+
+        got: dict[str, Any] = await eventually(check, "the fake fal's state", 20)
+        return got
+
+    async def control(self, session: aiohttp.ClientSession, **body: Any) -> None:
+        async with session.post(f"{self.url}/_fake/control", json=body, ssl=self._ssl()) as r:
+            assert r.status == 200, await r.text()
+
+
+@dataclass
+class Stack:
+    logs: Path
+    veo: FakeVeoProc
+    fal: FakeFalProc
+    receiver: Receiver
+
+    def server(self, name: str, data_dir: Path | None = None) -> Server:
+        env = {
+            "FAL_KEY": FAL_KEY,
+            "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{self.fal.port}",
+            "SSL_CERT_FILE": str(self.fal.ca),
+        }
+        return Server(
+            self.logs, name, fake=self.veo, receiver=self.receiver, env=env, data_dir=data_dir
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("fal-e2e")
+    veo, fal, receiver = FakeVeoProc(logs), FakeFalProc(logs), Receiver(logs)
+    try:
+        yield Stack(logs, veo.start(), fal.start(), receiver.start())
+    finally:
+        veo.stop()
+        fal.stop()
+        receiver.stop()
+
+
+async def paid(fal: FakeFalProc, session: aiohttp.ClientSession, prompt: str) -> list[Any]:
+    return [r for r in (await fal.state(session))["requests"] if r["prompt"] == prompt]
+
+
+def test_a_fal_job_completes_with_webhook_and_local_video(stack: Stack) -> None:
+    async def scenario(api: Api, session: aiohttp.ClientSession) -> None:
+        prompt = "fal e2e: a heron at dawn"
+        job = await api.submit(
+            {"prompt": prompt, "provider": "fal", "parameters": {"resolution": "1080p"}}
+        )
+        assert (job["provider"], job["model"]) == ("fal", "fal-ai/veo3.1")
+        done = await api.wait_job(job["id"], 30)
+        assert done["status"] == "completed", done
+        assert urlopen_status(done["result"]["videoUrl"]) == 200
+        hooks = await stack.receiver.events_for(
+            session, {job["id"]}, {"generation.completed"}, 10
+        )
+        assert any(d["payload"]["jobId"] == job["id"] for d in hooks[job["id"]])
+        requests = await paid(stack.fal, session, prompt)
+        assert len(requests) == 1 and requests[0]["model"] == "fal-ai/veo3.1"
+        status, listing = await api.call("GET", "/api/providers")
+        assert status == 200
+        fal = next(p for p in listing["providers"] if p["name"] == "fal")
+        assert fal["fake"] is False
+        veo31 = next(m for m in fal["models"] if m["id"] == "fal-ai/veo3.1")
+        assert veo31["capabilities"]["resolutions"] == ["720p", "1080p", "4k"]
+        assert veo31["price"]["perS"]["1080p"] == 0.40
+
+    with stack.server("fal-complete") as server:
+        run(server, scenario, 60)
+
+
+def test_a_parameter_fal_does_not_take_is_a_400_and_nothing_is_stored(stack: Stack) -> None:
+    async def scenario(api: Api, session: aiohttp.ClientSession) -> None:
+        bad = [
+            ({"model": "fal-ai/veo3.1/fast", "parameters": {"resolution": "4k"}}, "resolution"),
+            ({"parameters": {"sampleCount": 2}}, "sampleCount"),
+            ({"parameters": {"personGeneration": "allow_all"}}, "personGeneration"),
+            ({"model": "veo-3.1-generate-preview"}, "model"),
+        ]
+        for extra, field in bad:
+            status, body = await api.call(
+                "POST", "/api/generations", json={"prompt": "x", "provider": "fal", **extra}
+            )
+            assert status == 400, (extra, body)
+            assert field in body["error"]["field"], body
+        status, page = await api.call("GET", "/api/generations")
+        assert page["items"] == []
+
+    with stack.server("fal-bad") as server:
+        run(server, scenario, 30)
+
+
+def test_kill_9_while_fal_generates_resumes_the_same_request(stack: Stack) -> None:
+    data_dir = stack.logs / "fal-kill-data"
+    prompt = "fal e2e: resumed after kill -9"
+
+    async def before(api: Api, session: aiohttp.ClientSession) -> str:
+        await stack.fal.control(session, hold=True)
+        job = await api.submit({"prompt": prompt, "provider": "fal"})
+
+        async def polled() -> tuple[bool, Any]:
+            requests = await paid(stack.fal, session, prompt)
+            return bool(requests) and requests[0]["statusReads"] >= 1, requests
+
+        await eventually(polled, "the fal request polled (its id checkpointed)", 20)
+        return str(job["id"])
+
+    first = stack.server("fal-kill-1", data_dir).start()
+    try:
+        job_id = run(first, before, 40)
+    finally:
+        first.child.sigkill()
+
+    async def after(api: Api, session: aiohttp.ClientSession) -> None:
+        await stack.fal.control(session, hold=False)
+        done = await api.wait_job(job_id, 30)
+        assert done["status"] == "completed", done
+        requests = await paid(stack.fal, session, prompt)
+        assert len(requests) == 1, requests  # resumed, never paid twice
+        assert requests[0]["statusReads"] >= 2  # polled again by the second server
+
+    with stack.server("fal-kill-2", data_dir) as second:
+        run(second, after, 60)
+
+
+def test_cancelling_a_fal_job_cancels_its_request(stack: Stack) -> None:
+    prompt = "fal e2e: cancelled"
+
+    async def scenario(api: Api, session: aiohttp.ClientSession) -> None:
+        await stack.fal.control(session, hold=True)
+        try:
+            job = await api.submit({"prompt": prompt, "provider": "fal"})
+
+            async def polled() -> tuple[bool, Any]:
+                requests = await paid(stack.fal, session, prompt)
+                return bool(requests) and requests[0]["statusReads"] >= 1, requests
+
+            await eventually(polled, "the fal request polled", 20)
+            status, _ = await api.call("DELETE", f"/api/generations/{job['id']}")
+            assert status in (200, 202)
+
+            async def cancelled() -> tuple[bool, Any]:
+                requests = await paid(stack.fal, session, prompt)
+                return requests[0]["cancelled"], requests
+
+            await eventually(cancelled, "fal's cancel called", 20)
+            assert (await api.wait_job(job["id"], 20))["status"] == "cancelled"
+        finally:
+            await stack.fal.control(session, hold=False)
+        await asyncio.sleep(0)
+
+    with stack.server("fal-cancel") as server:
+        run(server, scenario, 60)
