@@ -78,6 +78,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fal_model: str = "fal-ai/veo3.1"
     fal_models: str = ""  # the fal models a request may choose ("": all that genqueue knows)
     fal_price_per_s: float = 0.0  # 0: the dated defaults (genqueue.providers.fal.models)
+    # a user's spend a UTC day (prices' unit), committed and in flight; 0: no budget
+    budget_per_user_day: float = 0.0
     poll_interval_s: float = 5.0
     max_retries: int = 3
     timeout_s: float = 900.0
@@ -132,6 +134,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "veo3_audio_block_retries",
             "veo3_price_per_s",
             "fal_price_per_s",
+            "budget_per_user_day",
         )
         _check_positive(self, "veo3_quota_pause_s", "veo3_result_timeout_s")
         _check_positive(self, "worker_concurrency", "worker_lease_s")
@@ -235,6 +238,7 @@ ENV_NAMES: dict[str, str] = {
     "FAL_MODEL": "fal_model",
     "FAL_MODELS": "fal_models",
     "FAL_PRICE_PER_S": "fal_price_per_s",
+    "GENQUEUE_BUDGET_PER_USER_DAY": "budget_per_user_day",
     "GENQUEUE_POLL_INTERVAL_S": "poll_interval_s",
     "GENQUEUE_STORAGE": "storage",
     "S3_BUCKET": "s3_bucket",

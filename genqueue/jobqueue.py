@@ -272,6 +272,7 @@ class JobQueue:
             provider=routes[0].provider,
             model=routes[0].model,
             routes=routes if len(routes) > 1 else None,
+            estimated_cost=self.registry.start_cost(routes[0], req.parameters),
             priority=req.priority,
             created_at=now,
             updated_at=now,

@@ -169,6 +169,8 @@ class Job(msgspec.Struct, rename="camel", omit_defaults=True):
     checkpoint: Any = None
     # the providers the job may run on, in the caller's order (None: `provider` alone)
     routes: list[Route] | None = None
+    # one paid start's price (seconds x videos x the model's price a second), set at submit
+    estimated_cost: float = 0.0
 
     @property
     def terminal(self) -> bool:
@@ -206,6 +208,8 @@ class QueueStatus(msgspec.Struct, rename="camel"):
     quota_pauses: int = 0
     provider: dict[str, Any] = msgspec.field(default_factory=dict)
     webhooks: dict[str, Any] = msgspec.field(default_factory=dict)
+    # paid starts x seconds x price: `total`, `byProvider`, `byUserToday`, `inFlight`
+    spend: dict[str, Any] = msgspec.field(default_factory=dict)
     # dispatch = "sqs": workers, SQS depths, the dead-letter count (genqueue/cluster/)
     cluster: dict[str, Any] | None = None
 

@@ -85,12 +85,14 @@ class Stack:
     fal: FakeFalProc
     receiver: Receiver
 
-    def server(self, name: str, data_dir: Path | None = None) -> Server:
+    def server(
+        self, name: str, data_dir: Path | None = None, env: dict[str, str] | None = None
+    ) -> Server:
         env = {
             "FAL_KEY": FAL_KEY,
             "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{self.fal.port}",
             "SSL_CERT_FILE": str(self.fal.ca),
-        }
+        } | (env or {})
         return Server(
             self.logs, name, fake=self.veo, receiver=self.receiver, env=env, data_dir=data_dir
         )
@@ -122,9 +124,7 @@ def test_a_fal_job_completes_with_webhook_and_local_video(stack: Stack) -> None:
         done = await api.wait_job(job["id"], 30)
         assert done["status"] == "completed", done
         assert urlopen_status(done["result"]["videoUrl"]) == 200
-        hooks = await stack.receiver.events_for(
-            session, {job["id"]}, {"generation.completed"}, 10
-        )
+        hooks = await stack.receiver.events_for(session, {job["id"]}, {"generation.completed"}, 10)
         assert any(d["payload"]["jobId"] == job["id"] for d in hooks[job["id"]])
         requests = await paid(stack.fal, session, prompt)
         assert len(requests) == 1 and requests[0]["model"] == "fal-ai/veo3.1"
@@ -221,4 +221,54 @@ def test_cancelling_a_fal_job_cancels_its_request(stack: Stack) -> None:
         await asyncio.sleep(0)
 
     with stack.server("fal-cancel") as server:
+        run(server, scenario, 60)
+
+
+def test_spend_matches_the_fakes_paid_starts_and_the_daily_budget_refuses(stack: Stack) -> None:
+    """fal-ai/veo3.1 at 720p with audio: 8 s x $0.40 = $3.20 a start; fast, 4 s, silent:
+    4 s x $0.10 = $0.40. A budget of 5 a day takes one of the first, then only the second."""
+    prompt = "fal e2e: spend"
+
+    async def scenario(api: Api, session: aiohttp.ClientSession) -> None:
+        first = await api.submit({"prompt": prompt, "provider": "fal"})
+        status, refused = await api.call(
+            "POST", "/api/generations", json={"prompt": prompt, "provider": "fal"}
+        )
+        assert status == 429 and refused["error"]["code"] == "budget_exceeded", refused
+        cheap = await api.submit(
+            {
+                "prompt": prompt,
+                "provider": "fal",
+                "model": "fal-ai/veo3.1/fast",
+                "parameters": {"duration": 4, "generateAudio": False},
+            }
+        )
+        jobs = await api.wait_all([first["id"], cheap["id"]], 30)
+        assert all(j["status"] == "completed" for j in jobs.values()), jobs
+        requests = await paid(stack.fal, session, prompt)
+        by_model = {
+            m: sum(r["model"] == m for r in requests)
+            for m in ("fal-ai/veo3.1", "fal-ai/veo3.1/fast")
+        }
+        assert by_model == {"fal-ai/veo3.1": 1, "fal-ai/veo3.1/fast": 1}
+        expected = by_model["fal-ai/veo3.1"] * 8 * 0.40 + by_model["fal-ai/veo3.1/fast"] * 4 * 0.10
+        spend = (await api.queue_status())["spend"]
+        assert spend["total"] == pytest.approx(expected)
+        assert spend["byProvider"] == {"fal": pytest.approx(expected)}
+        assert spend["inFlight"] == 0
+        assert list(spend["byUserToday"].values()) == [pytest.approx(expected)]
+        # committed 3.60 now: another $3.20 job would pass 5
+        status, refused = await api.call(
+            "POST", "/api/generations", json={"prompt": prompt, "provider": "fal"}
+        )
+        assert status == 429 and refused["error"]["code"] == "budget_exceeded", refused
+        async with session.get(f"{api.url}/metrics") as resp:
+            text = await resp.text()
+        line = next(
+            x for x in text.splitlines() if x.startswith('genqueue_spend_total{provider="fal"}')
+        )
+        assert float(line.split()[-1]) == pytest.approx(expected)
+
+    env = {"GENQUEUE_BUDGET_PER_USER_DAY": "5"}
+    with stack.server("fal-spend", env=env) as server:
         run(server, scenario, 60)

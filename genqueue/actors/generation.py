@@ -67,6 +67,7 @@ class GenerationCheckpoint(msgspec.Struct, omit_defaults=True):
     # generation's further videos (`sampleCount`) are `{video_name}-{n}`.
     video_name: str | None = None
     audio_blocks: int = 0  # operations whose audio Veo blocked (not charged)
+    spent: float = 0.0  # paid starts x the job's price a start (an uncharged block: none)
 
 
 class GenerationActor:
@@ -174,7 +175,12 @@ class GenerationActor:
             # Not charged and not deterministic: a bounded number of new tries.
             if ckpt.audio_blocks >= self.audio_block_retries:
                 raise _final(exc, f"after {ckpt.audio_blocks + 1} operations") from exc
-            ckpt = msgspec.structs.replace(ckpt, operation=None, audio_blocks=ckpt.audio_blocks + 1)
+            ckpt = msgspec.structs.replace(
+                ckpt,
+                operation=None,
+                audio_blocks=ckpt.audio_blocks + 1,
+                spent=max(0.0, ckpt.spent - job.estimated_cost),  # not charged
+            )
             await report(checkpoint=msgspec.to_builtins(ckpt))
             return ckpt
         # A failed operation that may be retried, or one the provider no longer knows
@@ -224,7 +230,11 @@ class GenerationActor:
             },
         )
         ckpt = msgspec.structs.replace(
-            ckpt, operation=name, started_at=self.clock.now(), starts=ckpt.starts + 1
+            ckpt,
+            operation=name,
+            started_at=self.clock.now(),
+            starts=ckpt.starts + 1,
+            spent=ckpt.spent + job.estimated_cost,
         )
         self._started[job.id] = name
         await report(progress=5, checkpoint=msgspec.to_builtins(ckpt))  # durable before polling

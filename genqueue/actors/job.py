@@ -274,7 +274,18 @@ class JobActor(DurableActor):
         if status == "cancelled":
             self.storage.delete("cancel")
         wait = (job.started_at or now) - (job.queued_at or job.created_at)
-        self._tell_queue(Finished(job.id, job.user_id, status, wait, now - (job.started_at or now)))
+        spent = job.checkpoint.get("spent", 0.0) if isinstance(job.checkpoint, dict) else 0.0
+        self._tell_queue(
+            Finished(
+                job.id,
+                job.user_id,
+                status,
+                wait,
+                now - (job.started_at or now),
+                cost=float(spent),
+                provider=job.provider,
+            )
+        )
         self.passivate()
 
     # -- the backoff (alarm) and the watchdog ---------------------------------------------------

@@ -52,6 +52,8 @@ class Finished(Msg, frozen=True):
     status: str
     wait_s: float | None = None
     processing_s: float | None = None
+    cost: float = 0.0  # what its paid starts cost (terminal reports only)
+    provider: str = ""
 
 
 class Requeue(Msg, frozen=True):

@@ -49,6 +49,7 @@ from genqueue.actors.messages import (
 )
 from genqueue.actors.ratelimit import RateWindow
 from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.spend import SpendBook
 from genqueue.actors.stats import QueueStats
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import QueueFull
@@ -68,6 +69,7 @@ class Pending(msgspec.Struct, frozen=True):
     seq: int
     enqueued_at: float
     started_at: float | None = None
+    cost: float = 0.0  # one paid start's price: the job's spend in flight
 
 
 class InFlight(msgspec.Struct, frozen=True):
@@ -95,6 +97,8 @@ class QueueMeta(msgspec.Struct):
     counters: dict[str, int] = msgspec.field(default_factory=dict)
     # the fair line's turn pointers: priority -> the user served last at it
     turns: dict[str, str] = msgspec.field(default_factory=dict)
+    # committed spend (genqueue.actors.spend): total, per provider, per user and day
+    spend: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 INDEX_TOP = 10**16 - 1
@@ -122,6 +126,7 @@ class QueueActor(DurableActor):
         self.per_user: dict[str, int] = {}
         self.retry_wait = 0
         self.meta = QueueMeta()
+        self.spend = SpendBook(self.meta.spend)
         self.rate = RateWindow(self.cfg.rate_limit_per_minute)
         self.stats = QueueStats(self.clock)
 
@@ -130,7 +135,9 @@ class QueueActor(DurableActor):
         self.rate.load(self.meta.spent_tokens)
         self.activated_at = now = self.clock.now()
         self.line = FairLine(self.meta.turns)
+        self.spend = SpendBook(self.meta.spend)
         for key, entry in self.storage.list("pending/", Pending):
+            self.spend.reserve(entry.job_id, entry.user_id, entry.cost)
             if entry.started_at is None:
                 self.line.add(entry)
             else:
@@ -184,7 +191,8 @@ class QueueActor(DurableActor):
             case Requeue(job_id=job_id, user_id=user_id, priority=priority, seq=seq):
                 self.retry_wait = max(0, self.retry_wait - 1)
                 now = self.clock.now()
-                self._enqueue(Pending(job_id, user_id, priority, seq, now))
+                cost = self.spend.reserved_cost(job_id)
+                self._enqueue(Pending(job_id, user_id, priority, seq, now, cost=cost))
                 if self.cfg.dispatch == "immediate":  # like a submit: start at once
                     self._start(self._take_pending(priority, seq, user_id), now)
                 self._arrived()
@@ -206,9 +214,11 @@ class QueueActor(DurableActor):
             return existing, False
         self._check_room(job.user_id)
         now = self.clock.now()
+        self.spend.check(job.user_id, job.estimated_cost, self.cfg.budget_per_user_day, now)
         seq = self.meta.next_seq
         self.meta.next_seq += 1
-        entry = Pending(job.id, job.user_id, job.priority, seq, now)
+        entry = Pending(job.id, job.user_id, job.priority, seq, now, cost=job.estimated_cost)
+        self.spend.reserve(job.id, job.user_id, job.estimated_cost)
         self._enqueue(entry)
         job = msgspec.structs.replace(
             job, seq=seq, status="queued", queued_at=now, queue_position=self.line.position(entry)
@@ -263,6 +273,8 @@ class QueueActor(DurableActor):
         else:
             self._count(msg.status)
             self._index_finished(msg.job_id, msg.user_id)
+            self.spend.release(msg.job_id)
+            self.spend.charge(msg.user_id, msg.provider, msg.cost, self.clock.now())
             if msg.status == "completed" and self.meta.paused_until <= self.clock.now():
                 self.meta.pause_reason = ""  # the provider works again: a pause is news
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
@@ -278,6 +290,7 @@ class QueueActor(DurableActor):
         else:
             self._remove_pending(msg.priority, msg.seq, msg.job_id, msg.user_id)
         self._count("cancelled")
+        self.spend.release(msg.job_id)
         self._index_finished(msg.job_id, msg.user_id)
         self._save_meta()
         self._tell_if_idle()
@@ -505,4 +518,5 @@ class QueueActor(DurableActor):
             if self.meta.paused_until > now
             else None,
             quota_pauses=self.meta.counters.get("quota_pauses", 0),
+            spend=self.spend.as_status(now),
         )

@@ -20,9 +20,9 @@ import msgspec
 
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest
-from genqueue.models import GenerationRequest, Route
+from genqueue.models import GenerationParams, GenerationRequest, Route
 from genqueue.providers import fal
-from genqueue.providers.pricing import Price
+from genqueue.providers.pricing import Price, job_cost
 from genqueue.providers.veo import prices as veo_prices
 from genqueue.providers.veo.capabilities import ModelCaps, caps_for
 from genqueue.providers.veo.settings import VeoSettings, resolve
@@ -181,6 +181,13 @@ class Registry:
             assert first_error is not None
             raise first_error
         return routes
+
+    def start_cost(self, route: Route, params: GenerationParams) -> float:
+        """What one paid start of these parameters costs on `route`: seconds x videos x the
+        price a second (audio unless turned off: Veo's Gemini door and fal make it)."""
+        audio = params.generate_audio is not False
+        per_s = self.price_per_s(route, params.resolution, audio)
+        return job_cost(per_s, params.duration, 1, params.sample_count)
 
     def price_per_s(self, route: Route, resolution: str, audio: bool) -> float:
         info = self.providers.get(route.provider)
