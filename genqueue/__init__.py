@@ -2,6 +2,7 @@
 
 from genqueue.config import Config, load_config
 from genqueue.errors import (
+    BudgetExceeded,
     DataDirInUse,
     GenqueueError,
     IllegalTransition,
@@ -15,6 +16,7 @@ from genqueue.jobqueue import JobQueue
 from genqueue.models import GenerationParams, GenerationRequest, Job, JobResult, QueueStatus
 
 __all__ = [
+    "BudgetExceeded",
     "Config",
     "DataDirInUse",
     "GenerationParams",

@@ -78,6 +78,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fal_model: str = "fal-ai/veo3.1"
     fal_models: str = ""  # the fal models a request may choose ("": all that genqueue knows)
     fal_price_per_s: float = 0.0  # 0: the dated defaults (genqueue.providers.fal.models)
+    fal_rate_limit_per_minute: int = 0  # fal's own token bucket (0: no limit)
+    fal_max_concurrency: int = 0  # fal's own cap (0: only GENQUEUE_MAX_CONCURRENCY)
     # a user's spend a UTC day (prices' unit), committed and in flight; 0: no budget
     budget_per_user_day: float = 0.0
     poll_interval_s: float = 5.0
@@ -135,6 +137,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "veo3_price_per_s",
             "fal_price_per_s",
             "budget_per_user_day",
+            "fal_rate_limit_per_minute",
+            "fal_max_concurrency",
         )
         _check_positive(self, "veo3_quota_pause_s", "veo3_result_timeout_s")
         _check_positive(self, "worker_concurrency", "worker_lease_s")
@@ -239,6 +243,8 @@ ENV_NAMES: dict[str, str] = {
     "FAL_MODELS": "fal_models",
     "FAL_PRICE_PER_S": "fal_price_per_s",
     "GENQUEUE_BUDGET_PER_USER_DAY": "budget_per_user_day",
+    "GENQUEUE_FAL_RATE_LIMIT_PER_MINUTE": "fal_rate_limit_per_minute",
+    "GENQUEUE_FAL_MAX_CONCURRENCY": "fal_max_concurrency",
     "GENQUEUE_POLL_INTERVAL_S": "poll_interval_s",
     "GENQUEUE_STORAGE": "storage",
     "S3_BUCKET": "s3_bucket",

@@ -210,6 +210,8 @@ class QueueStatus(msgspec.Struct, rename="camel"):
     webhooks: dict[str, Any] = msgspec.field(default_factory=dict)
     # paid starts x seconds x price: `total`, `byProvider`, `byUserToday`, `inFlight`
     spend: dict[str, Any] = msgspec.field(default_factory=dict)
+    # each provider's own gate: inFlight, maxConcurrency, rateLimitPerMinute, pausedUntil
+    providers: dict[str, Any] = msgspec.field(default_factory=dict)
     # dispatch = "sqs": workers, SQS depths, the dead-letter count (genqueue/cluster/)
     cluster: dict[str, Any] | None = None
 

@@ -229,7 +229,7 @@ class JobActor(DurableActor):
                 # The provider's daily quota: dispatch pauses (long, shown in the queue's
                 # pausedUntil) and this job waits it out without spending an attempt.
                 until = self.clock.now() + (exc.retry_after_s or 3600.0)
-                self._tell_queue(PauseDispatch(until, reason="quota"))
+                self._tell_queue(PauseDispatch(until, reason="quota", provider=job.provider))
                 job = msgspec.structs.replace(job, attempts=max(0, job.attempts - 1))
                 self._save(job, status="retry_wait", error=exc.message)
                 self.set_alarm(until)
@@ -239,7 +239,7 @@ class JobActor(DurableActor):
                 # A per-minute limit pauses everyone: for Retry-After / RetryInfo when Google
                 # gives it, else for the minute such a limit counts.
                 pause_s = exc.retry_after_s or RATE_LIMIT_PAUSE_S
-                self._tell_queue(PauseDispatch(self.clock.now() + pause_s))
+                self._tell_queue(PauseDispatch(self.clock.now() + pause_s, provider=job.provider))
             self._fail_or_retry(job, exc.message, exc.retryable)
         elif isinstance(exc, InvalidRequest):
             self._end("failed", error=exc.message)
@@ -294,7 +294,7 @@ class JobActor(DurableActor):
         job = self._job()
         if job.status == "retry_wait":
             self._save(job, status="queued", queued_at=self.clock.now())
-            self._tell_queue(Requeue(job.id, job.user_id, job.priority, job.seq))
+            self._tell_queue(Requeue(job.id, job.user_id, job.priority, job.seq, job.provider))
             self.passivate()
 
     def _timed_out(self) -> None:

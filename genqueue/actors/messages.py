@@ -63,6 +63,7 @@ class Requeue(Msg, frozen=True):
     user_id: str
     priority: int
     seq: int
+    provider: str = "veo3"
 
 
 class Remove(Msg, frozen=True):
@@ -81,6 +82,7 @@ class PauseDispatch(Msg, frozen=True):
 
     until: float
     reason: str = "rate_limit"
+    provider: str = "veo3"  # only this provider's jobs wait
 
 
 class Accepted(Msg, frozen=True):

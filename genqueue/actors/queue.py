@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.fairline import FairLine
+from genqueue.actors.gates import CLOSED, DEFAULT_PROVIDER, ProviderGates
 from genqueue.actors.job import RATE_LIMIT_PAUSE_S, JobActor, services
 from genqueue.actors.messages import (
     Accepted,
@@ -47,7 +48,6 @@ from genqueue.actors.messages import (
     SubmitMany,
     TimedOut,
 )
-from genqueue.actors.ratelimit import RateWindow
 from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.spend import SpendBook
 from genqueue.actors.stats import QueueStats
@@ -70,6 +70,7 @@ class Pending(msgspec.Struct, frozen=True):
     enqueued_at: float
     started_at: float | None = None
     cost: float = 0.0  # one paid start's price: the job's spend in flight
+    provider: str = DEFAULT_PROVIDER
 
 
 class InFlight(msgspec.Struct, frozen=True):
@@ -78,6 +79,7 @@ class InFlight(msgspec.Struct, frozen=True):
     user_id: str
     started_at: float
     key: str = ""  # its stored entry
+    provider: str = DEFAULT_PROVIDER
 
 
 class LegacyInFlight(msgspec.Struct, frozen=True):
@@ -99,10 +101,17 @@ class QueueMeta(msgspec.Struct):
     turns: dict[str, str] = msgspec.field(default_factory=dict)
     # committed spend (genqueue.actors.spend): total, per provider, per user and day
     spend: dict[str, float] = msgspec.field(default_factory=dict)
+    # providers other than Veo (genqueue.actors.gates): provider -> [until, reason], tokens
+    pauses: dict[str, list[Any]] = msgspec.field(default_factory=dict)
+    provider_tokens: dict[str, list[float]] = msgspec.field(default_factory=dict)
 
 
 INDEX_TOP = 10**16 - 1
 ALL_USERS = "*"
+
+
+def _open_for(shut: frozenset[str], entry: Pending) -> bool:
+    return entry.provider not in shut
 
 
 def pending_key(priority: int, seq: int) -> str:
@@ -127,12 +136,12 @@ class QueueActor(DurableActor):
         self.retry_wait = 0
         self.meta = QueueMeta()
         self.spend = SpendBook(self.meta.spend)
-        self.rate = RateWindow(self.cfg.rate_limit_per_minute)
+        self.gates = ProviderGates(self.cfg)
         self.stats = QueueStats(self.clock)
 
     def activate(self) -> None:
         self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
-        self.rate.load(self.meta.spent_tokens)
+        self.gates.load(self.meta)
         self.activated_at = now = self.clock.now()
         self.line = FairLine(self.meta.turns)
         self.spend = SpendBook(self.meta.spend)
@@ -141,7 +150,8 @@ class QueueActor(DurableActor):
             if entry.started_at is None:
                 self.line.add(entry)
             else:
-                self._add_flight(entry.job_id, InFlight(entry.user_id, entry.started_at, key))
+                flight = InFlight(entry.user_id, entry.started_at, key, entry.provider)
+                self._add_flight(entry.job_id, flight)
         self._migrate_legacy_in_flight(now)
         for job_id in self.in_flight:
             self.tell_after_commit(JobActor, job_id, Recover())
@@ -192,14 +202,16 @@ class QueueActor(DurableActor):
                 self.retry_wait = max(0, self.retry_wait - 1)
                 now = self.clock.now()
                 cost = self.spend.reserved_cost(job_id)
-                self._enqueue(Pending(job_id, user_id, priority, seq, now, cost=cost))
+                provider = message.provider
+                entry = Pending(job_id, user_id, priority, seq, now, cost=cost, provider=provider)
+                self._enqueue(entry)
                 if self.cfg.dispatch == "immediate":  # like a submit: start at once
                     self._start(self._take_pending(priority, seq, user_id), now)
                 self._arrived()
             case Remove():
                 self._removed(message)
-            case PauseDispatch(until=until, reason=reason):
-                self._pause(until, reason)
+            case PauseDispatch(until=until, reason=reason, provider=provider):
+                self._pause(until, reason, provider)
             case Accepted(job_id=job_id):
                 self._accepted(job_id)
             case Status():
@@ -217,7 +229,15 @@ class QueueActor(DurableActor):
         self.spend.check(job.user_id, job.estimated_cost, self.cfg.budget_per_user_day, now)
         seq = self.meta.next_seq
         self.meta.next_seq += 1
-        entry = Pending(job.id, job.user_id, job.priority, seq, now, cost=job.estimated_cost)
+        entry = Pending(
+            job.id,
+            job.user_id,
+            job.priority,
+            seq,
+            now,
+            cost=job.estimated_cost,
+            provider=job.provider,
+        )
         self.spend.reserve(job.id, job.user_id, job.estimated_cost)
         self._enqueue(entry)
         job = msgspec.structs.replace(
@@ -265,6 +285,7 @@ class QueueActor(DurableActor):
         if flight is None:
             return  # already accounted (a repeated report after a restart)
         self.timed_out.pop(msg.job_id, None)
+        self.gates.ended(flight.provider)
         self._drop_user(msg.user_id)
         self.storage.delete(flight.key)
         if msg.status == "retry_wait":
@@ -275,8 +296,10 @@ class QueueActor(DurableActor):
             self._index_finished(msg.job_id, msg.user_id)
             self.spend.release(msg.job_id)
             self.spend.charge(msg.user_id, msg.provider, msg.cost, self.clock.now())
-            if msg.status == "completed" and self.meta.paused_until <= self.clock.now():
-                self.meta.pause_reason = ""  # the provider works again: a pause is news
+            until, _ = self.gates.pause_of(self.meta, flight.provider)
+            if msg.status == "completed" and until <= self.clock.now():
+                # the provider works again: a pause is news
+                self.gates.set_pause(self.meta, flight.provider, until, "")
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
         self._save_meta()
         if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
@@ -305,34 +328,35 @@ class QueueActor(DurableActor):
         now = self.clock.now()
         self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
-    def _pause(self, until: float, reason: str = "rate_limit") -> None:
+    def _pause(self, until: float, reason: str = "rate_limit", provider: str = "veo3") -> None:
         now, meta = self.clock.now(), self.meta
-        ended = meta.paused_until
-        if (
-            reason == "rate_limit"
-            and meta.pause_reason
-            and ended <= now <= ended + (meta.pause_s or RATE_LIMIT_PAUSE_S)
-        ):
+        ended, was = self.gates.pause_of(meta, provider)
+        length = (meta.pause_s if provider == DEFAULT_PROVIDER else 0.0) or RATE_LIMIT_PAUSE_S
+        if reason == "rate_limit" and was and ended <= now <= ended + length:
             # The limit is back right after its pause ended (within one pause length), with
             # no start accepted or job completed between: a quota that does not lift in a
             # minute (a daily one without a QuotaFailure).
             reason, until = "quota", now + self.cfg.veo3_quota_pause_s
         self._count("rate_limit_hits" if reason == "rate_limit" else "quota_pauses")
-        if until > meta.paused_until:
-            meta.paused_until = until
-            meta.pause_reason = reason
-            meta.pause_s = until - now
+        if until > ended:
+            self.gates.set_pause(meta, provider, until, reason)
+            if provider == DEFAULT_PROVIDER:
+                meta.pause_s = until - now
             self._save_meta()
-            log.warning("dispatch paused by the provider", extra={"until": until, "reason": reason})
+            log.warning(
+                "dispatch paused by the provider",
+                extra={"until": until, "reason": reason, "provider": provider},
+            )
 
     def _accepted(self, job_id: str) -> None:
         """A job dispatched after the last pause ended had its start accepted: the provider
         works again, so the next 429 starts a plain rate-limit pause."""
         flight = self.in_flight.get(job_id)
-        if flight is None or not self.meta.pause_reason:
+        if flight is None:
             return
-        if flight.started_at >= self.meta.paused_until:
-            self.meta.pause_reason = ""
+        ended, reason = self.gates.pause_of(self.meta, flight.provider)
+        if reason and flight.started_at >= ended:
+            self.gates.set_pause(self.meta, flight.provider, ended, "")
             self._save_meta()
 
     # -- dispatch ----------------------------------------------------------------------------------
@@ -400,18 +424,22 @@ class QueueActor(DurableActor):
             self.tell_after_commit(JobActor, job_id, TimedOut())
 
     def dispatch(self, now: float) -> float | None:
-        """Start what the caps allow; return when to look again (None: when something ends)."""
-        if self.meta.paused_until > now:
-            return self.meta.paused_until
+        """Start what the caps allow; return when to look again (None: when something ends).
+        Each provider has its own gate (pause, rate limit, cap): a closed one holds back only
+        its own jobs."""
         blocked = self._at_cap if self.cfg.max_per_user else None
         while len(self.in_flight) < self.cfg.max_concurrency:
-            entry = self.line.next(blocked)
+            opens = {p: self.gates.opens_at(self.meta, p, now) for p in self.gates.rates}
+            shut = {p for p, at in opens.items() if at > now}
+            if shut and len(shut) == len(opens):  # every gate closed: nothing may start
+                wake = min(opens.values())
+                return None if wake == CLOSED else wake
+            ok = functools.partial(_open_for, frozenset(shut)) if shut else None
+            entry = self.line.next(blocked, ok)
             if entry is None:
-                return None
-            token_at = self.rate.next_token_at(now)
-            if token_at > now:
-                return token_at
-            self.rate.spend(now)
+                wake = min((opens[p] for p in shut), default=CLOSED)
+                return None if wake == CLOSED else wake
+            self.gates.spend(entry.provider, now)
             self.line.served(entry)
             self._start(entry, now)
         return None
@@ -422,9 +450,9 @@ class QueueActor(DurableActor):
     def _start(self, entry: Pending, now: float) -> None:
         """Dispatch a job taken off the waiting line: its entry is stored as in flight."""
         key = pending_key(entry.priority, entry.seq)
-        self._add_flight(entry.job_id, InFlight(entry.user_id, now, key))
+        self._add_flight(entry.job_id, InFlight(entry.user_id, now, key, entry.provider))
         self.storage.put(key, msgspec.structs.replace(entry, started_at=now))
-        self.meta.spent_tokens = self.rate.snapshot()
+        self.gates.save(self.meta)
         self._save_meta()
         self.stats.started(now - entry.enqueued_at)
         self.tell_after_commit(JobActor, entry.job_id, Start(now - entry.enqueued_at))
@@ -450,6 +478,7 @@ class QueueActor(DurableActor):
 
     def _add_flight(self, job_id: str, flight: InFlight) -> None:
         self.in_flight[job_id] = flight
+        self.gates.added(flight.provider)
         self.per_user[flight.user_id] = self.per_user.get(flight.user_id, 0) + 1
 
     def _drop_user(self, user_id: str) -> None:
@@ -519,4 +548,5 @@ class QueueActor(DurableActor):
             else None,
             quota_pauses=self.meta.counters.get("quota_pauses", 0),
             spend=self.spend.as_status(now),
+            providers=self.gates.status(self.meta, now),
         )
