@@ -258,7 +258,10 @@ class JobQueue:
 
     def _job_from(self, req: GenerationRequest, user_id: str) -> Job:
         # checked against each chosen model's capability row before anything is stored
-        routes = self.registry.route(req)
+        routes = [
+            msgspec.structs.replace(r, cost=self.registry.start_cost(r, req.parameters))
+            for r in self.registry.route(req)
+        ]
         now = self.clock.now()
         job_id = req.id or uuid.uuid4().hex
         return Job(
@@ -272,7 +275,7 @@ class JobQueue:
             provider=routes[0].provider,
             model=routes[0].model,
             routes=routes if len(routes) > 1 else None,
-            estimated_cost=self.registry.start_cost(routes[0], req.parameters),
+            estimated_cost=routes[0].cost,  # a fallback takes its route's own
             priority=req.priority,
             created_at=now,
             updated_at=now,

@@ -36,6 +36,7 @@ JobStatus = Literal["queued", "processing", "retry_wait", "completed", "failed",
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_PROMPT_CHARS = 4000
+MAX_FALLBACK = 3  # providers in one fallback list
 MAX_NAME_CHARS = 128  # `model` and `provider`: names, not documents
 # the providers a request may name ("veo" is "veo3"); which this server offers: GET /api/providers
 PROVIDERS: tuple[str, ...] = ("veo3", "veo", "fal")
@@ -109,7 +110,9 @@ class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     id: str | None = None
     parameters: GenerationParams = msgspec.field(default_factory=GenerationParams)
     # which provider runs the job (GET /api/providers lists those this server offers)
-    provider: Name = "veo3"
+    # one provider, or an ordered list to fall back along when one is paused (each then
+    # runs its default model: `model` must be absent)
+    provider: Name | Annotated[list[Name], Meta(min_length=1, max_length=MAX_FALLBACK)] = "veo3"
     model: Name | None = None
     priority: int = 0
 
@@ -119,6 +122,7 @@ class Route(msgspec.Struct, frozen=True, rename="camel"):
 
     provider: str
     model: str
+    cost: float = 0.0  # one paid start there
 
 
 class VideoOutput(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -229,8 +233,11 @@ def validate_request(req: GenerationRequest) -> None:
     _check_text("prompt", req.prompt)
     if req.id is not None and not JOB_ID.fullmatch(req.id):
         _fail("id", ID_RULE)
-    if req.provider not in PROVIDERS:
-        _fail("provider", f"provider must be one of {', '.join(PROVIDERS)}")
+    for name in [req.provider] if isinstance(req.provider, str) else req.provider:
+        if name not in PROVIDERS:
+            _fail("provider", f"provider must be one of {', '.join(PROVIDERS)}")
+    if isinstance(req.provider, list) and len(req.provider) > 1 and req.model is not None:
+        _fail("model", "a fallback list of providers runs each one's default model: omit model")
     if not 0 <= req.priority <= 10:
         _fail("priority", f"priority must be an integer from 0 to 10, got {req.priority}")
     p = req.parameters

@@ -120,3 +120,45 @@ def test_the_daily_budget_counts_jobs_in_flight(queues: QueueFactory) -> None:
     # the Recorder reports no paid start: nothing committed, nothing left in flight
     assert q.status().spend["inFlight"] == 0
     q.submit(fal("d"), user_id="u1")
+
+
+def test_a_veo_quota_pause_sends_fallback_jobs_to_fal_while_the_others_wait(
+    queues: QueueFactory,
+) -> None:
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    quota = ProviderError(
+        "daily quota", retryable=True, status=429, retry_after_s=3600, code="quota_exhausted"
+    )
+    rec.script["v0"] = [quota]
+    q = queues.open(rec, clock=clock, max_concurrency=4)
+    w = Watcher(q)
+    q.submit(request(id="v0"))
+    w.wait_status("v0", "retry_wait")
+    poll_until(lambda: q.status().paused_until == t0 + 3600, "Veo to pause for its quota")
+
+    q.submit(request(id="veo-only"))
+    both = q.submit(request(id="both", provider=["veo", "fal"]))
+    assert (both.provider, [r.provider for r in both.routes or []]) == ("veo3", ["veo3", "fal"])
+    done = w.wait_status("both", "completed")
+    assert (done.provider, done.model) == ("fal", "fal-ai/veo3.1")  # who made the video
+    assert q.get("veo-only").status == "queued"  # no fallback asked: it waits for Veo
+    assert rec.order() == ["v0", "both"]
+
+    clock.advance(3600)
+    q.join(timeout_s=20)
+    assert q.get("veo-only").provider == "veo3"
+    assert sorted(rec.order()[2:]) == ["v0", "veo-only"]
+
+
+def test_a_fallback_list_must_fit_every_provider_and_names_no_model(queues: QueueFactory) -> None:
+    q = queues.open(Recorder())
+    body = request(parameters={"personGeneration": "allow_adult"})
+    q.submit(body)  # Veo alone takes it
+    with pytest.raises(InvalidRequest) as caught:  # fal's Veo endpoints do not
+        q.submit({**body, "provider": ["veo3", "fal"]})
+    assert caught.value.field == "parameters.personGeneration"
+    with pytest.raises(InvalidRequest) as caught:
+        q.submit(request(provider=["veo3", "fal"], model="fal-ai/veo3.1"))
+    assert caught.value.field == "model"

@@ -112,8 +112,8 @@ class JobActor(DurableActor):
         match message:
             case GetJob():
                 return self.job
-            case Start(wait_s=wait_s):
-                return self._start(wait_s)
+            case Start(wait_s=wait_s, provider=provider):
+                return self._start(wait_s, provider)
             case Recover():
                 return self._recover()
             case Report(progress=progress, checkpoint=checkpoint):
@@ -124,12 +124,13 @@ class JobActor(DurableActor):
                 return self._timed_out()
         raise TypeError(f"JobActor cannot handle {message!r}")
 
-    def _start(self, wait_s: float | None) -> Job:
+    def _start(self, wait_s: float | None, provider: str = "") -> Job:
         job = self._job()
         if job.status != "queued":
             # Cancelled while the queue dispatched it: give the slot back.
             self._tell_queue(Finished(job.id, job.user_id, job.status))
             return job
+        job = _routed(job, provider)
         now = self.clock.now()
         self._save(
             job,
@@ -348,6 +349,20 @@ class JobActor(DurableActor):
     @staticmethod
     def table(system: ActorSystem) -> Namespace:
         return system.store.namespace(JobActor.kind, cache=JobActor.cache_keys)
+
+
+def _routed(job: Job, provider: str) -> Job:
+    """The job on the provider the queue chose (a fallback of the caller's list), unless it
+    already paid a start where it is: a fallback never follows a paid start."""
+    if not provider or provider == job.provider or not job.routes:
+        return job
+    paid = isinstance(job.checkpoint, dict) and job.checkpoint.get("starts", 0) > 0
+    route = next((r for r in job.routes if r.provider == provider), None)
+    if paid or route is None:
+        return job
+    return msgspec.structs.replace(
+        job, provider=route.provider, model=route.model, estimated_cost=route.cost
+    )
 
 
 def _as_result(value: Any) -> JobResult:

@@ -102,6 +102,7 @@ class Status(Msg, frozen=True):
 
 class Start(Msg, frozen=True):
     wait_s: float | None = None
+    provider: str = ""  # the provider the queue dispatched it to (a fallback, maybe)
 
 
 class Recover(Msg, frozen=True):

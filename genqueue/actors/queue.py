@@ -71,6 +71,9 @@ class Pending(msgspec.Struct, frozen=True):
     started_at: float | None = None
     cost: float = 0.0  # one paid start's price: the job's spend in flight
     provider: str = DEFAULT_PROVIDER
+    # the caller's fallback providers, in order: taken when `provider` is paused (a 429 or
+    # its quota); none after a first attempt (a retry stays where it paid)
+    fallback: tuple[str, ...] = ()
 
 
 class InFlight(msgspec.Struct, frozen=True):
@@ -110,8 +113,12 @@ INDEX_TOP = 10**16 - 1
 ALL_USERS = "*"
 
 
-def _open_for(shut: frozenset[str], entry: Pending) -> bool:
-    return entry.provider not in shut
+def _open_for(shut: frozenset[str], paused: frozenset[str], entry: Pending) -> bool:
+    """May `entry` start now: its provider's gate is open, or that provider is paused and
+    one of the caller's fallback providers is open."""
+    if entry.provider not in shut:
+        return True
+    return entry.provider in paused and any(p not in shut for p in entry.fallback)
 
 
 def pending_key(priority: int, seq: int) -> str:
@@ -226,7 +233,9 @@ class QueueActor(DurableActor):
             return existing, False
         self._check_room(job.user_id)
         now = self.clock.now()
-        self.spend.check(job.user_id, job.estimated_cost, self.cfg.budget_per_user_day, now)
+        # held while it waits: the dearest of the providers it may run on
+        cost = max([job.estimated_cost, *(r.cost for r in job.routes or [])])
+        self.spend.check(job.user_id, cost, self.cfg.budget_per_user_day, now)
         seq = self.meta.next_seq
         self.meta.next_seq += 1
         entry = Pending(
@@ -235,10 +244,11 @@ class QueueActor(DurableActor):
             job.priority,
             seq,
             now,
-            cost=job.estimated_cost,
+            cost=cost,
             provider=job.provider,
+            fallback=tuple(r.provider for r in (job.routes or [])[1:]),
         )
-        self.spend.reserve(job.id, job.user_id, job.estimated_cost)
+        self.spend.reserve(job.id, job.user_id, cost)
         self._enqueue(entry)
         job = msgspec.structs.replace(
             job, seq=seq, status="queued", queued_at=now, queue_position=self.line.position(entry)
@@ -434,13 +444,22 @@ class QueueActor(DurableActor):
             if shut and len(shut) == len(opens):  # every gate closed: nothing may start
                 wake = min(opens.values())
                 return None if wake == CLOSED else wake
-            ok = functools.partial(_open_for, frozenset(shut)) if shut else None
+            paused = {p for p in shut if self.gates.pause_of(self.meta, p)[0] > now}
+            ok = functools.partial(_open_for, frozenset(shut), frozenset(paused)) if shut else None
             entry = self.line.next(blocked, ok)
             if entry is None:
                 wake = min((opens[p] for p in shut), default=CLOSED)
                 return None if wake == CLOSED else wake
-            self.gates.spend(entry.provider, now)
             self.line.served(entry)
+            if entry.provider in shut:  # its provider is paused: its first open fallback
+                chosen = next(p for p in entry.fallback if p not in shut)
+                log.info(
+                    "job falls back to another provider",
+                    extra={"job_id": entry.job_id, "from": entry.provider, "to": chosen},
+                )
+                self._count("fallbacks")
+                entry = msgspec.structs.replace(entry, provider=chosen)
+            self.gates.spend(entry.provider, now)
             self._start(entry, now)
         return None
 
@@ -455,7 +474,8 @@ class QueueActor(DurableActor):
         self.gates.save(self.meta)
         self._save_meta()
         self.stats.started(now - entry.enqueued_at)
-        self.tell_after_commit(JobActor, entry.job_id, Start(now - entry.enqueued_at))
+        start = Start(now - entry.enqueued_at, provider=entry.provider)
+        self.tell_after_commit(JobActor, entry.job_id, start)
 
     # -- pending bookkeeping ---------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from genqueue.http.views import (
     JobPage,
     PublicJob,
 )
-from genqueue.models import MAX_NAME_CHARS, MAX_PROMPT_CHARS, PROVIDERS, QueueStatus
+from genqueue.models import MAX_FALLBACK, MAX_NAME_CHARS, MAX_PROMPT_CHARS, PROVIDERS, QueueStatus
 from genqueue.providers.registry import ALIASES, ProviderList, Registry
 from genqueue.providers.veo.schema import model_and_parameters_schema, model_clauses
 
@@ -495,16 +495,24 @@ def request_schema(config: Config | None = None) -> dict[str, Any]:
     model, parameters, _ = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
     schema = {**REQUEST_SCHEMA, "properties": dict(REQUEST_SCHEMA["properties"])}
     names = [n for n, c in ALIASES.items() if c in registry.providers]
-    schema["properties"]["provider"] = {**REQUEST_SCHEMA["properties"]["provider"], "enum": names}
+    one = {**REQUEST_SCHEMA["properties"]["provider"], "enum": names}
+    one.pop("default", None)
+    schema["properties"]["provider"] = {
+        "anyOf": [
+            one,
+            {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_FALLBACK},
+        ],
+        "default": "veo3",
+        "description": "One provider, or an ordered fallback list (each then runs its "
+        "default model: no `model`).",
+    }
     schema["properties"]["parameters"] = parameters
     clauses: list[dict[str, Any]] = []
     all_models: list[str | None] = []
     for name, info in registry.providers.items():
         aliases = [n for n, c in ALIASES.items() if c == name]
-        when: dict[str, Any] = {
-            "required": ["provider"],
-            "properties": {"provider": {"enum": aliases}},
-        }
+        named = {"anyOf": [{"enum": aliases}, {"type": "array", "contains": {"enum": aliases}}]}
+        when: dict[str, Any] = {"required": ["provider"], "properties": {"provider": named}}
         if name == "veo3":  # the default provider
             when = {"anyOf": [when, {"not": {"required": ["provider"]}}]}
         models = [m.id for m in info.models]
@@ -513,6 +521,15 @@ def request_schema(config: Config | None = None) -> dict[str, Any]:
         rows = {m.id: m.capabilities for m in info.models}
         clauses += model_clauses(rows, info.default_model, when)
     schema["properties"]["model"] = {**model, "enum": [*all_models, None]}
+    clauses.append(  # a fallback list: each provider's default model
+        {
+            "if": {
+                "required": ["provider"],
+                "properties": {"provider": {"type": "array", "minItems": 2}},
+            },
+            "then": {"properties": {"model": {"type": "null"}}},
+        }
+    )
     schema["allOf"] = clauses
     return schema
 

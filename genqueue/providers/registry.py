@@ -148,38 +148,29 @@ class Registry:
         return names
 
     def route(self, req: GenerationRequest) -> list[Route]:
-        """The providers the job may run on, in the caller's order, each with its model; a
-        provider that does not offer the model, or whose model refuses the parameters, is
-        left out. InvalidRequest (naming the field) when none is left."""
+        """The providers the job may run on, in the caller's order, each with its model;
+        every one must take the request (InvalidRequest naming the field otherwise), so a
+        fallback never starts what its provider would refuse."""
         routes: list[Route] = []
-        first_error: InvalidRequest | None = None
         for name in self.names(req.provider):
             info = self.providers[name]
+            if name == "veo3":  # Veo's own check, its messages unchanged
+                veo = self.veo
+                model_id = check_request(
+                    req, dialect=veo.dialect, default_model=veo.model, models=veo.models
+                )
+                routes.append(Route(name, model_id))
+                continue
             model_id = req.model if req.model is not None else info.default_model
             model = info.model(model_id)
-            try:
-                if name == "veo3":  # Veo's own check, its messages unchanged
-                    veo = self.veo
-                    model_id = check_request(
-                        req, dialect=veo.dialect, default_model=veo.model, models=veo.models
-                    )
-                    routes.append(Route(name, model_id))
-                    continue
-                if model is None:
-                    offered = ", ".join(m.id for m in info.models)
-                    _fail(
-                        "model",
-                        f"model {model_id[:80]!r} is not offered by {name}; "
-                        f"choose one of: {offered}",
-                    )
-                check_params(req.parameters, model.capabilities, f"{model_id} on {name}")
-            except InvalidRequest as exc:
-                first_error = first_error or exc
-                continue
+            if model is None:
+                offered = ", ".join(m.id for m in info.models)
+                _fail(
+                    "model",
+                    f"model {model_id[:80]!r} is not offered by {name}; choose one of: {offered}",
+                )
+            check_params(req.parameters, model.capabilities, f"{model_id} on {name}")
             routes.append(Route(name, model_id))
-        if not routes:
-            assert first_error is not None
-            raise first_error
         return routes
 
     def start_cost(self, route: Route, params: GenerationParams) -> float:
