@@ -272,3 +272,36 @@ def test_spend_matches_the_fakes_paid_starts_and_the_daily_budget_refuses(stack:
     env = {"GENQUEUE_BUDGET_PER_USER_DAY": "5"}
     with stack.server("fal-spend", env=env) as server:
         run(server, scenario, 60)
+
+
+def test_a_veo_quota_pause_sends_fallback_jobs_to_fal_while_the_others_wait(
+    stack: Stack,
+) -> None:
+    prompt = "fal e2e: fallback"
+
+    async def scenario(api: Api, session: aiohttp.ClientSession) -> None:
+        await stack.veo.faults(session, fail_starts={"status": 429, "count": 1, "quota": "day"})
+        first = await api.submit({"prompt": prompt})  # Veo answers: daily quota spent
+
+        async def paused() -> tuple[bool, Any]:
+            status = await api.queue_status()
+            return status["pausedReason"] == "quota", status
+
+        await eventually(paused, "Veo to pause for its daily quota", 20)
+        veo_only = await api.submit({"prompt": prompt})
+        either = await api.submit({"prompt": prompt, "provider": ["veo", "fal"]})
+        done = await api.wait_job(either["id"], 30)
+        assert done["status"] == "completed", done
+        assert (done["provider"], done["model"]) == ("fal", "fal-ai/veo3.1")
+        # no fallback asked: they wait for Veo (the refused one waits out the quota)
+        assert (await api.job(veo_only["id"]))["status"] == "queued"
+        assert (await api.job(first["id"]))["status"] == "retry_wait"
+        requests = await paid(stack.fal, session, prompt)
+        assert len(requests) == 1
+        status = await api.queue_status()
+        assert status["providers"]["fal"]["pausedUntil"] is None
+        assert status["spend"]["byProvider"] == {"fal": pytest.approx(len(requests) * 8 * 0.40)}
+        assert "veo3" not in status["spend"]["byProvider"]  # the refused start cost nothing
+
+    with stack.server("fal-fallback") as server:
+        run(server, scenario, 60)
