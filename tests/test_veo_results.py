@@ -138,9 +138,13 @@ async def generate(
         )
         store = LocalStore(tmp, "http://videos.test")
         await store.start()
-        gen = GenerationActor(client, store, clock=SkippingClock(), polling_interval_s=1, **actor)
+        settings = {k: v for k, v in actor.items() if k not in ("job", "params")}
+        gen = GenerationActor(
+            client, store, clock=SkippingClock(), polling_interval_s=1, **settings
+        )
         try:
-            outcome: Any = await gen(job(**actor.pop("params", {})), report)
+            the_job = actor.pop("job", None) or job(**actor.pop("params", {}))
+            outcome: Any = await gen(the_job, report)
         except ProviderError as exc:
             outcome = exc
         finally:
@@ -174,6 +178,19 @@ def test_an_audio_block_is_tried_again_a_bounded_number_of_times(tmp_path: Path)
     assert isinstance(err, ProviderError) and server.starts == 2
     assert (err.code, err.retryable) == ("audio_blocked", False)
     assert "not been charged" in err.message
+
+
+def test_an_audio_block_google_did_not_charge_costs_nothing(tmp_path: Path) -> None:
+    """Spend (issue 15): three paid-looking starts, two of them blocked with "You have not
+    been charged": the job's spend is one start's price."""
+    blocked = {"error": {"code": 3, "message": NOT_CHARGED}}
+    ok = {"response": {"videos": [video(build_mp4(10_000))]}}
+    server = ScriptedVertex([blocked, blocked, ok])
+    priced = msgspec.structs.replace(job(), estimated_cost=3.2)
+    result, _, checkpoints = run(generate(server, tmp_path, audio_block_retries=2, job=priced))
+    assert result.video_key and server.starts == 3
+    assert checkpoints[-1]["spent"] == pytest.approx(3.2)
+    assert max(c.get("spent", 0) for c in checkpoints) == pytest.approx(3.2)
 
 
 def test_a_blocked_prompt_is_final_at_once(tmp_path: Path) -> None:
