@@ -19,7 +19,7 @@ from typing import NoReturn
 import msgspec
 
 from genqueue.config import Config
-from genqueue.errors import InvalidRequest
+from genqueue.errors import ConfigError, InvalidRequest
 from genqueue.models import GenerationParams, GenerationRequest, Route
 from genqueue.providers import fal
 from genqueue.providers.pricing import Price, job_cost
@@ -90,8 +90,6 @@ def _fal(cfg: Config, *, fake: bool) -> ProviderInfo:
         wanted.insert(0, cfg.fal_model)
     unknown = [m for m in wanted if m not in fal.MODELS]
     if unknown:
-        from genqueue.errors import ConfigError
-
         raise ConfigError(
             f"FAL_MODELS / FAL_MODEL: genqueue knows no fal model {unknown[0]!r} "
             f"(it knows {', '.join(fal.MODELS)})"
