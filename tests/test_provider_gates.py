@@ -162,3 +162,22 @@ def test_a_fallback_list_must_fit_every_provider_and_names_no_model(queues: Queu
     with pytest.raises(InvalidRequest) as caught:
         q.submit(request(provider=["veo3", "fal"], model="fal-ai/veo3.1"))
     assert caught.value.field == "model"
+
+
+def test_a_provider_refusing_the_model_sends_the_job_to_the_next_one(
+    queues: QueueFactory,
+) -> None:
+    rec = Recorder()
+    refused = ProviderError("no such model", retryable=False, status=404, code="model_not_found")
+    rec.script["r"] = [refused]
+    q = queues.open(rec, max_attempts=1)
+    w = Watcher(q)
+    q.submit(request(id="r", provider=["fal", "veo"]))
+    done = w.wait_status("r", "completed", "failed")
+    assert (done.status, done.provider, done.model) == ("completed", "veo3", q.get("r").model)
+    assert done.provider == "veo3" and done.model and done.model.startswith("veo-")
+    assert [c.job_id for c in rec.calls] == ["r", "r"]
+    # alone (no fallback) the same refusal fails the job
+    rec.script["alone"] = [refused]
+    q.submit(request(id="alone", provider="fal"))
+    assert w.wait_status("alone", "completed", "failed").status == "failed"

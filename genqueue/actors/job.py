@@ -38,7 +38,7 @@ from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.system import ActorSystem
 from genqueue.config import Config
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
-from genqueue.models import Job, JobResult
+from genqueue.models import Job, JobResult, Route
 from genqueue.storage.state import Namespace
 
 __all__ = ["JobActor", "Processor", "QueueServices", "ReportFn"]
@@ -225,6 +225,24 @@ class JobActor(DurableActor):
             self._end("completed", result=_as_result(outcome.value))
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, ProviderError) and exc.code == "model_not_found":
+            route = _next_route(job)
+            if route is not None:  # the provider refuses the model: the caller's next one
+                log.warning(
+                    "job falls back: its provider refused the model",
+                    extra={"job_id": job.id, "from": job.provider, "to": route.provider},
+                )
+                job = msgspec.structs.replace(
+                    job,
+                    provider=route.provider,
+                    model=route.model,
+                    estimated_cost=route.cost,
+                    attempts=max(0, job.attempts - 1),  # nothing ran: no attempt spent
+                )
+                self._save(job, status="retry_wait", error=exc.message)
+                self.set_alarm(self.clock.now())
+                self._tell_queue(Finished(job.id, job.user_id, "retry_wait"))
+                return
         if isinstance(exc, ProviderError):
             if exc.code == "quota_exhausted":
                 # The provider's daily quota: dispatch pauses (long, shown in the queue's
@@ -349,6 +367,16 @@ class JobActor(DurableActor):
     @staticmethod
     def table(system: ActorSystem) -> Namespace:
         return system.store.namespace(JobActor.kind, cache=JobActor.cache_keys)
+
+
+def _next_route(job: Job) -> Route | None:
+    """The caller's next provider after the job's own, unless a start was paid."""
+    paid = isinstance(job.checkpoint, dict) and job.checkpoint.get("starts", 0) > 0
+    names = [r.provider for r in job.routes or []]
+    if paid or job.provider not in names:
+        return None
+    rest = (job.routes or [])[names.index(job.provider) + 1 :]
+    return rest[0] if rest else None
 
 
 def _routed(job: Job, provider: str) -> Job:
