@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from genqueue.clock import Clock, ManualClock, RealClock
 from genqueue.config import Config, load_config
 from genqueue.errors import (
+    BudgetExceeded,
     ConfigError,
     DataDirInUse,
     DeliveryNotDead,
@@ -48,6 +49,7 @@ from genqueue.models import (
 )
 from genqueue.outbox import Webhooks
 from genqueue.processor import Processor, Report
+from genqueue.providers.registry import ProviderList
 from genqueue.requests import RequestLike, parse_request
 from genqueue.webhooks import (
     DeadLetters,
@@ -60,7 +62,7 @@ from genqueue.webhooks import (
 )
 
 if TYPE_CHECKING:
-    from genqueue.actors.generation import GenerationService
+    from genqueue.actors.generation_service import GenerationService
 
 __all__ = [
     "ID_CHARS",
@@ -70,6 +72,7 @@ __all__ = [
     "MAX_SEED",
     "NAME_PATTERN",
     "TERMINAL",
+    "BudgetExceeded",
     "Clock",
     "Config",
     "ConfigError",
@@ -95,6 +98,7 @@ __all__ = [
     "ManualClock",
     "Processor",
     "ProviderError",
+    "ProviderList",
     "QueueFull",
     "QueueStatus",
     "RealClock",
@@ -117,6 +121,6 @@ __all__ = [
 def veo_processor(config: Config, *, clock: Clock | None = None) -> GenerationService:
     """The processor that generates videos with Veo 3 (or the built-in fake) and stores
     them; `await start()` it before the queue opens and `await close()` it after."""
-    from genqueue.actors.generation import GenerationService  # aiobotocore: only when used
+    from genqueue.actors.generation_service import GenerationService  # aiobotocore: only when used
 
     return GenerationService(config, clock=clock)

@@ -6,8 +6,8 @@ A service moves from an embedded queue to a remote one by changing one line:
     queue = Client("http://127.0.0.1:8787", api_key)      # remote, same calls
 
 They take and return the same models (`Job`, `JobPage`, `Submission`, `JobResult`,
-`QueueStatus`, `WebhookStats`, `DeadLetters`, `Delivery`) and raise the same errors
-(`InvalidRequest`, `JobNotFound`, `IllegalTransition`, `JobFailed`, `StorageError`,
+`QueueStatus`, `ProviderList`, `WebhookStats`, `DeadLetters`, `Delivery`) and raise the
+same errors (`InvalidRequest`, `JobNotFound`, `IllegalTransition`, `JobFailed`, `StorageError`,
 `DeliveryNotFound`, `DeliveryNotDead`), plus `Unauthorized` for a refused key and
 `Unreachable` when no server answers. The API key decides the user, so `submit`
 takes no `user_id`, and `list_jobs` shows the key's jobs (an admin key's: everyone's).
@@ -53,6 +53,7 @@ from genqueue.models import (
     Submission,
     VideoOutput,
 )
+from genqueue.providers.registry import ProviderList
 from genqueue.requests import RequestLike, parse_request
 from genqueue.webhooks import DeadLetters, Delivery, WebhookStats, encode_event
 from genqueue.wire import DeliveryPage, PublicDelivery, PublicJob, PublicResult
@@ -64,6 +65,7 @@ T = TypeVar("T")
 _PAGE = msgspec.json.Decoder(PublicJobPage)
 _JOB = msgspec.json.Decoder(PublicJob)
 _STATUS = msgspec.json.Decoder(QueueStatus)
+_PROVIDERS = msgspec.json.Decoder(ProviderList)
 _DEAD = msgspec.json.Decoder(DeliveryPage)
 _DELIVERY = msgspec.json.Decoder(PublicDelivery)
 _ENCODER = msgspec.json.Encoder()
@@ -132,6 +134,10 @@ class AsyncClient:
     async def astatus(self) -> QueueStatus:
         _, raw = await self._call("GET", "/api/queue/status")
         return _decode(_STATUS, raw)
+
+    async def aproviders(self) -> ProviderList:
+        _, raw = await self._call("GET", "/api/providers")
+        return _decode(_PROVIDERS, raw)
 
     async def ahealthy(self) -> bool:
         try:
@@ -282,6 +288,9 @@ class Client:
 
     def status(self) -> QueueStatus:
         return self._run(self._async.astatus())
+
+    def providers(self) -> ProviderList:
+        return self._run(self._async.aproviders())
 
     def healthy(self) -> bool:
         return self._run(self._async.ahealthy())

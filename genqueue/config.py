@@ -62,13 +62,26 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     vertex_output_gcs_uri: str = ""  # gs://bucket/prefix: Vertex writes videos there
     google_application_credentials: str = ""  # a service-account key file (ADC)
     gcs_base_url: str = "https://storage.googleapis.com"  # where gs:// results are read
-    # A start whose answer was lost (timeout or reset after the request went out) may have
-    # been paid for: "fail" fails the job and never starts it again; "retry" starts it
-    # again, knowingly risking a second charge. Both count it (ambiguousStarts).
+    # A start whose answer was lost (timeout or reset after the request went out, a 2xx body
+    # that cannot be read, or a poll's 404 for its operation) may have been paid for: "fail"
+    # fails the job and never starts it again; "retry" starts it again, knowingly risking a
+    # second charge. Both count it (ambiguousStarts).
     veo3_ambiguous_start: Literal["fail", "retry"] = "fail"
     veo3_audio_block_retries: int = 2  # new operations after "You have not been charged"
     veo3_quota_pause_s: float = 3600.0  # dispatch pause after a per-day quota exhaustion
     veo3_result_timeout_s: float = 300.0  # a poll that may carry inline 1080p videos
+    veo3_price_per_s: float = 0.0  # 0: the dated defaults (genqueue.providers.veo.prices)
+    # fal.ai (genqueue.providers.fal): offered with a FAL_KEY (or, with no keys at all,
+    # against a built-in fake, as Veo is)
+    fal_key: str = ""
+    fal_queue_run_host: str = "queue.fal.run"  # fal-client's own name for the queue host
+    fal_model: str = "fal-ai/veo3.1"
+    fal_models: str = ""  # the fal models a request may choose ("": all that genqueue knows)
+    fal_price_per_s: float = 0.0  # 0: the dated defaults (genqueue.providers.fal.models)
+    fal_rate_limit_per_minute: int = 0  # fal's own token bucket (0: no limit)
+    fal_max_concurrency: int = 0  # fal's own cap (0: only GENQUEUE_MAX_CONCURRENCY)
+    # a user's spend a UTC day (prices' unit), committed and in flight; 0: no budget
+    budget_per_user_day: float = 0.0
     poll_interval_s: float = 5.0
     max_retries: int = 3
     timeout_s: float = 900.0
@@ -121,6 +134,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "rate_limit_per_minute",
             "retention_days",
             "veo3_audio_block_retries",
+            "veo3_price_per_s",
+            "fal_price_per_s",
+            "budget_per_user_day",
+            "fal_rate_limit_per_minute",
+            "fal_max_concurrency",
         )
         _check_positive(self, "veo3_quota_pause_s", "veo3_result_timeout_s")
         _check_positive(self, "worker_concurrency", "worker_lease_s")
@@ -218,6 +236,15 @@ ENV_NAMES: dict[str, str] = {
     "VEO3_AUDIO_BLOCK_RETRIES": "veo3_audio_block_retries",
     "VEO3_QUOTA_PAUSE_S": "veo3_quota_pause_s",
     "VEO3_RESULT_TIMEOUT_S": "veo3_result_timeout_s",
+    "VEO3_PRICE_PER_S": "veo3_price_per_s",
+    "FAL_KEY": "fal_key",
+    "FAL_QUEUE_RUN_HOST": "fal_queue_run_host",
+    "FAL_MODEL": "fal_model",
+    "FAL_MODELS": "fal_models",
+    "FAL_PRICE_PER_S": "fal_price_per_s",
+    "GENQUEUE_BUDGET_PER_USER_DAY": "budget_per_user_day",
+    "GENQUEUE_FAL_RATE_LIMIT_PER_MINUTE": "fal_rate_limit_per_minute",
+    "GENQUEUE_FAL_MAX_CONCURRENCY": "fal_max_concurrency",
     "GENQUEUE_POLL_INTERVAL_S": "poll_interval_s",
     "GENQUEUE_STORAGE": "storage",
     "S3_BUCKET": "s3_bucket",
@@ -243,7 +270,14 @@ ENV_NAMES: dict[str, str] = {
 
 # Values that must never be printed or logged.
 SECRET_FIELDS = frozenset(
-    {"api_keys", "veo3_api_key", "vertex_access_token", "aws_secret_access_key", "webhook_secret"}
+    {
+        "api_keys",
+        "veo3_api_key",
+        "vertex_access_token",
+        "aws_secret_access_key",
+        "webhook_secret",
+        "fal_key",
+    }
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BudgetExceeded",
     "ConfigError",
     "DataDirInUse",
     "DeliveryNotDead",
@@ -59,6 +60,10 @@ class QueueFull(GenqueueError):
         self.message = message
         self.limit = limit
         self.user = user  # the user's own cap (else the queue's)
+
+
+class BudgetExceeded(QueueFull):
+    """A submission would pass its user's daily budget (committed and in-flight spend)."""
 
 
 class JobNotFound(GenqueueError):

@@ -45,7 +45,8 @@ from genqueue.models import (
 from genqueue.opening import open_actors
 from genqueue.outbox import Webhooks
 from genqueue.processor import Processor
-from genqueue.requests import ModelCheck, RequestLike, new_job, parse_request
+from genqueue.providers.registry import ProviderList
+from genqueue.requests import RequestLike, Routing, new_job, parse_request
 from genqueue.storage.dirlock import DataDirLock
 from genqueue.storage.jobindex import JobIndex
 from genqueue.storage.state import StateStore
@@ -89,7 +90,7 @@ class JobQueue:
         self._dir_lock: DataDirLock | None = None  # held from open to close, across reopen
         # Signs the URLs of local videos whenever a job is read (set by the first open).
         self.video_urls: VideoUrls | None = None
-        self._model_for = ModelCheck(config)  # the model a request's job runs on
+        self._routes = Routing(config)  # the providers and models a request's job runs on
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -214,6 +215,11 @@ class JobQueue:
         job, created = self._sys().ask(QueueActor, QUEUE_KEY, self._submission(request, user_id))
         return Submission(self._present(job), created)
 
+    def providers(self) -> ProviderList:
+        """The providers this queue offers: their models, each model's capabilities and
+        price a second of video (what a submission's `provider` and `model` may name)."""
+        return ProviderList(self._routes.registry.listing())
+
     def get(self, job_id: str) -> Job:
         """The job as it is now; JobNotFound if there is none."""
         job = self._stored(job_id)
@@ -322,6 +328,9 @@ class JobQueue:
     ) -> JobPage:
         return await asyncio.to_thread(self.list_jobs, user_id, statuses, limit, cursor)
 
+    async def aproviders(self) -> ProviderList:
+        return self.providers()  # the configuration's registry: no store, no actor
+
     async def astatus(self) -> QueueStatus:
         status: QueueStatus
         webhooks: WebhookStats
@@ -353,7 +362,7 @@ class JobQueue:
 
     def _submission(self, request: RequestLike, user_id: str) -> Submit:
         req = parse_request(request)
-        job = new_job(req, user_id, now_s=self.clock.now(), model=self._model_for(req))
+        job = new_job(req, user_id, now_s=self.clock.now(), routes=self._routes(req))
         return Submit(job, client_id=req.id is not None)
 
     def _stored(self, job_id: str) -> Job:

@@ -34,6 +34,7 @@ __all__ = [
     "JobResult",
     "JobStatus",
     "QueueStatus",
+    "Route",
     "Submission",
     "VideoOutput",
     "validate_request",
@@ -44,8 +45,10 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1  # Veo's seed is a uint32
+MAX_FALLBACK = 3  # providers in one fallback list
 MAX_NAME_CHARS = 128  # `model` and `provider`: names, not documents
-PROVIDERS: tuple[str, ...] = ("veo3",)  # the providers a request may name
+# the providers a request may name ("veo" is "veo3"); which this server offers: GET /api/providers
+PROVIDERS: tuple[str, ...] = ("veo3", "veo", "fal")
 # The id alphabet, written once: job ids (a client may choose one; not made only of dots:
 # "." and ".." are path segments, not names), and user ids and path segments, which may
 # not start with '.' (they become folder names).
@@ -120,9 +123,20 @@ class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     prompt: str
     id: str | None = None
     parameters: GenerationParams = msgspec.field(default_factory=GenerationParams)
-    provider: Name = "veo3"
+    # which provider runs the job (GET /api/providers lists those this server offers)
+    # one provider, or an ordered list to fall back along when one is paused (each then
+    # runs its default model: `model` must be absent)
+    provider: Name | Annotated[list[Name], Meta(min_length=1, max_length=MAX_FALLBACK)] = "veo3"
     model: Name | None = None
     priority: int = 0
+
+
+class Route(msgspec.Struct, frozen=True, rename="camel"):
+    """One provider a job may run on, with the model it would use there."""
+
+    provider: str
+    model: str
+    cost: float = 0.0  # one paid start there
 
 
 class VideoOutput(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -171,6 +185,10 @@ class Job(msgspec.Struct, rename="camel", omit_defaults=True):
     started_at: float | None = None
     finished_at: float | None = None
     checkpoint: Any = None
+    # the providers the job may run on, in the caller's order (None: `provider` alone)
+    routes: list[Route] | None = None
+    # one paid start's price (seconds x videos x the model's price a second), set at submit
+    estimated_cost: float = 0.0
 
     @property
     def terminal(self) -> bool:
@@ -223,6 +241,10 @@ class QueueStatus(msgspec.Struct, rename="camel"):
     quota_pauses: int = 0
     provider: dict[str, Any] = msgspec.field(default_factory=dict)
     webhooks: dict[str, Any] = msgspec.field(default_factory=dict)
+    # paid starts x seconds x price: `total`, `byProvider`, `byUserToday`, `inFlight`
+    spend: dict[str, Any] = msgspec.field(default_factory=dict)
+    # each provider's own gate: inFlight, maxConcurrency, rateLimitPerMinute, pausedUntil
+    providers: dict[str, Any] = msgspec.field(default_factory=dict)
     # dispatch = "sqs": workers, SQS depths, the dead-letter count (genqueue/cluster/)
     cluster: dict[str, Any] | None = None
 
@@ -240,8 +262,11 @@ def validate_request(req: GenerationRequest) -> None:
     _check_text("prompt", req.prompt)
     if req.id is not None and not JOB_ID.fullmatch(req.id):
         _fail("id", ID_RULE)
-    if req.provider not in PROVIDERS:
-        _fail("provider", f"provider must be one of {', '.join(PROVIDERS)}")
+    for name in [req.provider] if isinstance(req.provider, str) else req.provider:
+        if name not in PROVIDERS:
+            _fail("provider", f"provider must be one of {', '.join(PROVIDERS)}")
+    if isinstance(req.provider, list) and len(req.provider) > 1 and req.model is not None:
+        _fail("model", "a fallback list of providers runs each one's default model: omit model")
     if not 0 <= req.priority <= 10:
         _fail("priority", f"priority must be an integer from 0 to 10, got {req.priority}")
     p = req.parameters

@@ -9,11 +9,10 @@ import msgspec
 
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest
-from genqueue.models import GenerationRequest, Job, validate_request
-from genqueue.providers.veo import VeoSettings, check_request
-from genqueue.providers.veo import resolve as resolve_veo
+from genqueue.models import GenerationRequest, Job, Route, validate_request
+from genqueue.providers.registry import Registry
 
-__all__ = ["ModelCheck", "RequestLike", "new_job", "parse_request"]
+__all__ = ["RequestLike", "Routing", "new_job", "parse_request"]
 
 RequestLike = GenerationRequest | dict[str, Any] | bytes
 _REQUEST = msgspec.json.Decoder(GenerationRequest)
@@ -39,8 +38,9 @@ def parse_request(request: RequestLike) -> GenerationRequest:
     return req
 
 
-def new_job(req: GenerationRequest, user_id: str, *, now_s: float, model: str) -> Job:
-    """The job a request makes; `model`: the one it runs on (checked by the provider)."""
+def new_job(req: GenerationRequest, user_id: str, *, now_s: float, routes: list[Route]) -> Job:
+    """The job a request makes; `routes`: the providers and models it may run on, in order
+    (checked against each model's capability row), each with one paid start's price."""
     job_id = req.id or uuid.uuid4().hex
     return Job(
         id=job_id,
@@ -50,24 +50,35 @@ def new_job(req: GenerationRequest, user_id: str, *, now_s: float, model: str) -
         user_id=user_id,
         prompt=req.prompt,
         parameters=req.parameters,
-        provider=req.provider,
-        model=model,
+        provider=routes[0].provider,
+        model=routes[0].model,
+        routes=routes if len(routes) > 1 else None,
+        estimated_cost=routes[0].cost,  # a fallback takes its route's own
         priority=req.priority,
         created_at=now_s,
         updated_at=now_s,
     )
 
 
-class ModelCheck:
-    """The model a request's job will use, checked against the provider's capability table
-    (Veo is the one provider: every job runs on it, whatever its `provider` says)."""
+class Routing:
+    """The routes a request's job may take: its provider (or its ordered fallback list) and
+    model, each checked against the model's capability row and priced, before anything is
+    stored. The registry is built at the first submission."""
 
     def __init__(self, config: Config):
         self._config = config
-        self._veo: VeoSettings | None = None  # resolved at the first submission
+        self._registry: Registry | None = None
 
-    def __call__(self, req: GenerationRequest) -> str:
-        if self._veo is None:
-            self._veo = resolve_veo(self._config)
-        veo = self._veo
-        return check_request(req, dialect=veo.dialect, default_model=veo.model, models=veo.models)
+    @property
+    def registry(self) -> Registry:
+        """The providers this queue offers (GET /api/providers)."""
+        if self._registry is None:
+            self._registry = Registry(self._config)
+        return self._registry
+
+    def __call__(self, req: GenerationRequest) -> list[Route]:
+        registry = self.registry
+        return [
+            msgspec.structs.replace(r, cost=registry.start_cost(r, req.parameters))
+            for r in registry.route(req)
+        ]

@@ -358,6 +358,16 @@ async def drive(page: Page, base_url: str, shot: Path) -> None:
         "document.getElementById('s-flight').textContent.includes('/')", "the queue figures"
     )
 
+    # The form offers what GET /api/providers lists (no keys: both fakes), Veo's default first.
+    models = await page.wait_for(
+        "(() => { const o = [...document.getElementById('model').options].map(x => x.value);"
+        " return o.length > 2 && o; })()",
+        "the providers in the form",
+    )
+    assert '["fal","fal-ai/veo3.1"]' in models and '["fal","fal-ai/veo3.1/fast"]' in models
+    selected = json.loads(await page.js("document.getElementById('model').value"))
+    assert selected[0] == "veo3"
+
     # Two prompts through the form; the first is the one the test follows.
     prompts = [
         "A lighthouse on a cliff at dusk, waves crashing, slow aerial orbit",
@@ -366,8 +376,9 @@ async def drive(page: Page, base_url: str, shot: Path) -> None:
     ids: list[str] = []
     for n, prompt in enumerate(prompts):
         await page.type_into("#prompt", prompt)
-        if n:
+        if n:  # the second through fal (its fake: no keys here)
             await page.js("document.getElementById('duration').value = '4'")
+            await page.js("document.getElementById('model').value = '[\"fal\",\"fal-ai/veo3.1\"]'")
         await page.click("#submit")
         note = await page.wait_for(
             f"(() => {{ const t = document.getElementById('submit-note').textContent;"

@@ -177,6 +177,19 @@ def queues(tmp_path: Path) -> Iterator[QueueFactory]:
         yield factory
 
 
+def test_providers_list_what_a_submission_may_name(api: Opener) -> None:
+    q = api.open(Recorder())
+    listing = q.providers()
+    by_name = {p.name: p for p in listing.providers}
+    assert listing.default_provider == "veo3" and {"veo3", "fal"} <= set(by_name)
+    fal_model = next(m.id for m in by_name["fal"].models if not m.default)
+    job, _ = q.submit(request(id="on-fal", provider="fal", model=fal_model))
+    assert (job.provider, job.model) == ("fal", fal_model)
+    with pytest.raises(InvalidRequest) as bad:
+        q.submit(request(provider="fal", model=by_name["veo3"].models[0].id))
+    assert bad.value.field == "model"
+
+
 def test_an_embedder_lists_one_users_jobs_or_everyones(queues: QueueFactory) -> None:
     q = queues.open(Recorder(hold_all=True), max_concurrency=1)
     q.submit(request(id="a-0"), user_id="alice")

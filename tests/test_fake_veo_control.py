@@ -78,8 +78,11 @@ def test_malformed_json_rate_limit_and_bad_controls() -> None:
             await post_faults(session, fake.base_url, {"malformed_json_next": True})
             with pytest.raises(ProviderError) as err:
                 await client.start("a fox", VideoParams())
-            assert err.value.code == "malformed_response"
-            await post_faults(session, fake.base_url, {"rate_limit_per_minute": 1})
+            assert err.value.code == "ambiguous_start"  # a 2xx: Google started it
+            seen = await stats(session, fake.base_url)
+            assert seen["starts"] == 1 and len(seen["operations"]) == 1
+            assert seen["faults"]["malformed_json_next"] is False
+            await post_faults(session, fake.base_url, {"rate_limit_per_minute": 2})
             await client.start("a fox", VideoParams())
             with pytest.raises(ProviderError) as err:
                 await client.start("a fox", VideoParams())

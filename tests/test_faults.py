@@ -286,14 +286,22 @@ def test_5xx_answers_to_start_poll_and_download_are_retried(world: World, server
     run(server, scenario)
 
 
-def test_malformed_json_from_veo_is_retried(world: World, server: Server) -> None:
+def test_malformed_json_answering_a_start_fails_it_as_ambiguous_never_paid_twice(
+    world: World, server: Server
+) -> None:
+    """A start answered 200 with JSON cut short was accepted by Veo (the fake, like Google,
+    started it): with VEO3_AMBIGUOUS_START=fail (the default) the job fails, and no second
+    start is sent."""
+
     async def scenario(api: Api, session: aiohttp.ClientSession) -> None:
         await world.fake.faults(session, malformed_json_next=True)
         prompts = await submit_all(api, ["malformed-1"], "Veo answers malformed JSON")
         jobs = await api.wait_all(list(prompts), JOB_TIMEOUT_S)
-        await assert_delivered(world, session, jobs)
+        job = jobs["malformed-1"]
+        assert job["status"] == "failed" and "VEO3_AMBIGUOUS_START" in job["error"], job
         await one_paid_start_each(world, session, prompts)
         assert (await world.fake.stats(session))["faults"]["malformed_json_next"] is False
+        assert (await api.queue_status())["provider"]["ambiguousStarts"] >= 1
 
     run(server, scenario)
 

@@ -744,6 +744,28 @@ def test_videos_are_served_read_only_without_escaping_the_folder(tmp_path: Path)
     run(body())
 
 
+def test_a_public_base_url_with_a_path_prefix_still_serves_signed_videos(tmp_path: Path) -> None:
+    """Behind a proxy that serves us under `/gq` (GENQUEUE_PUBLIC_BASE_URL ends in `/gq`) and
+    strips it, the route sees `/videos/u/n.mp4`: the signature covers that path, not the
+    public URL's."""
+    root = tmp_path / "videos"
+    (root / "alice").mkdir(parents=True)
+    (root / "alice" / "job-1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+
+    async def body() -> None:
+        async with serve(tmp_path, video_root=root) as api:
+            urls = api.app[QUEUE].video_urls
+            assert urls is not None
+            public = urls.sign("https://example.com/gq/videos/alice/job-1.mp4")
+            query = urlsplit(public).query
+            async with api.session.get(f"/videos/alice/job-1.mp4?{query}") as resp:
+                assert resp.status == 200 and (await resp.read())[4:8] == b"ftyp"
+            status, err, _ = await api.call("GET", f"/videos/alice/job-2.mp4?{query}", None)
+            assert_error(status, err, 403, "forbidden")  # it signs that one video only
+
+    run(body())
+
+
 def test_local_videos_need_a_current_signature_and_are_re_signed_on_every_read(
     tmp_path: Path,
 ) -> None:

@@ -213,6 +213,90 @@ def test_a_429_again_right_after_its_pause_is_taken_for_the_daily_quota(queues):
     assert q.get("a").status == "completed" and q.status().paused_reason is None
 
 
+def test_a_429_long_after_the_last_pause_is_a_plain_rate_limit(queues):
+    """Jobs started fine after a per-minute pause but none completed yet (Veo takes
+    minutes): another ordinary 429 ten minutes later pauses for its Retry-After, not the
+    quota pause (the reviewer's finding 8)."""
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    limited = ProviderError("too many", retryable=True, status=429, retry_after_s=30)
+    rec.script["a"] = [limited, "hold"]
+    rec.script["b"] = ["hold"]
+    rec.script["c"] = [limited]
+    q = queues.open(rec, clock=clock, max_concurrency=4, retry_backoff_s=2, max_attempts=5)
+    q.submit(request(id="a"))
+    poll_until(lambda: q.status().paused_until == t0 + 30, "a per-minute pause")
+    q.submit(request(id="b"))
+    clock.advance(30)
+    rec.wait_running("b")
+    clock.advance(600)
+    q.submit(request(id="c"))
+    rec.wait_calls(4)
+    poll_until(lambda: q.status().paused_until == t0 + 660, "c's per-minute pause")
+    st = q.status()
+    assert (st.paused_reason, st.quota_pauses, st.rate_limit_hits) == ("rate_limit", 0, 2)
+    rec.release_all()
+
+
+def test_a_start_accepted_after_a_pause_means_the_next_429_is_not_the_quota(queues):
+    """A 429 right after a pause ends is the quota only when no start was accepted since:
+    a job dispatched after the pause that checkpoints (its start was accepted) clears it."""
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    rec.checkpoint = {"operation": "op-1"}  # reported before holding: a start accepted
+    limited = ProviderError("too many", retryable=True, status=429, retry_after_s=30)
+    rec.script["a"] = [limited, "hold"]
+    rec.script["b"] = ["hold"]
+    rec.script["c"] = [limited]
+    q = queues.open(rec, clock=clock, max_concurrency=4, retry_backoff_s=2, max_attempts=5)
+    q.submit(request(id="a"))
+    poll_until(lambda: q.status().paused_until == t0 + 30, "a per-minute pause")
+    q.submit(request(id="b"))
+    clock.advance(30)
+    rec.wait_running("b")
+    poll_until(lambda: q.get("b").checkpoint is not None, "b's checkpoint")
+    clock.advance(5)  # within one pause length (30 s) of the pause's end
+    q.submit(request(id="c"))
+    poll_until(lambda: q.status().paused_until == t0 + 65, "c's per-minute pause")
+    assert (q.status().paused_reason, q.status().quota_pauses) == ("rate_limit", 0)
+    rec.release_all()
+
+
+def test_a_checkpoint_without_progress_says_nothing_of_the_provider(queues):
+    """A checkpoint stored with no progress (what sqs mode's coordinator saves at dispatch,
+    before any worker called Veo) does not count as an accepted start: a 429 right after
+    the pause is still taken for the quota."""
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    limited = ProviderError("too many", retryable=True, status=429, retry_after_s=30)
+    rec.script["a"] = [limited, "hold"]
+    rec.script["b"] = ["hold"]
+    rec.script["c"] = [limited]
+
+    async def bookkeeping_first(job, report):
+        if job.id == "b":
+            await report(checkpoint={"attempt": 1, "work": None})
+        return await rec(job, report)
+
+    q = queues.open(
+        bookkeeping_first, clock=clock, max_concurrency=4, retry_backoff_s=2, max_attempts=5
+    )
+    q.submit(request(id="a"))
+    poll_until(lambda: q.status().paused_until == t0 + 30, "a per-minute pause")
+    q.submit(request(id="b"))
+    clock.advance(30)
+    rec.wait_running("b")
+    poll_until(lambda: q.get("b").checkpoint is not None, "b's checkpoint")
+    clock.advance(5)
+    q.submit(request(id="c"))
+    poll_until(lambda: q.status().paused_until == t0 + 35 + 3600, "the quota pause")
+    assert (q.status().paused_reason, q.status().quota_pauses) == ("quota", 1)
+    rec.release_all()
+
+
 # -- dispatch modes -----------------------------------------------------------------------------
 
 

@@ -611,11 +611,11 @@ def test_1000_concurrent_asks_never_block_the_loop(make_system: MakeSystem) -> N
     assert results == [i * 2 for i in range(1000)]
     # 1000 turns of ~1 ms on 8 actors take >= 125 ms: the timer kept firing meanwhile.
     assert ticks >= 10, ticks
-    # Typically ~10 ms at worst here (the GIL switch interval among a dozen threads); a
-    # loop blocked on the actors misses the whole run (> 1 s, one tick). The max bound
-    # leaves room for an oversubscribed CI machine; the median must stay small.
+    # A loop blocked on the actors misses the whole run (one late tick); a free one fires
+    # on time nearly always. No bound on the single worst tick: on an oversubscribed
+    # machine the OS may deschedule the loop thread for a few hundred ms (seen: 0.42 s),
+    # which says nothing about the actors.
     assert statistics.median(lateness) < 0.02, sorted(lateness)
-    assert max(lateness) < 0.25, sorted(lateness)
 
 
 def test_ask_async_raises_the_actors_error(make_system: MakeSystem) -> None:

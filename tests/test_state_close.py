@@ -21,6 +21,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,6 +95,15 @@ def fail_once(path: Path, fault: str, i: int) -> None:
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def settled_threads(expected: int, timeout_s: float = 10.0) -> int:
+    """The live thread count once it is back to `expected` (a thread that ended its work
+    may take a moment to exit), or, if it never is, the count at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while threading.active_count() != expected and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling a condition, with a deadline
+    return threading.active_count()
 
 
 # -- each way out ------------------------------------------------------------------------
@@ -181,7 +191,7 @@ def test_a_store_failed_and_reopened_100_times_keeps_its_fds_flat(tmp_path: Path
     for i in range(1, 101):
         fail_once(path, faults[i % len(faults)], i)
     assert fd_count() == fds, "a failed store kept file descriptors"
-    assert threading.active_count() == threads, "a failed store kept threads"
+    assert settled_threads(threads) == threads, "a failed store kept threads"
     store = StateStore(path)
     try:  # every committed write kept, every refused one gone
         kept = store.namespace("jobs").list("")
@@ -206,5 +216,5 @@ def test_a_queue_reopened_after_100_store_failures_keeps_its_fds_flat(tmp_path: 
             if i == 0:  # after the first reopen: everything lazily made is made
                 fds, threads = fd_count(), threading.active_count()
         assert fd_count() == fds, "a reopened queue kept file descriptors"
-        assert threading.active_count() == threads, "a reopened queue kept threads"
+        assert settled_threads(threads) == threads, "a reopened queue kept threads"
         assert queue.get("first").status in ("queued", "processing")

@@ -285,15 +285,21 @@ def test_wrong_or_missing_key_is_refused_and_never_echoed() -> None:
     run(body())
 
 
-def test_malformed_json_is_retryable() -> None:
+def test_malformed_json_is_ambiguous_on_a_start_and_retryable_on_a_poll() -> None:
+    """A 2xx start answer that cannot be read was accepted (and maybe billed) by Google: an
+    ambiguous start, not retryable. A malformed poll answer is retryable (polling is free)."""
+
     async def body() -> None:
         async with veo() as (fake, client):
             fake.malformed_json_next = True
             err = await failure(client.start("x", VideoParams()))
-            assert (err.retryable, err.code) == (True, "malformed_response")
+            assert (err.retryable, err.code) == (False, "ambiguous_start")
+            assert fake.starts == 1 and len(fake.operations) == 1  # Google did start it
             name = await client.start("x", VideoParams())
             fake.malformed_json_next = True
-            assert (await failure(client.poll(name))).code == "malformed_response"
+            err = await failure(client.poll(name))
+            assert (err.retryable, err.code) == (True, "malformed_response")
+            assert (await client.poll(name)).name == name  # the next poll reads fine
 
     run(body())
 

@@ -59,7 +59,9 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 
 class ScriptedVertex:
     """A Vertex predictLongRunning / fetchPredictOperation server whose operations end as
-    scripted: each start takes the next outcome (a dict for `done` ops, or "hang")."""
+    scripted: each start takes the next outcome (a dict for `done` ops, "hang", "cut": the
+    operation starts but the 200 answer's JSON is cut short, as by a proxy, or "lost": every
+    poll of the operation answers 404, as a host that does not know it does)."""
 
     def __init__(self, outcomes: list[Any]):
         self.outcomes = outcomes
@@ -85,8 +87,13 @@ class ScriptedVertex:
                 f"/operations/op{self.starts}"
             )
             self.results[name] = outcome
+            if outcome == "cut":
+                return web.Response(text=f'{{"name": "{name[:30]}', content_type="application/json")
             return web.json_response({"name": name})
         name = body["operationName"]
+        if self.results[name] == "lost":
+            error = {"code": 404, "message": f"Operation {name} not found.", "status": "NOT_FOUND"}
+            return web.json_response({"error": error}, status=404)
         return web.json_response({"name": name, "done": True, **self.results[name]})
 
 
@@ -131,9 +138,13 @@ async def generate(
         )
         store = LocalStore(tmp, "http://videos.test")
         await store.start()
-        gen = GenerationActor(client, store, clock=SkippingClock(), polling_interval_s=1, **actor)
+        settings = {k: v for k, v in actor.items() if k not in ("job", "params")}
+        gen = GenerationActor(
+            client, store, clock=SkippingClock(), polling_interval_s=1, **settings
+        )
         try:
-            outcome: Any = await gen(job(**actor.pop("params", {})), report)
+            the_job = actor.pop("job", None) or job(**actor.pop("params", {}))
+            outcome: Any = await gen(the_job, report)
         except ProviderError as exc:
             outcome = exc
         finally:
@@ -169,6 +180,19 @@ def test_an_audio_block_is_tried_again_a_bounded_number_of_times(tmp_path: Path)
     assert "not been charged" in err.message
 
 
+def test_an_audio_block_google_did_not_charge_costs_nothing(tmp_path: Path) -> None:
+    """Spend (issue 15): three paid-looking starts, two of them blocked with "You have not
+    been charged": the job's spend is one start's price."""
+    blocked = {"error": {"code": 3, "message": NOT_CHARGED}}
+    ok = {"response": {"videos": [video(build_mp4(10_000))]}}
+    server = ScriptedVertex([blocked, blocked, ok])
+    priced = msgspec.structs.replace(job(), estimated_cost=3.2)
+    result, _, checkpoints = run(generate(server, tmp_path, audio_block_retries=2, job=priced))
+    assert result.video_key and server.starts == 3
+    assert checkpoints[-1]["spent"] == pytest.approx(3.2)
+    assert max(c.get("spent", 0) for c in checkpoints) == pytest.approx(3.2)
+
+
 def test_a_blocked_prompt_is_final_at_once(tmp_path: Path) -> None:
     message = "The prompt could not be submitted. Support codes: 58061214"
     server = ScriptedVertex([{"error": {"code": 3, "message": message}}])
@@ -189,6 +213,86 @@ def test_an_ambiguous_start_follows_the_policy_and_is_counted(tmp_path: Path, po
         assert "VEO3_AMBIGUOUS_START=fail" in outcome.message
     else:  # knowingly started again
         assert (tmp_path / outcome.video_key).is_file() and server.starts == 2
+
+
+@pytest.mark.parametrize("policy", ["fail", "retry"])
+def test_a_start_answered_2xx_unreadably_is_ambiguous_never_resent_blindly(
+    tmp_path: Path, policy: str
+) -> None:
+    """A 2xx to a start means Google accepted (and may bill) it: an answer that cannot be
+    decoded is an ambiguous start (counted, VEO3_AMBIGUOUS_START), never a blind retry."""
+    ok = {"response": {"videos": [video(build_mp4(10_000))]}}
+    server = ScriptedVertex(["cut", ok])
+    outcome, gen, _ = run(generate(server, tmp_path, ambiguous_start=policy))
+    assert gen.stats()["ambiguousStarts"] == 1
+    if policy == "fail":
+        assert isinstance(outcome, ProviderError) and server.starts == 1
+        assert (outcome.code, outcome.retryable) == ("ambiguous_start", False)
+        assert "could not be read" in outcome.message
+    else:
+        assert (tmp_path / outcome.video_key).is_file() and server.starts == 2
+
+
+@pytest.mark.parametrize("policy", ["fail", "retry"])
+def test_a_404_to_a_poll_is_an_ambiguous_start_never_paid_again_silently(
+    tmp_path: Path, policy: str
+) -> None:
+    """Veo forgot (or the wrong host does not know) an operation it accepted: it may have
+    been paid, so a new start follows VEO3_AMBIGUOUS_START and is counted either way."""
+    ok = {"response": {"videos": [video(build_mp4(10_000))]}}
+    server = ScriptedVertex(["lost", ok])
+    outcome, gen, _ = run(generate(server, tmp_path, ambiguous_start=policy))
+    assert gen.stats()["ambiguousStarts"] == 1
+    if policy == "fail":
+        assert isinstance(outcome, ProviderError) and server.starts == 1
+        assert (outcome.code, outcome.retryable) == ("operation_not_found", False)
+        assert "VEO3_AMBIGUOUS_START=fail" in outcome.message
+    else:
+        assert (tmp_path / outcome.video_key).is_file() and server.starts == 2
+
+
+def test_a_lost_operation_on_the_built_in_fake_starts_anew(tmp_path: Path) -> None:
+    """The built-in fake (free) forgets its operations when `serve` restarts: its lost
+    operations start anew whatever the policy, still counted."""
+    ok = {"response": {"videos": [video(build_mp4(10_000))]}}
+    server = ScriptedVertex(["lost", ok])
+    outcome, gen, _ = run(generate(server, tmp_path, lost_operation="retry"))
+    assert (tmp_path / outcome.video_key).is_file() and server.starts == 2
+    assert gen.stats()["ambiguousStarts"] == 1
+
+
+def test_a_vertex_operation_is_polled_at_its_own_location(tmp_path: Path) -> None:
+    """Started in europe-west4, then VERTEX_LOCATION changed to us-central1 across a restart:
+    the poll goes to europe-west4's host (which knows the operation), not us-central1's."""
+
+    async def body() -> None:
+        fakes = {"access_token": TOKEN, "latency_s": 0.0}
+        async with (
+            FakeVeoServer(**fakes) as europe,
+            FakeVeoServer(**fakes) as us,
+            aiohttp.ClientSession() as session,
+        ):
+            common = {"dialect": "vertex", "project": PROJECT, "access_token": TOKEN}
+            before = Veo3Client(
+                session, base_url=europe.base_url, location="europe-west4", **common
+            )
+            name = await before.start("a heron", VideoParams())
+            assert "/locations/europe-west4/" in name
+            hosts = {"europe-west4": europe.base_url, "us-central1": us.base_url}
+            after = Veo3Client(
+                session,
+                base_url=us.base_url,
+                location="us-central1",
+                host_for_location=hosts.__getitem__,
+                **common,
+            )
+            assert (await after.poll(name)).done and (europe.polls, us.polls) == (1, 0)
+            fixed = Veo3Client(session, base_url=us.base_url, location="us-central1", **common)
+            with pytest.raises(ProviderError) as err:  # a fixed host (VEO3_BASE_URL): as set
+                await fixed.poll(name)
+            assert err.value.code == "operation_not_found" and us.polls == 1
+
+    run(body())
 
 
 def test_a_start_that_never_connected_is_retried_freely(tmp_path: Path) -> None:

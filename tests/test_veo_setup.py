@@ -21,7 +21,7 @@ from genqueue.errors import ConfigError, InvalidRequest
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo import Veo3Client, VideoParams, resolve
 from genqueue.providers.veo.startup import check_models
-from genqueue.requests import ModelCheck, new_job
+from genqueue.requests import Routing, new_job
 
 KEY = "setup-key-1"
 
@@ -29,7 +29,7 @@ KEY = "setup-key-1"
 def job_for(cfg: Config, request: dict[str, Any]) -> Job:
     """The job a submission of `request` makes (what JobQueue.submit checks first)."""
     req = parse_request(request)
-    return new_job(req, "u", now_s=0.0, model=ModelCheck(cfg)(req))
+    return new_job(req, "u", now_s=0.0, routes=Routing(cfg)(req))
 
 
 def settings(**env: str) -> Any:
@@ -53,6 +53,9 @@ def test_door_host_and_model_follow_the_configuration(tmp_path: Path) -> None:
     assert settings(VERTEX_PROJECT="p1", VERTEX_LOCATION="global").base_url == (
         "https://aiplatform.googleapis.com"
     )
+    assert vertex.location_hosts  # an operation is polled at its own location's host
+    based = settings(VERTEX_PROJECT="p1", VEO3_BASE_URL="http://127.0.0.1:9")
+    assert not based.location_hosts and not settings(VEO3_API_KEY=KEY).location_hosts
     key_file = tmp_path / "sa.json"
     key_file.write_text(json.dumps({"type": "service_account", "project_id": "from-adc"}))
     adc = settings(GOOGLE_APPLICATION_CREDENTIALS=str(key_file))

@@ -188,17 +188,26 @@ class FairLine(Generic[E]):
             del self._per_user[entry.user_id]
         self._total -= 1
 
-    def next(self, blocked: Callable[[str], bool] | None = None) -> E | None:
+    def next(
+        self, blocked: Callable[[str], bool] | None = None, ok: Callable[[E], bool] | None = None
+    ) -> E | None:
         """The entry to dispatch next (left in the line), skipping users `blocked` says are
-        at their cap; None when nothing may start."""
+        at their cap and, with `ok`, entries it refuses (a closed provider's jobs: then a
+        user's first job that may start, which scans that user's waiting jobs); None when
+        nothing may start."""
         for priority in sorted(self._lanes, reverse=True):
             lane = self._lanes[priority]
             last = self.turns.get(str(priority))
-            if blocked is None:  # no per-user cap: the next user's turn, at once
+            if blocked is None and ok is None:  # the next user's turn, at once
                 return lane.by_user[lane.users[lane.first_after(last)]][0]
             for user in lane.after(last):
-                if not blocked(user):
+                if blocked is not None and blocked(user):
+                    continue
+                if ok is None:
                     return lane.by_user[user][0]
+                entry = next((e for e in lane.by_user[user] if ok(e)), None)
+                if entry is not None:
+                    return entry
         return None
 
     def served(self, entry: E) -> None:

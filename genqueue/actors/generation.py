@@ -23,24 +23,21 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import msgspec
 
+from genqueue.actors.system import TASK_CANCELLED
 from genqueue.clock import Clock, RealClock
-from genqueue.config import Config
 from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult, VideoOutput
 from genqueue.processor import Report as ReportFn
-from genqueue.providers.fake_veo import FakeVeoServer
-from genqueue.providers.veo import Operation, Veo3Client, VideoRef, resolve, to_video_params
-from genqueue.providers.veo.google_auth import Auth, load_adc
-from genqueue.storage.videos import LocalStore, S3Store, StoredVideo, VideoStore
+from genqueue.providers.base import ProviderClient
+from genqueue.providers.veo import Operation, VideoRef, to_video_params
+from genqueue.storage.videos import LocalStore, StoredVideo, VideoStore
 from genqueue.storage.videourls import stored_video_key
 
-__all__ = ["GenerationActor", "GenerationCheckpoint", "GenerationService"]
+__all__ = ["GenerationActor", "GenerationCheckpoint"]
 
 log = logging.getLogger("genqueue.generation")
 T = TypeVar("T")
@@ -70,6 +67,7 @@ class GenerationCheckpoint(msgspec.Struct, omit_defaults=True):
     # generation's further videos (`sampleCount`) are `{video_name}-{n}`.
     video_name: str | None = None
     audio_blocks: int = 0  # operations whose audio Veo blocked (not charged)
+    spent: float = 0.0  # paid starts x the job's price a start (an uncharged block: none)
 
 
 class GenerationActor:
@@ -77,7 +75,7 @@ class GenerationActor:
 
     def __init__(
         self,
-        client: Veo3Client,
+        client: ProviderClient,
         store: VideoStore,
         *,
         polling_interval_s: float = 5.0,
@@ -86,9 +84,13 @@ class GenerationActor:
         clock: Clock | None = None,
         ambiguous_start: str = "fail",
         audio_block_retries: int = 2,
+        lost_operation: str | None = None,
     ):
         self.client = client
         self.ambiguous_start = ambiguous_start
+        # A poll's 404 (the operation lost): VEO3_AMBIGUOUS_START unless said otherwise (the
+        # built-in fake, free and forgetful across restarts, starts anew).
+        self.lost_operation = lost_operation or ambiguous_start
         self.audio_block_retries = audio_block_retries
         self.ambiguous_starts = 0  # starts whose answer was lost (maybe paid)
         self.store = store
@@ -99,12 +101,45 @@ class GenerationActor:
         self.calls: dict[str, int] = {"start": 0, "poll": 0, "download": 0, "errors": 0}
         self.rate_limited = 0  # 429 answers
         self._recent: deque[float] = deque()  # times of calls in the last minute
+        self._started: dict[str, str] = {}  # job id -> the provider request it runs
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     async def __call__(self, job: Job, report: ReportFn) -> JobResult:
         t0 = time.monotonic()
         ids = {"job_id": job.id, "user_id": job.user_id}
         ckpt = msgspec.convert(job.checkpoint or {}, GenerationCheckpoint)
         log.info("generation started", extra={**ids, "resumed": ckpt.operation is not None})
+        try:
+            return await self._run(job, ckpt, report, t0, ids)
+        except asyncio.CancelledError as exc:
+            if TASK_CANCELLED in exc.args:
+                self._cancel_remote(job)
+            raise
+        finally:
+            self._started.pop(job.id, None)
+
+    def _cancel_remote(self, job: Job) -> None:
+        """The job was cancelled (not the process stopped): ask the provider to cancel the
+        request it is running, when it can (fal can; Veo has no cancel)."""
+        name = self._started.get(job.id)
+        cancel = getattr(self.client, "cancel", None)
+        if name is None or cancel is None:
+            return
+        task = asyncio.get_running_loop().create_task(cancel(name))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+        log.info("provider request cancelled", extra={"job_id": job.id, "operation": name})
+
+    async def _run(
+        self,
+        job: Job,
+        ckpt: GenerationCheckpoint,
+        report: ReportFn,
+        t0: float,
+        ids: dict[str, str],
+    ) -> JobResult:
+        if ckpt.operation is not None:
+            self._started[job.id] = ckpt.operation
         try:
             while True:
                 fresh = ckpt.operation is None
@@ -114,31 +149,7 @@ class GenerationActor:
                     op = await self._poll_until_done(job, ckpt, report, fresh=fresh)
                     break
                 except ProviderError as exc:
-                    if exc.code == "audio_blocked":
-                        # Not charged and not deterministic: a bounded number of new tries.
-                        if ckpt.audio_blocks >= self.audio_block_retries:
-                            raise _final(exc, f"after {ckpt.audio_blocks + 1} operations") from exc
-                        ckpt = msgspec.structs.replace(
-                            ckpt, operation=None, audio_blocks=ckpt.audio_blocks + 1
-                        )
-                        await report(checkpoint=msgspec.to_builtins(ckpt))
-                        continue
-                    # A failed operation that may be retried, or one the provider no longer
-                    # knows (expired, or the fake restarted): start anew within the budget.
-                    lost = exc.code == "operation_not_found"
-                    if not lost and (exc.code != "operation_error" or not exc.retryable):
-                        raise
-                    if ckpt.starts > self.max_retries:
-                        # Retries spent: final, or the queue's retry would re-poll the
-                        # failed operation the checkpoint still names.
-                        raise ProviderError(
-                            f"{exc.message} (after {ckpt.starts} operations)",
-                            retryable=False,
-                            status=exc.status,
-                            code=exc.code,
-                        ) from exc
-                    ckpt = msgspec.structs.replace(ckpt, operation=None)
-                    await report(checkpoint=msgspec.to_builtins(ckpt))
+                    ckpt = await self._after_failed_operation(job, ckpt, exc, report)
             result = await self._store(job, op, ckpt, report, t0)
         except ProviderError as exc:
             log.warning(
@@ -155,6 +166,55 @@ class GenerationActor:
         )
         return result
 
+    async def _after_failed_operation(
+        self, job: Job, ckpt: GenerationCheckpoint, exc: ProviderError, report: ReportFn
+    ) -> GenerationCheckpoint:
+        """The checkpoint to go on with (its operation cleared: start anew) when polling
+        ended in `exc`, or raise: the job's outcome."""
+        if exc.code == "audio_blocked":
+            # Not charged and not deterministic: a bounded number of new tries.
+            if ckpt.audio_blocks >= self.audio_block_retries:
+                raise _final(exc, f"after {ckpt.audio_blocks + 1} operations") from exc
+            ckpt = msgspec.structs.replace(
+                ckpt,
+                operation=None,
+                audio_blocks=ckpt.audio_blocks + 1,
+                spent=max(0.0, ckpt.spent - job.estimated_cost),  # not charged
+            )
+            await report(checkpoint=msgspec.to_builtins(ckpt))
+            return ckpt
+        # A failed operation that may be retried, or one the provider no longer knows
+        # (expired, polled at the wrong host, or the built-in fake restarted).
+        lost = exc.code == "operation_not_found"
+        if not lost and (exc.code != "operation_error" or not exc.retryable):
+            raise exc
+        if lost:
+            self._lost_operation(job, exc)
+        if ckpt.starts > self.max_retries:
+            # Retries spent: final, or the queue's retry would re-poll the failed operation
+            # the checkpoint still names.
+            raise _final(exc, f"after {ckpt.starts} operations") from exc
+        ckpt = msgspec.structs.replace(ckpt, operation=None)
+        await report(checkpoint=msgspec.to_builtins(ckpt))
+        return ckpt
+
+    def _lost_operation(self, job: Job, exc: ProviderError) -> None:
+        """Veo answered 404 to a poll of an operation it accepted (and may have charged
+        for): an ambiguous start, counted, under VEO3_AMBIGUOUS_START ("fail": the job
+        fails rather than pay for a second video; "retry": a new operation is started)."""
+        self.ambiguous_starts += 1
+        log.warning("veo operation lost", extra={"job_id": job.id, "error": exc.message})
+        if self.lost_operation == "retry":
+            return
+        raise ProviderError(
+            f"{exc.message}; Veo accepted this operation (and may have charged for it) but no"
+            " longer knows it: not started again, to never pay twice"
+            " (VEO3_AMBIGUOUS_START=fail): check the Veo console before resubmitting",
+            retryable=False,
+            status=exc.status,
+            code="operation_not_found",
+        ) from exc
+
     async def _start(
         self, job: Job, ckpt: GenerationCheckpoint, report: ReportFn
     ) -> GenerationCheckpoint:
@@ -170,8 +230,13 @@ class GenerationActor:
             },
         )
         ckpt = msgspec.structs.replace(
-            ckpt, operation=name, started_at=self.clock.now(), starts=ckpt.starts + 1
+            ckpt,
+            operation=name,
+            started_at=self.clock.now(),
+            starts=ckpt.starts + 1,
+            spent=ckpt.spent + job.estimated_cost,
         )
+        self._started[job.id] = name
         await report(progress=5, checkpoint=msgspec.to_builtins(ckpt))  # durable before polling
         return ckpt
 
@@ -341,108 +406,3 @@ class GenerationActor:
                     extra={"error": exc.message, "status": exc.status, "retry_in_s": delay},
                 )
                 await self.clock.sleep(delay)
-
-
-class GenerationService:
-    """The GenerationActor with its clients: a session, the Veo client, the video store.
-
-    With no `VEO3_API_KEY` it starts the fake Veo server on loopback, so a new user sees
-    jobs complete without a Google account.
-    """
-
-    def __init__(self, config: Config, *, clock: Clock | None = None, public_base_url: str = ""):
-        self.config = config
-        self.clock = clock
-        self.public_base_url = (
-            public_base_url or config.public_base_url or (f"http://{config.host}:{config.port}")
-        )
-        self.actor: GenerationActor | None = None
-        self.fake: FakeVeoServer | None = None
-        self._stack = contextlib.AsyncExitStack()
-
-    async def start(self) -> None:
-        cfg = self.config
-        veo = resolve(cfg)
-        base_url = veo.base_url
-        if veo.fake:
-            self.fake = FakeVeoServer(latency_s=3.0)
-            await self._stack.enter_async_context(self.fake)
-            base_url = self.fake.base_url
-            log.warning(
-                "no VEO3_API_KEY: using the built-in fake Veo server", extra={"base_url": base_url}
-            )
-        session = await self._stack.enter_async_context(
-            aiohttp.ClientSession(
-                # aiohttp's default of 100 connections would queue calls of larger batches.
-                connector=aiohttp.TCPConnector(limit=max(100, 2 * cfg.max_concurrency)),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        )
-        client = Veo3Client(
-            session,
-            base_url=base_url,
-            api_key=veo.api_key,
-            dialect=veo.dialect,
-            access_token=veo.access_token,
-            project=veo.project,
-            location=veo.location,
-            model=veo.model,
-            auth=await self._adc(veo),
-            output_gcs_uri=veo.output_gcs_uri,
-            gcs_base_url=cfg.gcs_base_url,
-            result_timeout_s=cfg.veo3_result_timeout_s,
-            quota_pause_s=cfg.veo3_quota_pause_s,
-        )
-        store = self._video_store()
-        await store.start()
-        self._stack.push_async_callback(store.close)
-        self.actor = GenerationActor(
-            client,
-            store,
-            polling_interval_s=cfg.poll_interval_s,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            clock=self.clock,
-            ambiguous_start=cfg.veo3_ambiguous_start,
-            audio_block_retries=cfg.veo3_audio_block_retries,
-        )
-
-    async def _adc(self, veo: Any) -> Auth | None:
-        """Application Default Credentials for Vertex without a fixed token or API key
-        (loaded in the executor: ADC may read files and probe the metadata server)."""
-        if veo.dialect != "vertex" or veo.access_token or veo.express:
-            return None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, functools.partial(load_adc, veo.credentials_file, clock=self.clock)
-        )
-
-    def _video_store(self) -> VideoStore:
-        cfg = self.config
-        if cfg.storage == "s3":
-            return S3Store(
-                bucket=cfg.s3_bucket,
-                endpoint_url=cfg.s3_endpoint_url or None,
-                region=cfg.aws_region or "auto",
-                access_key_id=cfg.aws_access_key_id or None,
-                secret_access_key=cfg.aws_secret_access_key or None,
-                public_base_url=cfg.s3_public_base_url or None,
-                presign_expiry_s=cfg.s3_presign_expiry_s,
-            )
-        return LocalStore(Path(cfg.data_dir), self.public_base_url)
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-
-    async def delete_videos(self, jobs: list[Job]) -> None:
-        """Delete the videos of jobs that retention removed."""
-        if self.actor is not None:
-            await self.actor.delete_videos(jobs)
-
-    def stats(self) -> dict[str, Any]:
-        return self.actor.stats() if self.actor is not None else {}
-
-    async def __call__(self, job: Job, report: ReportFn) -> JobResult:
-        if self.actor is None:
-            raise RuntimeError("GenerationService.start() was not awaited")
-        return await self.actor(job, report)

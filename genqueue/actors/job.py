@@ -20,6 +20,7 @@ import msgspec
 
 from genqueue.actors.bridge import Outcome
 from genqueue.actors.messages import (
+    Accepted,
     Cancel,
     Finished,
     GetJob,
@@ -35,7 +36,7 @@ from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.services import QUEUE
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
-from genqueue.models import Job, JobResult, JobStatus
+from genqueue.models import Job, JobResult, JobStatus, Route
 from genqueue.processor import Report as ReportFn
 from genqueue.storage.state import Namespace
 
@@ -75,8 +76,8 @@ class JobActor(DurableActor):
         match message:
             case GetJob():
                 return self.job
-            case Start(wait_s=wait_s):
-                return self._start(wait_s)
+            case Start(wait_s=wait_s, provider=provider):
+                return self._start(wait_s, provider)
             case Recover():
                 return self._recover()
             case Report(progress=progress, checkpoint=checkpoint):
@@ -87,12 +88,13 @@ class JobActor(DurableActor):
                 return self._timed_out()
         raise TypeError(f"JobActor cannot handle {message!r}")
 
-    def _start(self, wait_s: float | None) -> Job:
+    def _start(self, wait_s: float | None, provider: str = "") -> Job:
         job = self._job()
         if job.status != "queued":
             # Cancelled while the queue dispatched it: give the slot back.
             self._tell_queue(Finished(job.id, job.user_id, job.status))
             return job
+        job = _routed(job, provider)
         now = self.clock.now()
         self._save(
             job,
@@ -127,6 +129,11 @@ class JobActor(DurableActor):
             changes["checkpoint"] = checkpoint
         if changes:
             self._save(job, status="processing", **changes)
+        if checkpoint is not None and progress is not None:
+            # Work moved forward (GenerationActor: the operation Veo accepted, progress 5; a
+            # worker's checkpoint event alike). The coordinator's own save at dispatch carries
+            # no progress: it says nothing of the provider.
+            self._tell_queue(Accepted(job.id))
         self._maybe_step_aside()
 
     def _cancel(self, reason: str) -> Job:
@@ -182,12 +189,30 @@ class JobActor(DurableActor):
             self._end("completed", result=_as_result(outcome.value))
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, ProviderError) and exc.code == "model_not_found":
+            route = _next_route(job)
+            if route is not None:  # the provider refuses the model: the caller's next one
+                log.warning(
+                    "job falls back: its provider refused the model",
+                    extra={"job_id": job.id, "from": job.provider, "to": route.provider},
+                )
+                job = msgspec.structs.replace(
+                    job,
+                    provider=route.provider,
+                    model=route.model,
+                    estimated_cost=route.cost,
+                    attempts=max(0, job.attempts - 1),  # nothing ran: no attempt spent
+                )
+                self._save(job, status="retry_wait", error=exc.message)
+                self.set_alarm(self.clock.now())
+                self._tell_queue(Finished(job.id, job.user_id, "retry_wait"))
+                return
         if isinstance(exc, ProviderError):
             if exc.code == "quota_exhausted":
                 # The provider's daily quota: dispatch pauses (long, shown in the queue's
                 # pausedUntil) and this job waits it out without spending an attempt.
                 until = self.clock.now() + (exc.retry_after_s or 3600.0)
-                self._tell_queue(PauseDispatch(until, reason="quota"))
+                self._tell_queue(PauseDispatch(until, reason="quota", provider=job.provider))
                 job = msgspec.structs.replace(job, attempts=max(0, job.attempts - 1))
                 self._save(job, status="retry_wait", error=exc.message)
                 self.set_alarm(until)
@@ -197,7 +222,7 @@ class JobActor(DurableActor):
                 # A per-minute limit pauses everyone: for Retry-After / RetryInfo when Google
                 # gives it, else for the minute such a limit counts.
                 pause_s = exc.retry_after_s or RATE_LIMIT_PAUSE_S
-                self._tell_queue(PauseDispatch(self.clock.now() + pause_s))
+                self._tell_queue(PauseDispatch(self.clock.now() + pause_s, provider=job.provider))
             self._fail_or_retry(job, exc.message, exc.retryable)
         elif isinstance(exc, InvalidRequest):
             self._end("failed", error=exc.message)
@@ -232,7 +257,18 @@ class JobActor(DurableActor):
         if status == "cancelled":
             self.storage.delete("cancel")
         wait = (job.started_at or now) - (job.queued_at or job.created_at)
-        self._tell_queue(Finished(job.id, job.user_id, status, wait, now - (job.started_at or now)))
+        spent = job.checkpoint.get("spent", 0.0) if isinstance(job.checkpoint, dict) else 0.0
+        self._tell_queue(
+            Finished(
+                job.id,
+                job.user_id,
+                status,
+                wait,
+                now - (job.started_at or now),
+                cost=float(spent),
+                provider=job.provider,
+            )
+        )
         self.passivate()
 
     # -- the backoff (alarm) and the watchdog ---------------------------------------------------
@@ -241,7 +277,7 @@ class JobActor(DurableActor):
         job = self._job()
         if job.status == "retry_wait":
             self._save(job, status="queued", queued_at=self.clock.now())
-            self._tell_queue(Requeue(job.id, job.user_id, job.priority, job.seq))
+            self._tell_queue(Requeue(job.id, job.user_id, job.priority, job.seq, job.provider))
             self.passivate()
 
     def _timed_out(self) -> None:
@@ -296,6 +332,30 @@ class JobActor(DurableActor):
     @staticmethod
     def table(system: ActorSystem) -> Namespace:
         return system.store.namespace(JobActor.kind, cache=JobActor.cache_keys)
+
+
+def _next_route(job: Job) -> Route | None:
+    """The caller's next provider after the job's own, unless a start was paid."""
+    paid = isinstance(job.checkpoint, dict) and job.checkpoint.get("starts", 0) > 0
+    names = [r.provider for r in job.routes or []]
+    if paid or job.provider not in names:
+        return None
+    rest = (job.routes or [])[names.index(job.provider) + 1 :]
+    return rest[0] if rest else None
+
+
+def _routed(job: Job, provider: str) -> Job:
+    """The job on the provider the queue chose (a fallback of the caller's list), unless it
+    already paid a start where it is: a fallback never follows a paid start."""
+    if not provider or provider == job.provider or not job.routes:
+        return job
+    paid = isinstance(job.checkpoint, dict) and job.checkpoint.get("starts", 0) > 0
+    route = next((r for r in job.routes if r.provider == provider), None)
+    if paid or route is None:
+        return job
+    return msgspec.structs.replace(
+        job, provider=route.provider, model=route.model, estimated_cost=route.cost
+    )
 
 
 def _as_result(value: Any) -> JobResult:

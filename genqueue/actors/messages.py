@@ -9,6 +9,7 @@ import msgspec
 from genqueue.models import Job, JobStatus
 
 __all__ = [
+    "Accepted",
     "Cancel",
     "Finished",
     "GetJob",
@@ -51,6 +52,8 @@ class Finished(Msg, frozen=True):
     status: JobStatus
     wait_s: float | None = None
     processing_s: float | None = None
+    cost: float = 0.0  # what its paid starts cost (terminal reports only)
+    provider: str = ""
 
 
 class Requeue(Msg, frozen=True):
@@ -60,6 +63,7 @@ class Requeue(Msg, frozen=True):
     user_id: str
     priority: int
     seq: int
+    provider: str = "veo3"
 
 
 class Remove(Msg, frozen=True):
@@ -78,6 +82,15 @@ class PauseDispatch(Msg, frozen=True):
 
     until: float
     reason: str = "rate_limit"
+    provider: str = "veo3"  # only this provider's jobs wait
+
+
+class Accepted(Msg, frozen=True):
+    """A running job's processor stored a checkpoint with progress: the provider accepted
+    its work (a successful start), so a later 429 is a new per-minute limit, not a spent
+    quota."""
+
+    job_id: str
 
 
 class Status(Msg, frozen=True):
@@ -89,6 +102,7 @@ class Status(Msg, frozen=True):
 
 class Start(Msg, frozen=True):
     wait_s: float | None = None
+    provider: str = ""  # the provider the queue dispatched it to (a fallback, maybe)
 
 
 class Recover(Msg, frozen=True):

@@ -31,8 +31,10 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.fairline import FairLine
-from genqueue.actors.job import JobActor
+from genqueue.actors.gates import CLOSED, DEFAULT_PROVIDER, ProviderGates
+from genqueue.actors.job import RATE_LIMIT_PAUSE_S, JobActor
 from genqueue.actors.messages import (
+    Accepted,
     Finished,
     PauseDispatch,
     Recover,
@@ -45,10 +47,10 @@ from genqueue.actors.messages import (
     TimedOut,
 )
 from genqueue.actors.queue_records import InFlight, Pending, QueueMeta, pending_key
-from genqueue.actors.ratelimit import RateWindow
 from genqueue.actors.retention import remove_finished
 from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.services import QUEUE
+from genqueue.actors.spend import SpendBook
 from genqueue.actors.stats import QueueStats
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import QueueFull
@@ -58,6 +60,14 @@ from genqueue.storage.jobindex import JobIndex
 __all__ = ["QueueActor"]
 
 log = logging.getLogger("genqueue.queue")
+
+
+def _open_for(shut: frozenset[str], paused: frozenset[str], entry: Pending) -> bool:
+    """May `entry` start now: its provider's gate is open, or that provider is paused and
+    one of the caller's fallback providers is open."""
+    if entry.provider not in shut:
+        return True
+    return entry.provider in paused and any(p not in shut for p in entry.fallback)
 
 
 class QueueActor(DurableActor):
@@ -77,19 +87,23 @@ class QueueActor(DurableActor):
         self.per_user: dict[str, int] = {}
         self.retry_wait = 0
         self.meta = QueueMeta()
-        self.rate = RateWindow(self.cfg.rate_limit_per_minute)
+        self.spend = SpendBook(self.meta.spend)
+        self.gates = ProviderGates(self.cfg)
         self.stats = QueueStats(self.clock)
 
     def activate(self) -> None:
         self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
-        self.rate.load(self.meta.spent_tokens)
+        self.gates.load(self.meta)
         self.activated_at = now = self.clock.now()
         self.line = FairLine(self.meta.turns)
+        self.spend = SpendBook(self.meta.spend)
         for key, entry in self.storage.list("pending/", Pending):
+            self.spend.reserve(entry.job_id, entry.user_id, entry.cost)
             if entry.started_at is None:
                 self.line.add(entry)
             else:
-                self._add_flight(entry.job_id, InFlight(entry.user_id, entry.started_at, key))
+                flight = InFlight(entry.user_id, entry.started_at, key, entry.provider)
+                self._add_flight(entry.job_id, flight)
         for job_id in self.in_flight:
             self.tell_after_commit(JobActor, job_id, Recover())
         if self.meta.next_retention_at == 0.0:
@@ -121,14 +135,19 @@ class QueueActor(DurableActor):
             case Requeue(job_id=job_id, user_id=user_id, priority=priority, seq=seq):
                 self.retry_wait = max(0, self.retry_wait - 1)
                 now = self.clock.now()
-                self._enqueue(Pending(job_id, user_id, priority, seq, now))
+                cost = self.spend.reserved_cost(job_id)
+                provider = message.provider
+                entry = Pending(job_id, user_id, priority, seq, now, cost=cost, provider=provider)
+                self._enqueue(entry)
                 if self.cfg.dispatch == "immediate":  # like a submit: start at once
                     self._start(self._take_pending(priority, seq, user_id), now)
                 self._arrived()
             case Remove():
                 self._removed(message)
-            case PauseDispatch(until=until, reason=reason):
-                self._pause(until, reason)
+            case PauseDispatch(until=until, reason=reason, provider=provider):
+                self._pause(until, reason, provider)
+            case Accepted(job_id=job_id):
+                self._accepted(job_id)
             case Status():
                 return self.status()
             case _:
@@ -141,9 +160,22 @@ class QueueActor(DurableActor):
             return existing, False
         self._check_room(job.user_id)
         now = self.clock.now()
+        # held while it waits: the dearest of the providers it may run on
+        cost = max([job.estimated_cost, *(r.cost for r in job.routes or [])])
+        self.spend.check(job.user_id, cost, self.cfg.budget_per_user_day, now)
         seq = self.meta.next_seq
         self.meta.next_seq += 1
-        entry = Pending(job.id, job.user_id, job.priority, seq, now)
+        entry = Pending(
+            job.id,
+            job.user_id,
+            job.priority,
+            seq,
+            now,
+            cost=cost,
+            provider=job.provider,
+            fallback=tuple(r.provider for r in (job.routes or [])[1:]),
+        )
+        self.spend.reserve(job.id, job.user_id, cost)
         self._enqueue(entry)
         job = msgspec.structs.replace(
             job, seq=seq, status="queued", queued_at=now, queue_position=self.line.position(entry)
@@ -187,6 +219,7 @@ class QueueActor(DurableActor):
         if flight is None:
             return  # already accounted (a repeated report after a restart)
         self.timed_out.pop(msg.job_id, None)
+        self.gates.ended(flight.provider)
         self._drop_user(msg.user_id)
         self.storage.delete(flight.key)
         if msg.status == "retry_wait":
@@ -195,8 +228,12 @@ class QueueActor(DurableActor):
         else:
             self._count(msg.status)
             self._index_finished(msg.job_id, msg.user_id)
-            if msg.status == "completed" and self.meta.paused_until <= self.clock.now():
-                self.meta.pause_reason = ""  # the provider works again: a pause is news
+            self.spend.release(msg.job_id)
+            self.spend.charge(msg.user_id, msg.provider, msg.cost, self.clock.now())
+            until, _ = self.gates.pause_of(self.meta, flight.provider)
+            if msg.status == "completed" and until <= self.clock.now():
+                # the provider works again: a pause is news
+                self.gates.set_pause(self.meta, flight.provider, until, "")
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
         self._save_meta()
         if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
@@ -210,6 +247,7 @@ class QueueActor(DurableActor):
         else:
             self._remove_pending(msg.priority, msg.seq, msg.job_id, msg.user_id)
         self._count("cancelled")
+        self.spend.release(msg.job_id)
         self._index_finished(msg.job_id, msg.user_id)
         self._save_meta()
         self._tell_if_idle()
@@ -224,18 +262,36 @@ class QueueActor(DurableActor):
         now = self.clock.now()
         self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
-    def _pause(self, until: float, reason: str = "rate_limit") -> None:
-        now = self.clock.now()
-        if reason == "rate_limit" and self.meta.pause_reason and self.meta.paused_until <= now:
-            # The limit is back as soon as its pause ended, with no job completed between:
-            # a quota that does not lift in a minute (a daily one without a QuotaFailure).
+    def _pause(self, until: float, reason: str = "rate_limit", provider: str = "veo3") -> None:
+        now, meta = self.clock.now(), self.meta
+        ended, was = self.gates.pause_of(meta, provider)
+        length = (meta.pause_s if provider == DEFAULT_PROVIDER else 0.0) or RATE_LIMIT_PAUSE_S
+        if reason == "rate_limit" and was and ended <= now <= ended + length:
+            # The limit is back right after its pause ended (within one pause length), with
+            # no start accepted or job completed between: a quota that does not lift in a
+            # minute (a daily one without a QuotaFailure).
             reason, until = "quota", now + self.cfg.veo3_quota_pause_s
         self._count("rate_limit_hits" if reason == "rate_limit" else "quota_pauses")
-        if until > self.meta.paused_until:
-            self.meta.paused_until = until
-            self.meta.pause_reason = reason
+        if until > ended:
+            self.gates.set_pause(meta, provider, until, reason)
+            if provider == DEFAULT_PROVIDER:
+                meta.pause_s = until - now
             self._save_meta()
-            log.warning("dispatch paused by the provider", extra={"until": until, "reason": reason})
+            log.warning(
+                "dispatch paused by the provider",
+                extra={"until": until, "reason": reason, "provider": provider},
+            )
+
+    def _accepted(self, job_id: str) -> None:
+        """A job dispatched after the last pause ended had its start accepted: the provider
+        works again, so the next 429 starts a plain rate-limit pause."""
+        flight = self.in_flight.get(job_id)
+        if flight is None:
+            return
+        ended, reason = self.gates.pause_of(self.meta, flight.provider)
+        if reason and flight.started_at >= ended:
+            self.gates.set_pause(self.meta, flight.provider, ended, "")
+            self._save_meta()
 
     # -- dispatch ----------------------------------------------------------------------------------
 
@@ -302,19 +358,32 @@ class QueueActor(DurableActor):
             self.tell_after_commit(JobActor, job_id, TimedOut())
 
     def dispatch(self, now: float) -> float | None:
-        """Start what the caps allow; return when to look again (None: when something ends)."""
-        if self.meta.paused_until > now:
-            return self.meta.paused_until
+        """Start what the caps allow; return when to look again (None: when something ends).
+        Each provider has its own gate (pause, rate limit, cap): a closed one holds back only
+        its own jobs."""
         blocked = self._at_cap if self.cfg.max_per_user else None
         while len(self.in_flight) < self.cfg.max_concurrency:
-            entry = self.line.next(blocked)
+            opens = {p: self.gates.opens_at(self.meta, p, now) for p in self.gates.rates}
+            shut = {p for p, at in opens.items() if at > now}
+            if shut and len(shut) == len(opens):  # every gate closed: nothing may start
+                wake = min(opens.values())
+                return None if wake == CLOSED else wake
+            paused = {p for p in shut if self.gates.pause_of(self.meta, p)[0] > now}
+            ok = functools.partial(_open_for, frozenset(shut), frozenset(paused)) if shut else None
+            entry = self.line.next(blocked, ok)
             if entry is None:
-                return None
-            token_at = self.rate.next_token_at(now)
-            if token_at > now:
-                return token_at
-            self.rate.spend(now)
+                wake = min((opens[p] for p in shut), default=CLOSED)
+                return None if wake == CLOSED else wake
             self.line.served(entry)
+            if entry.provider in shut:  # its provider is paused: its first open fallback
+                chosen = next(p for p in entry.fallback if p not in shut)
+                log.info(
+                    "job falls back to another provider",
+                    extra={"job_id": entry.job_id, "from": entry.provider, "to": chosen},
+                )
+                self._count("fallbacks")
+                entry = msgspec.structs.replace(entry, provider=chosen)
+            self.gates.spend(entry.provider, now)
             self._start(entry, now)
         return None
 
@@ -324,12 +393,13 @@ class QueueActor(DurableActor):
     def _start(self, entry: Pending, now: float) -> None:
         """Dispatch a job taken off the waiting line: its entry is stored as in flight."""
         key = pending_key(entry.priority, entry.seq)
-        self._add_flight(entry.job_id, InFlight(entry.user_id, now, key))
+        self._add_flight(entry.job_id, InFlight(entry.user_id, now, key, entry.provider))
         self.storage.put(key, msgspec.structs.replace(entry, started_at=now))
-        self.meta.spent_tokens = self.rate.snapshot()
+        self.gates.save(self.meta)
         self._save_meta()
         self.stats.started(now - entry.enqueued_at)
-        self.tell_after_commit(JobActor, entry.job_id, Start(now - entry.enqueued_at))
+        start = Start(now - entry.enqueued_at, provider=entry.provider)
+        self.tell_after_commit(JobActor, entry.job_id, start)
 
     # -- pending bookkeeping ---------------------------------------------------------------------
 
@@ -352,6 +422,7 @@ class QueueActor(DurableActor):
 
     def _add_flight(self, job_id: str, flight: InFlight) -> None:
         self.in_flight[job_id] = flight
+        self.gates.added(flight.provider)
         self.per_user[flight.user_id] = self.per_user.get(flight.user_id, 0) + 1
 
     def _drop_user(self, user_id: str) -> None:
@@ -403,4 +474,6 @@ class QueueActor(DurableActor):
             if self.meta.paused_until > now
             else None,
             quota_pauses=self.meta.counters.get("quota_pauses", 0),
+            spend=self.spend.as_status(now),
+            providers=self.gates.status(self.meta, now),
         )

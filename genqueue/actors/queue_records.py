@@ -3,7 +3,11 @@ bookkeeping and its meta record. Stored records evolve by adding fields with def
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
+
+from genqueue.actors.gates import DEFAULT_PROVIDER
 
 __all__ = ["InFlight", "Pending", "QueueMeta", "pending_key"]
 
@@ -17,6 +21,11 @@ class Pending(msgspec.Struct, frozen=True):
     seq: int
     enqueued_at: float
     started_at: float | None = None
+    cost: float = 0.0  # one paid start's price: the job's spend in flight
+    provider: str = DEFAULT_PROVIDER
+    # the caller's fallback providers, in order: taken when `provider` is paused (a 429 or
+    # its quota); none after a first attempt (a retry stays where it paid)
+    fallback: tuple[str, ...] = ()
 
 
 class InFlight(msgspec.Struct, frozen=True):
@@ -25,17 +34,24 @@ class InFlight(msgspec.Struct, frozen=True):
     user_id: str
     started_at: float
     key: str = ""  # its stored entry
+    provider: str = DEFAULT_PROVIDER
 
 
 class QueueMeta(msgspec.Struct):
     next_seq: int = 1
     paused_until: float = 0.0
     pause_reason: str = ""
+    pause_s: float = 0.0  # the length of the last pause, as set
     spent_tokens: list[float] = msgspec.field(default_factory=list)
     next_retention_at: float = 0.0
     counters: dict[str, int] = msgspec.field(default_factory=dict)
     # the fair line's turn pointers: priority -> the user served last at it
     turns: dict[str, str] = msgspec.field(default_factory=dict)
+    # committed spend (genqueue.actors.spend): total, per provider, per user and day
+    spend: dict[str, float] = msgspec.field(default_factory=dict)
+    # providers other than Veo (genqueue.actors.gates): provider -> [until, reason], tokens
+    pauses: dict[str, list[Any]] = msgspec.field(default_factory=dict)
+    provider_tokens: dict[str, list[float]] = msgspec.field(default_factory=dict)
 
 
 def pending_key(priority: int, seq: int) -> str:

@@ -29,9 +29,10 @@ from genqueue.actors.services import QueueServices
 from genqueue.clock import Clock, RealClock
 from genqueue.storage.state import StateStore
 
-__all__ = ["ActorSystem"]
+__all__ = ["TASK_CANCELLED", "ActorSystem"]
 
 log = logging.getLogger("genqueue.runtime")
+TASK_CANCELLED = "job cancelled"  # the message of a job's coroutine cancelled on purpose
 A = TypeVar("A", bound=DurableActor)
 
 
@@ -368,7 +369,9 @@ class ActorSystem:
         def cancel() -> None:
             task = self.tasks.get(token)
             if task is not None:
-                task.cancel()
+                # the reason tells a provider's client to cancel its paid request too, which
+                # a shutdown (a plain cancel) must not: the job resumes after the restart
+                task.cancel(TASK_CANCELLED)
             else:  # not started yet (it waits for its turn's commit): start it cancelled
                 self.cancelled_early.add(token)
 

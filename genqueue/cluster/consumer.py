@@ -120,9 +120,10 @@ class EventsConsumer:
             case Heartbeat():
                 self.co.saw_worker(event)
                 await self._progress(event)
-            case RateLimited(retry_after_s=retry_after_s):
+            case RateLimited(retry_after_s=retry_after_s, provider=provider):
                 until = self.co.clock.now() + max(1.0, retry_after_s)
-                self._system().tell_from_loop(QueueActor, QUEUE.key, PauseDispatch(until))
+                pause = PauseDispatch(until, provider=provider)
+                self._system().tell_from_loop(QueueActor, QUEUE.key, pause)
             case Checkpoint() | Outcome():
                 return await self._apply_job_event(m, event)
         await self.co.queues.delete("events", m.handle)

@@ -70,10 +70,11 @@ class Outcome(msgspec.Struct, frozen=True, tag="outcome", kw_only=True):
 
 
 class RateLimited(msgspec.Struct, frozen=True, tag="rate_limited", kw_only=True):
-    """A worker saw a 429: the coordinator pauses dispatch for everyone."""
+    """A worker saw a 429: the coordinator pauses that provider's dispatch."""
 
     worker_id: str
     retry_after_s: float
+    provider: str = "veo3"
 
 
 class JobBeat(msgspec.Struct, frozen=True):

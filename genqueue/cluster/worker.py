@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from genqueue.actors.generation import GenerationService
+from genqueue.actors.generation_service import GenerationService
 from genqueue.cluster.messages import (
     Checkpoint,
     ErrorInfo,
@@ -85,7 +85,7 @@ class Worker:
         self.service = GenerationService(config)
         self.runs: dict[str, WorkerRun] = {}
         self._freed = asyncio.Event()
-        self._last_429 = 0.0
+        self._last_429: dict[str, float] = {}  # provider -> when its last 429 was told
         self._stopping = False
         self._calm = asyncio.Event()  # set when a start in flight reached its checkpoint
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -302,9 +302,8 @@ class Worker:
         )
 
     def _spy_rate_limits(self) -> None:
-        actor = self.service.actor
-        if actor is not None:
-            actor.client = _ClientSpy(actor.client, self)  # type: ignore[assignment]
+        for provider, actor in self.service.actors.items():  # every provider's 429s count
+            actor.client = _ClientSpy(actor.client, self, provider)
 
     def start_settled(self, run: WorkerRun | None) -> None:
         """A paid start ended: checkpointed, or refused (nothing to lose)."""
@@ -312,12 +311,14 @@ class Worker:
             run.starting = False
             self._calm.set()
 
-    def saw_429(self, retry_after_s: float | None) -> None:
+    def saw_429(self, retry_after_s: float | None, provider: str = "veo3") -> None:
         now = time.monotonic()
-        if now - self._last_429 < 1.0:
-            return  # one notice a second is enough to pause everyone
-        self._last_429 = now
-        event = RateLimited(worker_id=self.id, retry_after_s=retry_after_s or 5.0)
+        if now - self._last_429.get(provider, 0.0) < 1.0:
+            return  # one notice a second is enough to pause the provider
+        self._last_429[provider] = now
+        event = RateLimited(
+            worker_id=self.id, retry_after_s=retry_after_s or 5.0, provider=provider
+        )
         task = asyncio.get_running_loop().create_task(self._send(event, self.id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -358,9 +359,10 @@ class _ClientSpy:
     """The Veo client, telling the worker when a paid start is in flight (until its
     checkpoint is stored) and of every 429 (which the workflow then retries)."""
 
-    def __init__(self, client: Any, worker: Worker):
+    def __init__(self, client: Any, worker: Worker, provider: str = "veo3"):
         self._client = client
         self._worker = worker
+        self._provider = provider
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -374,7 +376,7 @@ class _ClientSpy:
         except BaseException as exc:
             self._worker.start_settled(run)  # no operation: nothing to checkpoint
             if isinstance(exc, ProviderError) and exc.status == 429:
-                self._worker.saw_429(exc.retry_after_s)
+                self._worker.saw_429(exc.retry_after_s, self._provider)
             raise
 
     async def poll(self, *args: Any, **kw: Any) -> Any:
@@ -382,5 +384,5 @@ class _ClientSpy:
             return await self._client.poll(*args, **kw)
         except ProviderError as exc:
             if exc.status == 429:
-                self._worker.saw_429(exc.retry_after_s)
+                self._worker.saw_429(exc.retry_after_s, self._provider)
             raise

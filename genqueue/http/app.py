@@ -302,6 +302,12 @@ def _list_query(request: web.Request) -> tuple[int, frozenset[JobStatus] | None,
 # -- the queue, health, metrics, the document ----------------------------------------------------
 
 
+@routes.get("/api/providers")
+async def providers(request: web.Request) -> web.Response:
+    _caller(request)
+    return _json(request.app[QUEUE].providers())
+
+
 @routes.get("/api/queue/status")
 async def queue_status(request: web.Request) -> web.Response:
     _caller(request)

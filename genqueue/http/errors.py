@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from genqueue import (
+    BudgetExceeded,
     IllegalTransition,
     InvalidRequest,
     JobNotFound,
@@ -58,6 +59,7 @@ SPECIFIC_CODES = (
     "id_conflict",
     "storage_unavailable",
     "queue_full",
+    "budget_exceeded",
     "too_many_streams",
     "too_many_connections",
 )
@@ -152,6 +154,8 @@ def _translate(exc: Exception, request: web.Request) -> ApiError | None:
         return invalid(exc)
     if isinstance(exc, JobNotFound):
         return ApiError(404, "no such job")
+    if isinstance(exc, BudgetExceeded):
+        return ApiError(429, exc.message, code="budget_exceeded")
     if isinstance(exc, QueueFull):
         return ApiError(429, exc.message, code="queue_full", headers={"Retry-After": "5"})
     if isinstance(exc, IllegalTransition):

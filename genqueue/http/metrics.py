@@ -111,9 +111,27 @@ class QueueCollector(Collector):
             value=0 if st.paused_until is None else 1,
         )
         yield from _numbers(P + "provider_", st.provider, "Provider figure")
+        yield from _spend(st.spend)
         yield from _webhooks(st.webhooks)
         if st.cluster is not None:
             yield from _cluster(st.cluster)
+
+
+def _spend(values: Mapping[str, Any]) -> Iterator[Metric]:
+    """What the jobs' paid starts cost (the prices' unit), by provider; and in flight."""
+    spend = CounterMetricFamily(
+        P + "spend",
+        "Spend on video generation (paid starts x seconds x price).",
+        labels=["provider"],
+    )
+    for provider, value in (values.get("byProvider") or {}).items():
+        spend.add_metric([str(provider)], _num(value))
+    yield spend
+    yield GaugeMetricFamily(
+        P + "spend_in_flight",
+        "One paid start's price of every job not ended.",
+        value=_num(values.get("inFlight", 0.0)),
+    )
 
 
 def _cluster(values: Mapping[str, Any]) -> Iterator[Metric]:

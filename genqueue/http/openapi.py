@@ -17,6 +17,7 @@ from genqueue import (
     ID_CHARS,
     JOB_ID_PATTERN,
     Config,
+    ProviderList,
     QueueStatus,
     WebhookStats,
 )
@@ -72,9 +73,19 @@ def _rename(node: Any) -> Any:
 
 def _schemas(config: Config | None) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [PublicJob, JobPage, ErrorBody, QueueStatus, DeliveryPage, WebhookStats, EventSnapshot],
+        [
+            PublicJob,
+            JobPage,
+            ErrorBody,
+            QueueStatus,
+            DeliveryPage,
+            WebhookStats,
+            EventSnapshot,
+            ProviderList,
+        ],
         ref_template=REF + "{name}",
     )
+    components = msgspec.json.decode(msgspec.json.encode(components))  # tuple defaults: lists
     schemas = {_RENAMES.get(k, k): _rename(v) for k, v in components.items()}
     for name in _RENAMES.values():
         schemas[name]["title"] = name
@@ -206,6 +217,14 @@ def _paths() -> dict[str, Any]:
             },
         },
         **dashboard_paths(),
+        "/api/providers": {
+            "get": {
+                "operationId": "listProviders",
+                "summary": "The providers this server offers: their models, each model's "
+                "capabilities and price a second of video.",
+                "responses": {"200": json_ref("ProviderList", "The providers."), **ERRORS},
+            }
+        },
         "/api/queue/status": {
             "get": {
                 "operationId": "queueStatus",

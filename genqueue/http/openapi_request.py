@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from genqueue import JOB_ID_PATTERN, MAX_PROMPT_CHARS, Config
-from genqueue.models import MAX_NAME_CHARS, PROVIDERS
-from genqueue.providers.veo import resolve as resolve_veo
-from genqueue.providers.veo.schema import model_and_parameters_schema
+from genqueue.models import MAX_FALLBACK, MAX_NAME_CHARS, PROVIDERS
+from genqueue.providers.registry import ALIASES, Registry
+from genqueue.providers.veo.schema import model_and_parameters_schema, model_clauses
 
 __all__ = ["REQUEST_SCHEMA", "request_schema"]
 
@@ -51,11 +51,46 @@ REQUEST_SCHEMA: dict[str, Any] = {
 
 
 def request_schema(config: Config | None = None) -> dict[str, Any]:
-    """The submission's schema for the door `config` configures (its models' limits)."""
-    veo = resolve_veo(config or Config())
-    model, parameters, clauses = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
+    """The submission's schema for the providers `config` offers (each model's limits)."""
+    registry = Registry(config or Config())
+    veo = registry.veo
+    model, parameters, _ = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
     schema = {**REQUEST_SCHEMA, "properties": dict(REQUEST_SCHEMA["properties"])}
+    names = [n for n, c in ALIASES.items() if c in registry.providers]
+    one = {**REQUEST_SCHEMA["properties"]["provider"], "enum": names}
+    one.pop("default", None)
+    schema["properties"]["provider"] = {
+        "anyOf": [
+            one,
+            {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_FALLBACK},
+        ],
+        "default": "veo3",
+        "description": "One provider, or an ordered fallback list (each then runs its "
+        "default model: no `model`).",
+    }
     schema["properties"]["parameters"] = parameters
-    schema["properties"]["model"] = model
+    clauses: list[dict[str, Any]] = []
+    all_models: list[str | None] = []
+    for name, info in registry.providers.items():
+        aliases = [n for n, c in ALIASES.items() if c == name]
+        named = {"anyOf": [{"enum": aliases}, {"type": "array", "contains": {"enum": aliases}}]}
+        when: dict[str, Any] = {"required": ["provider"], "properties": {"provider": named}}
+        if name == "veo3":  # the default provider
+            when = {"anyOf": [when, {"not": {"required": ["provider"]}}]}
+        models = [m.id for m in info.models]
+        all_models += models
+        clauses.append({"if": when, "then": {"properties": {"model": {"enum": [*models, None]}}}})
+        rows = {m.id: m.capabilities for m in info.models}
+        clauses += model_clauses(rows, info.default_model, when)
+    schema["properties"]["model"] = {**model, "enum": [*all_models, None]}
+    clauses.append(  # a fallback list: each provider's default model
+        {
+            "if": {
+                "required": ["provider"],
+                "properties": {"provider": {"type": "array", "minItems": 2}},
+            },
+            "then": {"properties": {"model": {"type": "null"}}},
+        }
+    )
     schema["allOf"] = clauses
     return schema

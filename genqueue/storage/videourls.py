@@ -1,7 +1,9 @@
 """Signed, expiring URLs for the videos this server keeps itself (the local store).
 
 A local video is served only at `{url}?expires=UNIX_S&signature=SIG`, where SIG is the
-HMAC-SHA256 (base64url, no padding) of `"{path}\\n{expires}"` under a secret generated
+HMAC-SHA256 (base64url, no padding) of `"{path}\\n{expires}"` (`path` the route's own
+`/videos/{user}/{name}`, whatever prefix the public base URL puts before it: a proxy that
+serves us under `/gq` strips it before the route checks the signature) under a secret generated
 once per data directory (`video_url.key`, mode 0600). The URL a client sees is signed
 afresh whenever the job is read (GET, list, events, a webhook at send time), valid for
 `video_url_ttl_s` (rounded up to a whole minute, so reads within a minute agree), like S3's
@@ -91,7 +93,8 @@ class VideoUrls:
         """`url` (of a local video, without a query) with a fresh expiry and signature."""
         base = url.split("?", 1)[0]
         expires = math.ceil((self.clock.now() + self.ttl_s) / _ROUND_S) * _ROUND_S
-        return f"{base}?expires={expires}&signature={self._mac(urlsplit(base).path, expires)}"
+        path = _route_path(urlsplit(base).path)
+        return f"{base}?expires={expires}&signature={self._mac(path, expires)}"
 
     def verify(self, path: str, expires: str | None, signature: str | None) -> bool:
         """Whether `signature` signs `path` until `expires`, and that is not past."""
@@ -124,6 +127,15 @@ class VideoUrls:
             videos = [msgspec.structs.replace(v, video_url=self.sign(v.video_url)) for v in videos]
         result: JobResult = msgspec.structs.replace(job.result, video_url=url, videos=videos)
         return msgspec.structs.replace(job, result=result)
+
+
+def _route_path(path: str) -> str:
+    """The path the video route sees and verifies: `/videos/{user}/{name}`, the last three
+    segments of the public URL's path (a base URL's path prefix is not part of it)."""
+    parts = path.rsplit("/", 3)
+    if len(parts) == 4 and parts[1] == "videos":
+        return "/" + "/".join(parts[1:])
+    return path
 
 
 def _secret(path: Path) -> bytes:

@@ -165,9 +165,16 @@ class FakeVeo(FakeVeoControls):
         return google_error(404, f"Method {method!r} not found.")
 
     async def _gate(
-        self, request: web.Request, dialect: str, hang: bool, faults: collections.deque[Failure]
+        self,
+        request: web.Request,
+        dialect: str,
+        hang: bool,
+        faults: collections.deque[Failure],
+        *,
+        malformed: bool = True,
     ) -> web.StreamResponse | None:
-        """Auth, then the injected faults in order; None lets the request through."""
+        """Auth, then the injected faults in order; None lets the request through. A start
+        (`malformed=False`) answers malformed JSON only after creating its operation."""
         door = dialect
         if dialect == "vertex" and "project" not in request.match_info:
             door = "express"
@@ -179,10 +186,13 @@ class FakeVeo(FakeVeoControls):
             return google_error(503, "The service is shutting down.")
         if faults:
             return self.failure_response(faults.popleft(), dialect, request)
-        if self.malformed_json_next:
-            self.malformed_json_next = False
-            return web.Response(text='{"name": "models/', content_type="application/json")
+        if malformed and self.malformed_json_next:
+            return self._malformed()
         return None
+
+    def _malformed(self) -> web.Response:
+        self.malformed_json_next = False
+        return web.Response(text='{"name": "models/', content_type="application/json")
 
     def failure_response(
         self, failure: Failure, dialect: str, request: web.Request
@@ -199,7 +209,9 @@ class FakeVeo(FakeVeoControls):
         )
 
     async def _start(self, request: web.Request, dialect: str, model: str) -> web.StreamResponse:
-        gated = await self._gate(request, dialect, self.hang_starts, self.faults.starts)
+        gated = await self._gate(
+            request, dialect, self.hang_starts, self.faults.starts, malformed=False
+        )
         if gated is not None:
             return gated
         if model not in self.models.get(dialect, ()):
@@ -224,6 +236,8 @@ class FakeVeo(FakeVeoControls):
         if limited is not None:
             return limited
         op = self._create_op(request, dialect, model, prompt, params)
+        if self.malformed_json_next:  # Google accepted (and bills) it; the answer is lost
+            return self._malformed()
         return web.json_response({"name": op.name})
 
     def _rate_limit(self, dialect: str, model: str) -> web.Response | None:

@@ -6,7 +6,9 @@ over `POST /_fake/faults` as a FaultControls body) and the fake consumes, in ord
 (`quota`: "minute" or "day" makes a 429 Google's quota answer for that window: a per-minute
 one with RetryInfo, a per-day one with a QuotaFailure and no RetryInfo; downloads take
 `status` and `count` only), `"hang_starts" | "hang_polls": bool`, `"malformed_json_next":
-bool`, `"cut_download": bool` (every download, while true), `"cut_downloads": N` (the next N),
+bool` (the next start or poll answers 200 with JSON cut short; a start creates its operation
+first, as Google would have), `"cut_download": bool` (every download, while true),
+`"cut_downloads": N` (the next N),
 `"audio_blocks": N` (the next N operations started end blocked by the audio filter, as
 Google's does at random), `"rate_limit_per_minute": N`, `"requests_per_day": N` (accepted
 starts a clock day allows before per-day 429s; 0 means no limit), `"latency_s": S`,

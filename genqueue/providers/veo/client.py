@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -52,6 +52,7 @@ _OPERATION = re.compile(
     r"^(?:projects/[^/?#]+/locations/[^/?#]+/)?(?:publishers/google/)?models/[^/?#]+"
     r"/operations/[^/?#]+$"
 )
+_LOCATION = re.compile(r"^projects/[^/?#]+/locations/([a-z0-9][a-z0-9-]{0,62})/")
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -82,7 +83,11 @@ class Veo3Client:
         gcs_base_url: str = GCS_BASE_URL,
         result_timeout_s: float = 300.0,
         quota_pause_s: float = 3600.0,
+        host_for_location: Callable[[str], str] | None = None,
     ):
+        """`host_for_location`: the API host of a Vertex location (given when the host follows
+        VERTEX_LOCATION, i.e. no VEO3_BASE_URL): a poll then goes to the host of the location
+        its operation names, which a restart with another VERTEX_LOCATION does not change."""
         if dialect not in ("gemini", "vertex"):
             raise ConfigError(f"VEO3_DIALECT must be gemini or vertex, not {dialect!r}")
         if dialect == "vertex" and not project and not (api_key or auth):
@@ -96,6 +101,7 @@ class Veo3Client:
         self._project = project
         self._location = location
         self._output_gcs_uri = output_gcs_uri
+        self._host_for_location = host_for_location
         # the door's default (genqueue.providers.veo.settings) unless given
         self.model = model or (
             VERTEX_DEFAULT_MODEL if dialect == "vertex" else GEMINI_DEFAULT_MODEL
@@ -130,7 +136,9 @@ class Veo3Client:
         """Start a generation (a paid call) and return the operation name.
 
         A failure after the request went out (a timeout, a reset) is `ambiguous_start`: Veo
-        may have started, and charged for, the video whose name was lost."""
+        may have started, and charged for, the video whose name was lost. So is a 2xx answer
+        whose body cannot be read (cut short by a proxy, a renamed field): Google accepted
+        the start, so it is never sent again blindly (VEO3_AMBIGUOUS_START decides)."""
         model = model or self.model
         segment = model_segment(model)
         if not prompt.strip():
@@ -143,7 +151,15 @@ class Veo3Client:
         url = self._model_url(segment, "predictLongRunning")
         with self._guard("start", paid=True):
             payload = await self._call("POST", url, body, "start", model, self._call_timeout)
-            return _decode(STARTED, payload, "start").name
+            try:
+                return _decode(STARTED, payload, "start").name
+            except ProviderError as exc:
+                raise ProviderError(
+                    f"Veo accepted the start (HTTP 2xx) but its answer could not be read "
+                    f"({exc.message}); Veo may have started (and charged for) it",
+                    retryable=False,
+                    code="ambiguous_start",
+                ) from None
 
     async def poll(self, name: str) -> Operation:
         """Read the operation once: running, finished with videos, or a ProviderError."""
@@ -155,7 +171,8 @@ class Veo3Client:
                 url = f"{self._base}/v1beta/{name}"
                 payload = await self._call("GET", url, None, "poll", model, self._call_timeout)
             else:
-                url = f"{self._base}/v1/{name.partition('/operations/')[0]}:fetchPredictOperation"
+                base = self._poll_base(name)
+                url = f"{base}/v1/{name.partition('/operations/')[0]}:fetchPredictOperation"
                 body = {"operationName": name}
                 payload = await self._call("POST", url, body, "poll", model, self._result_timeout)
             raw = _decode(OPERATION, payload, "poll")
@@ -284,6 +301,14 @@ class Veo3Client:
     @property
     def _credential(self) -> str:
         return "API key" if isinstance(self._auth, ApiKeyAuth) else "access token"
+
+    def _poll_base(self, name: str) -> str:
+        """The host that knows the operation `name`: its own location's, when hosts follow
+        the location; else the configured base URL."""
+        found = _LOCATION.match(name)
+        if self._host_for_location is None or found is None or found[1] == self._location:
+            return self._base
+        return self._host_for_location(found[1]).rstrip("/")
 
     def _model_url(self, segment: str, method: str) -> str:
         if self._dialect == "gemini":

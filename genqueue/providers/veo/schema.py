@@ -12,7 +12,7 @@ from typing import Any
 from genqueue.models import MAX_IMAGE_B64_CHARS, MAX_PROMPT_CHARS, MAX_REFERENCE_IMAGES
 from genqueue.providers.veo.capabilities import Dialect, ModelCaps, caps_for
 
-__all__ = ["model_and_parameters_schema"]
+__all__ = ["model_and_parameters_schema", "model_clauses"]
 
 MAX_SEED = 2**32 - 1
 # Canonical base64 (what binascii's strict mode takes): groups of 4, padding only at the end.
@@ -113,6 +113,28 @@ def _fits(caps: ModelCaps) -> dict[str, Any]:
             },
         ],
     }
+
+
+def model_clauses(
+    rows: dict[str, ModelCaps], default_model: str, when: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One `if model is m [and when] then parameters fit m's row` clause per model; `when`
+    (a provider's condition) narrows each clause to requests for that provider."""
+    clauses = []
+    for name, caps in rows.items():
+        chosen: dict[str, Any] = {"required": ["model"], "properties": {"model": {"const": name}}}
+        if name == default_model:
+            chosen = {
+                "anyOf": [
+                    chosen,
+                    {"not": {"required": ["model"]}},
+                    {"required": ["model"], "properties": {"model": {"type": "null"}}},
+                ]
+            }
+        if when is not None:
+            chosen = {"allOf": [when, chosen]}
+        clauses.append({"if": chosen, "then": {"properties": {"parameters": _fits(caps)}}})
+    return clauses
 
 
 def model_and_parameters_schema(

@@ -64,6 +64,9 @@ class VeoSettings(msgspec.Struct, frozen=True, kw_only=True):
     credentials_file: str | None = None
     output_gcs_uri: str | None = None
     fake: bool = False  # no credentials at all: the built-in fake serves
+    # The host follows the location (Vertex with a project, no VEO3_BASE_URL): an operation
+    # is polled at its own location's host (`vertex_base_url`), whatever VERTEX_LOCATION is now.
+    location_hosts: bool = False
 
     @property
     def express(self) -> bool:
@@ -156,6 +159,7 @@ def resolve(cfg: Config) -> VeoSettings:
         credentials_file=creds_file,
         output_gcs_uri=gcs,
         fake=fake,
+        location_hosts=dialect == "vertex" and project is not None and not cfg.veo3_base_url,
     )
 
 
