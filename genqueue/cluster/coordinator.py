@@ -6,9 +6,19 @@ consumer (consumer.py) hands to it. So the JobActor, the webhook outbox, the ret
 the watchdog are the one-machine ones; this file only carries the attempt away and back.
 
 What the coordinator stores of a remote attempt is the job's checkpoint,
-`{"attempt": N, "work": <the generation's checkpoint>}`: `attempt` says the work message of
-attempt N was sent (so a restart does not send it again), `work` is the latest checkpoint a
-worker reported (the Veo operation's name), sent with the next attempt's work message.
+`{"attempt": N, "dispatch": D, "work": <the generation's checkpoint>}`: `attempt` and
+`dispatch` say the work message of this dispatch was sent (so a restart does not send it
+again), `work` is the latest checkpoint a worker reported (the Veo operation's name), sent
+with the next attempt's work message.
+
+A dispatch is named by the job's `started_at`, which the JobActor stores in the turn that
+makes the job `processing`, before this processor runs (run_async starts after the commit),
+and which a restart's recovery keeps. So:
+- a job back from a daily-quota pause (the attempt given back: the same N again) is a new
+  dispatch, with a new `started_at`: its work message is sent, under a new deduplication id;
+- a coordinator that dies between the send and the record resends the same dispatch under
+  the same deduplication id (`{job}.{N}.{D}`), which SQS drops within its 5-minute window:
+  never two work messages, so never two workers starting, for one dispatch.
 """
 
 from __future__ import annotations
@@ -50,12 +60,12 @@ class RemoteRun:
     work: Any = None  # the generation's latest checkpoint
     progress: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dispatch: float = 0.0  # see dispatch_of
 
     async def save(self, progress: int | None = None) -> None:
         """Store the attempt's state in the job (durable before it returns)."""
-        await self.report(
-            progress=progress, checkpoint={"attempt": self.attempt, "work": self.work}
-        )
+        ckpt = {"attempt": self.attempt, "dispatch": self.dispatch, "work": self.work}
+        await self.report(progress=progress, checkpoint=ckpt)
 
 
 @dataclass
@@ -67,12 +77,27 @@ class WorkerSeen:
 class _Stored(msgspec.Struct):
     attempt: int = 0
     work: Any = None
+    dispatch: float | None = None  # the job's started_at when it was sent (None: older)
 
 
-def dedup_id(job_id: str, attempt: int) -> str:
-    """SQS's MessageDeduplicationId (at most 128 characters)."""
-    raw = f"{job_id}.{attempt}"
+def dispatch_of(job: Job) -> float:
+    """The name of one dispatch of a job: the `started_at` its Start stored."""
+    return job.started_at if job.started_at is not None else 0.0
+
+
+def dedup_id(job_id: str, attempt: int, dispatch: float = 0.0) -> str:
+    """SQS's MessageDeduplicationId (at most 128 characters): one per dispatch, the same
+    for a resend of that dispatch."""
+    raw = f"{job_id}.{attempt}.{dispatch!r}"
     return raw if len(raw) <= 128 else hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _sent(stored: _Stored, job: Job) -> bool:
+    """The work message of this dispatch of `job` went out already."""
+    if stored.attempt != job.attempts:
+        return False
+    # A record of an older version has no dispatch: taken as sent (never sent twice).
+    return stored.dispatch is None or stored.dispatch == dispatch_of(job)
 
 
 class Coordinator:
@@ -119,10 +144,11 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         run = RemoteRun(job.id, job.attempts, report, loop.create_future(), stored.work)
         run.progress = job.progress
+        run.dispatch = dispatch_of(job)
         self.runs[job.id] = run
         try:
             async with run.lock:
-                if stored.attempt != job.attempts:  # not sent yet (a restart does not resend)
+                if not _sent(stored, job):  # not sent yet (a restart does not resend)
                     await self._send_work(job, stored.work)
                     await run.save()
             return await run.future
@@ -150,7 +176,8 @@ class Coordinator:
             )
         for attempt in range(SEND_TRIES):
             try:
-                await self.queues.send("work", body, job.id, dedup_id(job.id, job.attempts))
+                dedup = dedup_id(job.id, job.attempts, dispatch_of(job))
+                await self.queues.send("work", body, job.id, dedup)
                 self.counters["dispatched"] += 1
                 return
             except Exception as exc:

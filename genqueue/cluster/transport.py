@@ -2,9 +2,9 @@
 
 Three FIFO queues, created if missing by whichever process starts first (CreateQueue with
 the same attributes is idempotent):
-    {prefix}-work.fifo    one message per attempt (group: the job; deduplication id
-                          `{job}.{attempt}`, so a dispatch re-sent within SQS's 5-minute
-                          window after a coordinator crash is dropped by SQS itself);
+    {prefix}-work.fifo    one message per dispatch (group: the job; deduplication id
+                          `{job}.{attempt}.{dispatch}`, so a dispatch re-sent within SQS's
+                          5-minute window after a coordinator crash is dropped by SQS itself);
                           visibility = the worker lease; redrive to the DLQ after
                           `sqs_max_receives` receives
     {prefix}-events.fifo  worker -> coordinator (group: the job, so one job's events
