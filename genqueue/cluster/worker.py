@@ -10,6 +10,12 @@ the board (S3) and then to the events queue before the workflow goes on, so a wo
 receives the message after this one died reads it and polls the same Veo operation. On
 SIGTERM the worker stops receiving, lets a paid start in flight reach its checkpoint, then
 hands back what it holds (visibility 0) and exits.
+
+A paid start is never cut silently: SIGTERM waits for it as long as a start may take (two
+calls, a 401 refreshing the token, each within the client's request timeout, plus the
+checkpoint's writes); a lost lease stops the attempt only once its start has settled (its
+checkpoint is on the board for whoever holds the message now); and a start cut anyway
+(the grace ran out) is counted as an ambiguous start and logged.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -48,7 +55,16 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("genqueue.worker")
 SEND_TRIES = 8
-START_GRACE_S = 30.0  # how long SIGTERM waits for a paid start to reach its checkpoint
+# A start's two calls (a 401 refreshes the token and calls again) are each within the Veo
+# client's request timeout; then the token refresh and the checkpoint's writes.
+START_MARGIN_S = 30.0
+DEFAULT_REQUEST_TIMEOUT_S = 60.0  # Veo3Client's, when the service has no client
+CHECKPOINT_RETRY_MAX_S = 5.0
+
+
+def start_grace_s(request_timeout_s: float) -> float:
+    """How long SIGTERM waits for a paid start in flight to reach its checkpoint."""
+    return 2 * request_timeout_s + START_MARGIN_S
 
 
 @dataclass
@@ -60,9 +76,15 @@ class WorkerRun:
     stop_reason: str | None = None  # "cancelled" | "handback" | "lease_lost"
     task: asyncio.Task[None] | None = None
     closing: bool = False  # the outcome is known: being sent, then the message deleted
+    lease_until: float = 0.0  # (monotonic) until when the lease surely holds
+    stop_after_start: str | None = None  # a stop waiting for the start in flight to settle
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None and self.task is not None and not self.closing:
+            if self.starting and reason == "lease_lost":
+                # Cut now, the paid operation's name would be lost: stop once it is stored.
+                self.stop_after_start = reason
+                return
             self.stop_reason = reason
             self.task.cancel()
 
@@ -156,7 +178,7 @@ class Worker:
             return
         if work.job.id in self.runs:
             return  # a duplicate delivery of what this worker runs
-        run = WorkerRun(work, m.handle)
+        run = WorkerRun(work, m.handle, lease_until=time.monotonic() + self.queues.lease_s)
         self.runs[work.job.id] = run
         run.task = asyncio.create_task(self._execute(run))
 
@@ -194,7 +216,10 @@ class Worker:
         latest = await self.board.get_checkpoint(work.job.generation_id)
         if latest is not None and latest.attempt > work.attempt:
             return None  # a message of an earlier attempt, delivered late: drop it
-        ckpt = latest.checkpoint if latest is not None and latest.attempt == work.attempt else None
+        # The board's is the newest checkpoint of this generation (written before any
+        # event), even of an earlier attempt whose Checkpoint event never reached the
+        # coordinator: it may name a paid operation, which this attempt resumes.
+        ckpt = latest.checkpoint if latest is not None else None
         ckpt = ckpt if ckpt is not None else work.checkpoint
         job = msgspec.structs.replace(work.job, checkpoint=ckpt, attempts=work.attempt)
         try:
@@ -220,39 +245,59 @@ class Worker:
         return self._outcome(run, result=result)
 
     def _reporter(self, run: WorkerRun) -> Any:
-        work = run.work
-
         async def report(progress: int | None = None, checkpoint: Any = None) -> None:
             if progress is not None:
                 run.progress = max(run.progress, int(progress))
             if checkpoint is None:
                 return  # progress rides on the next heartbeat
-            try:
-                await self.board.put_checkpoint(work.job.generation_id, work.attempt, checkpoint)
-                event = Checkpoint(
-                    job_id=work.job.id,
-                    attempt=work.attempt,
-                    worker_id=self.id,
-                    checkpoint=checkpoint,
-                    progress=progress,
-                )
-                await self._send(event, work.job.id)
-            except Exception as exc:
-                raise ProviderError(
-                    f"the checkpoint could not be stored: {exc}",
-                    retryable=True,
-                    code="checkpoint_failed",
-                ) from exc
+            await self._store_checkpoint(run, checkpoint, progress)
             self.start_settled(run)
 
         return report
 
+    async def _store_checkpoint(self, run: WorkerRun, checkpoint: Any, progress: Any) -> None:
+        """On the board, then on the events queue; retried while the lease holds (the
+        checkpoint may name a paid operation: failing the attempt would lose it for the
+        coordinator), then `checkpoint_failed`. The board's copy alone is enough for the
+        next attempt, which reads it."""
+        work = run.work
+        event = Checkpoint(
+            job_id=work.job.id,
+            attempt=work.attempt,
+            worker_id=self.id,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+        dedup, on_board, delay_s = uuid.uuid4().hex, False, 0.2
+        while True:
+            try:
+                if not on_board:
+                    await self.board.put_checkpoint(
+                        work.job.generation_id, work.attempt, checkpoint
+                    )
+                    on_board = True
+                await self._send(event, work.job.id, dedup)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay_s >= run.lease_until:
+                    raise ProviderError(
+                        f"the checkpoint could not be stored: {exc}",
+                        retryable=True,
+                        code="checkpoint_failed",
+                    ) from exc
+                log.warning(
+                    "checkpoint not stored yet, retrying while the lease holds",
+                    extra={"job_id": work.job.id, "on_board": on_board, "error": repr(exc)},
+                )
+                await asyncio.sleep(delay_s * random.uniform(0.5, 1.5))
+                delay_s = min(CHECKPOINT_RETRY_MAX_S, 2 * delay_s)
+
     def _outcome(self, run: WorkerRun, **kw: Any) -> Outcome:
         return Outcome(job_id=run.work.job.id, attempt=run.work.attempt, worker_id=self.id, **kw)
 
-    async def _send(self, event: Event, group: str) -> None:
+    async def _send(self, event: Event, group: str, dedup: str = "") -> None:
         body = encode(event)
-        dedup = uuid.uuid4().hex  # one id for every try of this send
+        dedup = dedup or uuid.uuid4().hex  # one id for every try of this send
         for attempt in range(SEND_TRIES):
             try:
                 await self.queues.send("events", body, group, dedup)
@@ -261,7 +306,7 @@ class Worker:
                 if attempt + 1 == SEND_TRIES:
                     raise
                 log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.5))
 
     # -- the lease, heartbeats, cancels, 429s --------------------------------------------------
 
@@ -273,6 +318,7 @@ class Worker:
             await asyncio.sleep(interval_s)
             runs = list(self.runs.values())
             try:
+                asked = time.monotonic()
                 refused = await self.queues.extend(
                     "work", [r.handle for r in runs], self.queues.lease_s
                 )
@@ -280,6 +326,8 @@ class Worker:
                     if r.handle in refused and not r.closing:  # (closing: deleted meanwhile)
                         log.warning("lease lost", extra={"job_id": r.work.job.id})
                         r.stop("lease_lost")
+                    elif r.handle not in refused:
+                        r.lease_until = asked + self.queues.lease_s
                 await self._send(self._beat(), self.id)
                 cancels = await self.board.cancels() if runs else set()
                 for r in runs:
@@ -310,6 +358,24 @@ class Worker:
         if run is not None and run.starting:
             run.starting = False
             self._calm.set()
+            if run.stop_after_start is not None:
+                run.stop(run.stop_after_start)
+
+    def _grace_s(self) -> float:
+        actor = self.service.actor
+        client = getattr(actor, "client", None) if actor is not None else None
+        timeout_s = getattr(client, "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)
+        return start_grace_s(float(timeout_s))
+
+    def _count_cut_start(self, run: WorkerRun) -> None:
+        """A start stopped before its checkpoint: maybe paid, its operation unknown."""
+        actor = self.service.actor
+        if actor is not None:
+            actor.ambiguous_starts += 1
+        log.warning(
+            "a paid start was stopped before its checkpoint: counted as an ambiguous start",
+            extra={"job_id": run.work.job.id, "attempt": run.work.attempt},
+        )
 
     def saw_429(self, retry_after_s: float | None, provider: str = "veo3") -> None:
         now = time.monotonic()
@@ -327,7 +393,7 @@ class Worker:
         """Wait until no paid start is between its call and its checkpoint, then stop every
         attempt in the same loop turn (none can begin a start after the check) and make
         each message visible again."""
-        deadline = time.monotonic() + START_GRACE_S
+        deadline = time.monotonic() + self._grace_s()
         while any(r.starting for r in self.runs.values()) and time.monotonic() < deadline:
             self._calm.clear()
             with contextlib.suppress(TimeoutError):
@@ -337,6 +403,8 @@ class Worker:
             return
         log.info("handing back", extra={"worker_id": self.id, "jobs": len(runs)})
         for run in runs:
+            if run.starting:
+                self._count_cut_start(run)
             run.stop("handback")
         await asyncio.gather(*(self._hand_back(r) for r in runs))
 
