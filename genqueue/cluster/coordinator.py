@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -188,7 +189,8 @@ class Coordinator:
                         code="sqs_error",
                     ) from exc
                 log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5 * 2**attempt)
+                # jittered: sends that failed together do not all retry together
+                await asyncio.sleep(0.5 * 2**attempt * random.uniform(0.5, 1.5))
 
     async def _notice_cancel(self, job_id: str, attempt: int) -> None:
         """Tell the worker, once the job is seen to have left this attempt (cancelled, or
