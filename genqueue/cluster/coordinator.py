@@ -36,16 +36,18 @@ import msgspec
 
 from genqueue.actors.job import ReportFn
 from genqueue.clock import Clock, RealClock
-from genqueue.cluster.messages import Heartbeat, Work, encode
+from genqueue.cluster.messages import Heartbeat, Work, encode, encode_params
 from genqueue.cluster.transport import Board, Queues
 from genqueue.config import Config
 from genqueue.errors import ProviderError
 from genqueue.models import Job, JobResult
+from genqueue.storage.videourls import stored_video_key
 
 __all__ = ["Coordinator", "RemoteRun", "WorkerSeen"]
 
 log = logging.getLogger("genqueue.cluster")
 MAX_WORK_BYTES = 250_000  # SQS takes 256 KiB a message
+INLINE_WORK_BYTES = 64 * 1024  # a larger work message with images sends them through S3
 SEND_TRIES = 5
 NOTICE_LOOKS = 50  # a cancelled run's job leaves `processing` within 5 s (one actor turn)
 
@@ -155,26 +157,14 @@ class Coordinator:
             return await run.future
         except asyncio.CancelledError:
             if not self.closing:  # cancelled or timed out: tell the worker that holds it
-                self.spawn(self._notice_cancel(job.id, job.attempts))
+                self.spawn(self._notice_cancel(job.id, job.generation_id, job.attempts))
             raise
         finally:
             if self.runs.get(job.id) is run:
                 del self.runs[job.id]
 
     async def _send_work(self, job: Job, checkpoint: Any) -> None:
-        work = Work(
-            job=msgspec.structs.replace(job, checkpoint=None),
-            attempt=job.attempts,
-            checkpoint=checkpoint,
-            sent_at=self.clock.now(),
-        )
-        body = encode(work)
-        if len(body.encode()) > MAX_WORK_BYTES:
-            raise ProviderError(
-                f"the job is {len(body.encode())} bytes as a work message; SQS takes 256 KiB",
-                retryable=False,
-                code="too_large",
-            )
+        body = await self._work_body(job, checkpoint)
         for attempt in range(SEND_TRIES):
             try:
                 dedup = dedup_id(job.id, job.attempts, dispatch_of(job))
@@ -192,7 +182,65 @@ class Coordinator:
                 # jittered: sends that failed together do not all retry together
                 await asyncio.sleep(0.5 * 2**attempt * random.uniform(0.5, 1.5))
 
-    async def _notice_cancel(self, job_id: str, attempt: int) -> None:
+    async def _work_body(self, job: Job, checkpoint: Any) -> str:
+        """The work message; a job whose images make it too large for SQS sends its
+        parameters through the board (`inputs/{generation_id}`, put before the send)."""
+        work = Work(
+            job=msgspec.structs.replace(job, checkpoint=None),
+            attempt=job.attempts,
+            checkpoint=checkpoint,
+            sent_at=self.clock.now(),
+        )
+        body = encode(work)
+        if len(body.encode()) > INLINE_WORK_BYTES and job.parameters.images():
+            try:
+                await self.board.put_input(job.generation_id, encode_params(job.parameters))
+            except Exception as exc:
+                raise ProviderError(
+                    f"cannot store the job's images on S3 for the workers: {exc}",
+                    retryable=True,
+                    code="s3_error",
+                ) from exc
+            bare = msgspec.structs.replace(
+                job.parameters, image=None, last_frame=None, reference_images=None
+            )
+            light = msgspec.structs.replace(job, checkpoint=None, parameters=bare)
+            body = encode(msgspec.structs.replace(work, job=light, input_on_board=True))
+        if len(body.encode()) > MAX_WORK_BYTES:
+            raise ProviderError(
+                f"the job is {len(body.encode())} bytes as a work message; SQS takes 256 KiB",
+                retryable=False,
+                code="too_large",
+            )
+        return body
+
+    def job_ended(self, job: Job) -> None:
+        """(On the loop) a job reached a terminal state: its input on the board goes."""
+        if job.parameters.images():
+            self.spawn(self._delete_input(job.generation_id))
+
+    async def _delete_input(self, generation_id: str) -> None:
+        try:
+            await self.board.delete_input(generation_id)
+        except Exception as exc:  # retention deletes it with the job
+            log.warning("job input not deleted", extra={"error": repr(exc)})
+
+    async def delete_videos(self, jobs: list[Job]) -> None:
+        """Retention removed `jobs`: their videos and their objects on the board go."""
+        for job in jobs:
+            keys = [stored_video_key(job, "s3")]
+            keys += [v.key for v in (job.result.videos or [])[1:]] if job.result else []
+            try:
+                for key in filter(None, keys):
+                    await self.board.delete_key(key)
+                await self.board.forget(job.generation_id)
+            except Exception as exc:
+                log.warning(
+                    "could not delete a removed job's objects",
+                    extra={"job_id": job.id, "error": repr(exc)},
+                )
+
+    async def _notice_cancel(self, job_id: str, generation_id: str, attempt: int) -> None:
         """Tell the worker, once the job is seen to have left this attempt (cancelled, or
         timed out): the actors stopping (a store reopening) cancel runs too, and then the
         job stays processing and its worker carries on."""
@@ -209,7 +257,7 @@ class Coordinator:
         else:
             return
         try:
-            await self.board.cancel(job_id, attempt)
+            await self.board.cancel(generation_id, attempt)
         except Exception as exc:
             log.warning("cancel notice not stored", extra={"job_id": job_id, "error": repr(exc)})
 

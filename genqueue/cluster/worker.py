@@ -44,12 +44,14 @@ from genqueue.cluster.messages import (
     Outcome,
     RateLimited,
     Work,
+    decode_params,
     decode_work,
     encode,
 )
 from genqueue.cluster.transport import Board, Queues, Received
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest, ProviderError
+from genqueue.models import Job
 
 __all__ = ["Worker"]
 
@@ -209,7 +211,7 @@ class Worker:
     async def _generate(self, run: WorkerRun) -> Outcome | None:
         work = run.work
         job_id = work.job.id
-        if await self.board.is_cancelled(job_id, work.attempt):
+        if await self.board.is_cancelled(work.job.generation_id, work.attempt):
             raise _CancelledByCoordinator
         # Keyed by the generation id, unique per job record: a client id reused after
         # retention must not resume (or be dropped by) its predecessor's checkpoint.
@@ -223,6 +225,7 @@ class Worker:
         ckpt = ckpt if ckpt is not None else work.checkpoint
         job = msgspec.structs.replace(work.job, checkpoint=ckpt, attempts=work.attempt)
         try:
+            job = await self._with_input(job, work)
             result = await self.service(job, self._reporter(run))
         except ProviderError as exc:
             return self._outcome(
@@ -243,6 +246,26 @@ class Worker:
             message = f"internal error: {type(exc).__name__}: {exc}"
             return self._outcome(run, error=ErrorInfo(message=message, retryable=False))
         return self._outcome(run, result=result)
+
+    async def _with_input(self, job: Job, work: Work) -> Job:
+        """The job with its parameters from the board, when they travelled there."""
+        if not work.input_on_board:
+            return job
+        try:
+            data = await self.board.get_input(job.generation_id)
+        except Exception as exc:
+            raise ProviderError(
+                f"the job's input could not be read from S3: {exc}",
+                retryable=True,
+                code="s3_error",
+            ) from exc
+        if data is None:  # the job ended (its input deleted): this message came late
+            raise ProviderError(
+                "the job's input is no longer on the board (the job ended)",
+                retryable=False,
+                code="input_missing",
+            )
+        return msgspec.structs.replace(job, parameters=decode_params(data))
 
     def _reporter(self, run: WorkerRun) -> Any:
         async def report(progress: int | None = None, checkpoint: Any = None) -> None:
@@ -293,7 +316,14 @@ class Worker:
                 delay_s = min(CHECKPOINT_RETRY_MAX_S, 2 * delay_s)
 
     def _outcome(self, run: WorkerRun, **kw: Any) -> Outcome:
-        return Outcome(job_id=run.work.job.id, attempt=run.work.attempt, worker_id=self.id, **kw)
+        job = run.work.job
+        return Outcome(
+            job_id=job.id,
+            attempt=run.work.attempt,
+            worker_id=self.id,
+            generation_id=job.generation_id,
+            **kw,
+        )
 
     async def _send(self, event: Event, group: str, dedup: str = "") -> None:
         body = encode(event)
@@ -331,7 +361,7 @@ class Worker:
                 await self._send(self._beat(), self.id)
                 cancels = await self.board.cancels() if runs else set()
                 for r in runs:
-                    if (r.work.job.id, r.work.attempt) in cancels:
+                    if (r.work.job.generation_id, r.work.attempt) in cancels:
                         r.stop("cancelled")
             except Exception as exc:
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
