@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+import genqueue.cluster.starts as starts_mod
 import genqueue.cluster.worker as worker_mod
 from genqueue.actors.generation import GenerationActor
 from genqueue.cluster.messages import Work, decode_event
+from genqueue.cluster.starts import RUN, ClientSpy, WorkerRun, start_grace_s
 from genqueue.cluster.transport import BoardCheckpoint
-from genqueue.cluster.worker import _RUN, Worker, WorkerRun, _ClientSpy, start_grace_s
+from genqueue.cluster.worker import Worker
 from genqueue.config import Config
 from genqueue.models import GenerationParams, Job
 from genqueue.providers.veo import Operation, VideoRef
@@ -76,6 +78,7 @@ class FakeVeo:
 class Service:
     def __init__(self, actor: GenerationActor) -> None:
         self.actor = actor
+        self.actors = {"veo3": actor}
 
     async def __call__(self, job: Job, report: Any) -> Any:
         return await self.actor(job, report)
@@ -103,7 +106,7 @@ def _worker(tmp_path: Path, veo: FakeVeo, queues: FlakyQueues) -> Worker:
     worker.board = MemoryBoard()  # type: ignore[assignment]
     worker.queues = queues  # type: ignore[assignment]
     actor = GenerationActor(
-        _ClientSpy(veo, worker),  # type: ignore[arg-type]
+        ClientSpy(veo, worker),  # type: ignore[arg-type]
         LocalStore(tmp_path, "http://x"),
         polling_interval_s=0.001,
     )
@@ -163,7 +166,7 @@ async def _start_then_stop(worker: Worker, veo: FakeVeo, stop: Any) -> WorkerRun
     checkpointed = asyncio.Event()
 
     async def attempt() -> None:
-        _RUN.set(run)
+        RUN.set(run)
         name = await worker.service.actor.client.start("p", None)  # type: ignore[union-attr]
         await worker._reporter(run)(checkpoint={"operation": name})
         checkpointed.set()
@@ -201,7 +204,7 @@ def test_sigterm_waits_for_a_start_within_its_timeout(tmp_path: Path) -> None:
 def test_a_start_cut_by_sigterm_after_its_grace_is_counted_ambiguous(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker_mod, "START_MARGIN_S", 0.0)
+    monkeypatch.setattr(starts_mod, "START_MARGIN_S", 0.0)
     veo = FakeVeo(start_s=5.0, request_timeout_s=0.05)  # (a start past its own timeout)
     queues = FlakyQueues(fail_checkpoints=0)
 

@@ -28,8 +28,6 @@ import random
 import socket
 import time
 import uuid
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -48,6 +46,13 @@ from genqueue.cluster.messages import (
     decode_work,
     encode,
 )
+from genqueue.cluster.starts import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    RUN,
+    ClientSpy,
+    WorkerRun,
+    start_grace_s,
+)
 from genqueue.cluster.transport import Board, Queues, Received
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest, ProviderError
@@ -57,45 +62,11 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("genqueue.worker")
 SEND_TRIES = 8
-# A start's two calls (a 401 refreshes the token and calls again) are each within the Veo
-# client's request timeout; then the token refresh and the checkpoint's writes.
-START_MARGIN_S = 30.0
-DEFAULT_REQUEST_TIMEOUT_S = 60.0  # Veo3Client's, when the service has no client
 CHECKPOINT_RETRY_MAX_S = 5.0
-
-
-def start_grace_s(request_timeout_s: float) -> float:
-    """How long SIGTERM waits for a paid start in flight to reach its checkpoint."""
-    return 2 * request_timeout_s + START_MARGIN_S
-
-
-@dataclass
-class WorkerRun:
-    work: Work
-    handle: str
-    progress: int = 0
-    starting: bool = False  # a paid start is in flight and not yet checkpointed
-    stop_reason: str | None = None  # "cancelled" | "handback" | "lease_lost"
-    task: asyncio.Task[None] | None = None
-    closing: bool = False  # the outcome is known: being sent, then the message deleted
-    lease_until: float = 0.0  # (monotonic) until when the lease surely holds
-    stop_after_start: str | None = None  # a stop waiting for the start in flight to settle
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None and self.task is not None and not self.closing:
-            if self.starting and reason == "lease_lost":
-                # Cut now, the paid operation's name would be lost: stop once it is stored.
-                self.stop_after_start = reason
-                return
-            self.stop_reason = reason
-            self.task.cancel()
 
 
 class _CancelledByCoordinator(Exception):
     pass
-
-
-_RUN: ContextVar[WorkerRun | None] = ContextVar("genqueue_worker_run", default=None)
 
 
 class Worker:
@@ -188,7 +159,7 @@ class Worker:
 
     async def _execute(self, run: WorkerRun) -> None:
         job_id = run.work.job.id
-        _RUN.set(run)  # (this task's own context) the Veo client spy marks its starts
+        RUN.set(run)  # (this task's own context) the Veo client spy marks its starts
         try:
             try:
                 outcome = await self._generate(run)
@@ -381,7 +352,7 @@ class Worker:
 
     def _spy_rate_limits(self) -> None:
         for provider, actor in self.service.actors.items():  # every provider's 429s count
-            actor.client = _ClientSpy(actor.client, self, provider)
+            actor.client = ClientSpy(actor.client, self, provider)
 
     def start_settled(self, run: WorkerRun | None) -> None:
         """A paid start ended: checkpointed, or refused (nothing to lose)."""
@@ -392,14 +363,16 @@ class Worker:
                 run.stop(run.stop_after_start)
 
     def _grace_s(self) -> float:
-        actor = self.service.actor
-        client = getattr(actor, "client", None) if actor is not None else None
-        timeout_s = getattr(client, "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)
-        return start_grace_s(float(timeout_s))
+        """As long as the slowest provider's start may take."""
+        timeouts = [
+            getattr(actor.client, "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)
+            for actor in self.service.actors.values()
+        ]
+        return start_grace_s(float(max(timeouts, default=DEFAULT_REQUEST_TIMEOUT_S)))
 
     def _count_cut_start(self, run: WorkerRun) -> None:
         """A start stopped before its checkpoint: maybe paid, its operation unknown."""
-        actor = self.service.actor
+        actor = self.service.actors.get(run.work.job.provider)
         if actor is not None:
             actor.ambiguous_starts += 1
         log.warning(
@@ -451,36 +424,3 @@ class Worker:
 
 def _cancelled() -> ErrorInfo:
     return ErrorInfo(message="cancelled", retryable=False, code="cancelled")
-
-
-class _ClientSpy:
-    """The Veo client, telling the worker when a paid start is in flight (until its
-    checkpoint is stored) and of every 429 (which the workflow then retries)."""
-
-    def __init__(self, client: Any, worker: Worker, provider: str = "veo3"):
-        self._client = client
-        self._worker = worker
-        self._provider = provider
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    async def start(self, *args: Any, **kw: Any) -> Any:
-        run = _RUN.get()
-        if run is not None:
-            run.starting = True
-        try:
-            return await self._client.start(*args, **kw)
-        except BaseException as exc:
-            self._worker.start_settled(run)  # no operation: nothing to checkpoint
-            if isinstance(exc, ProviderError) and exc.status == 429:
-                self._worker.saw_429(exc.retry_after_s, self._provider)
-            raise
-
-    async def poll(self, *args: Any, **kw: Any) -> Any:
-        try:
-            return await self._client.poll(*args, **kw)
-        except ProviderError as exc:
-            if exc.status == 429:
-                self._worker.saw_429(exc.retry_after_s, self._provider)
-            raise
