@@ -270,6 +270,7 @@ class Worker:
                         work.job.generation_id, work.attempt, checkpoint
                     )
                     on_board = True
+                    self.start_settled(run)  # a resuming worker finds it: SIGTERM may go on
                 await self._send(event, work.job.id, dedup)
                 return
             except Exception as exc:
