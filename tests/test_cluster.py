@@ -297,8 +297,9 @@ def test_sixty_jobs_survive_kills_of_workers_and_coordinator(
 
     async def scenario(session: aiohttp.ClientSession) -> Any:
         api = first.api(session)
-        # The first 8 go to w1 alone, and take long enough for w1 to be killed mid-way.
-        await fake.faults(session, latency_s=8.0)
+        # The first 8 go to w1 alone, and take long enough for w1 to be killed mid-way: 25 s
+        # (under load, starting w2 and w3 and seeing them listed took more than 8 s).
+        await fake.faults(session, latency_s=25.0)
         for job_id, prompt in zip(ids[:8], prompts[:8], strict=True):
             await api.submit({"id": job_id, "prompt": prompt})
 

@@ -63,7 +63,7 @@ def _run_attempts(tmp_path: Path, *works: Work) -> tuple[list[Any], list[Any], M
         worker.board = board  # type: ignore[assignment]
         worker.service = workflow  # type: ignore[assignment]
 
-        async def send(event: Any, group: str) -> None:
+        async def send(event: Any, group: str, dedup: str = "") -> None:
             return None
 
         worker._send = send  # type: ignore[method-assign]

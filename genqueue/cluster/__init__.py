@@ -3,6 +3,8 @@
 coordinator.py  the coordinator's processor: an attempt goes out as a work message
 consumer.py     the coordinator applies the events (and dead-letter) queue to its jobs
 worker.py       `python main.py worker`: runs attempts with the one-machine workflow
+starts.py       a worker's paid starts in flight: the Veo client's spy, the SIGTERM grace
+batch.py        sends and deletes of one loop turn share one SQS batch request
 messages.py     what travels on SQS (every message names its job and attempt)
 transport.py    the SQS queues and the S3 board (checkpoints, cancel notices)
 """

@@ -135,9 +135,9 @@ class EventsConsumer:
             if self._waiting_for(event.job_id, event.attempt):
                 return False  # not recovered yet: it comes back
             self.co.counters["staleEvents"] += 1
-            if isinstance(event, Outcome):  # a cancelled attempt's worker has stopped
-                with contextlib.suppress(Exception):
-                    await self.co.board.uncancel(event.job_id, event.attempt)
+            if isinstance(event, Outcome) and event.generation_id:
+                with contextlib.suppress(Exception):  # a cancelled attempt's worker stopped
+                    await self.co.board.uncancel(event.generation_id, event.attempt)
             await self.co.queues.delete("events", m.handle)
             return True
         if isinstance(event, Checkpoint):
@@ -224,6 +224,9 @@ class EventsConsumer:
         if job.status != "processing" and job.id in self.held:
             with contextlib.suppress(RuntimeError):  # the loop closed
                 self._loop.call_soon_threadsafe(self._release, job.id)
+        if job.terminal:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.co.job_ended, job)
 
     def _release(self, job_id: str) -> None:
         for queue, handle in self.held.pop(job_id, []):

@@ -6,9 +6,19 @@ consumer (consumer.py) hands to it. So the JobActor, the webhook outbox, the ret
 the watchdog are the one-machine ones; this file only carries the attempt away and back.
 
 What the coordinator stores of a remote attempt is the job's checkpoint,
-`{"attempt": N, "work": <the generation's checkpoint>}`: `attempt` says the work message of
-attempt N was sent (so a restart does not send it again), `work` is the latest checkpoint a
-worker reported (the Veo operation's name), sent with the next attempt's work message.
+`{"attempt": N, "dispatch": D, "work": <the generation's checkpoint>}`: `attempt` and
+`dispatch` say the work message of this dispatch was sent (so a restart does not send it
+again), `work` is the latest checkpoint a worker reported (the Veo operation's name), sent
+with the next attempt's work message.
+
+A dispatch is named by the job's `started_at`, which the JobActor stores in the turn that
+makes the job `processing`, before this processor runs (run_async starts after the commit),
+and which a restart's recovery keeps. So:
+- a job back from a daily-quota pause (the attempt given back: the same N again) is a new
+  dispatch, with a new `started_at`: its work message is sent, under a new deduplication id;
+- a coordinator that dies between the send and the record resends the same dispatch under
+  the same deduplication id (`{job}.{N}.{D}`), which SQS drops within its 5-minute window:
+  never two work messages, so never two workers starting, for one dispatch.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -25,16 +36,18 @@ import msgspec
 
 from genqueue.actors.job import ReportFn
 from genqueue.clock import Clock, RealClock
-from genqueue.cluster.messages import Heartbeat, Work, encode
+from genqueue.cluster.messages import Heartbeat, Work, encode, encode_params
 from genqueue.cluster.transport import Board, Queues
 from genqueue.config import Config
 from genqueue.errors import ProviderError
 from genqueue.models import Job, JobResult
+from genqueue.storage.videourls import stored_video_key
 
 __all__ = ["Coordinator", "RemoteRun", "WorkerSeen"]
 
 log = logging.getLogger("genqueue.cluster")
 MAX_WORK_BYTES = 250_000  # SQS takes 256 KiB a message
+INLINE_WORK_BYTES = 64 * 1024  # a larger work message with images sends them through S3
 SEND_TRIES = 5
 NOTICE_LOOKS = 50  # a cancelled run's job leaves `processing` within 5 s (one actor turn)
 
@@ -50,12 +63,12 @@ class RemoteRun:
     work: Any = None  # the generation's latest checkpoint
     progress: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dispatch: float = 0.0  # see dispatch_of
 
     async def save(self, progress: int | None = None) -> None:
         """Store the attempt's state in the job (durable before it returns)."""
-        await self.report(
-            progress=progress, checkpoint={"attempt": self.attempt, "work": self.work}
-        )
+        ckpt = {"attempt": self.attempt, "dispatch": self.dispatch, "work": self.work}
+        await self.report(progress=progress, checkpoint=ckpt)
 
 
 @dataclass
@@ -67,12 +80,27 @@ class WorkerSeen:
 class _Stored(msgspec.Struct):
     attempt: int = 0
     work: Any = None
+    dispatch: float | None = None  # the job's started_at when it was sent (None: older)
 
 
-def dedup_id(job_id: str, attempt: int) -> str:
-    """SQS's MessageDeduplicationId (at most 128 characters)."""
-    raw = f"{job_id}.{attempt}"
+def dispatch_of(job: Job) -> float:
+    """The name of one dispatch of a job: the `started_at` its Start stored."""
+    return job.started_at if job.started_at is not None else 0.0
+
+
+def dedup_id(job_id: str, attempt: int, dispatch: float = 0.0) -> str:
+    """SQS's MessageDeduplicationId (at most 128 characters): one per dispatch, the same
+    for a resend of that dispatch."""
+    raw = f"{job_id}.{attempt}.{dispatch!r}"
     return raw if len(raw) <= 128 else hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _sent(stored: _Stored, job: Job) -> bool:
+    """The work message of this dispatch of `job` went out already."""
+    if stored.attempt != job.attempts:
+        return False
+    # A record of an older version has no dispatch: taken as sent (never sent twice).
+    return stored.dispatch is None or stored.dispatch == dispatch_of(job)
 
 
 class Coordinator:
@@ -119,38 +147,28 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         run = RemoteRun(job.id, job.attempts, report, loop.create_future(), stored.work)
         run.progress = job.progress
+        run.dispatch = dispatch_of(job)
         self.runs[job.id] = run
         try:
             async with run.lock:
-                if stored.attempt != job.attempts:  # not sent yet (a restart does not resend)
+                if not _sent(stored, job):  # not sent yet (a restart does not resend)
                     await self._send_work(job, stored.work)
                     await run.save()
             return await run.future
         except asyncio.CancelledError:
             if not self.closing:  # cancelled or timed out: tell the worker that holds it
-                self.spawn(self._notice_cancel(job.id, job.attempts))
+                self.spawn(self._notice_cancel(job.id, job.generation_id, job.attempts))
             raise
         finally:
             if self.runs.get(job.id) is run:
                 del self.runs[job.id]
 
     async def _send_work(self, job: Job, checkpoint: Any) -> None:
-        work = Work(
-            job=msgspec.structs.replace(job, checkpoint=None),
-            attempt=job.attempts,
-            checkpoint=checkpoint,
-            sent_at=self.clock.now(),
-        )
-        body = encode(work)
-        if len(body.encode()) > MAX_WORK_BYTES:
-            raise ProviderError(
-                f"the job is {len(body.encode())} bytes as a work message; SQS takes 256 KiB",
-                retryable=False,
-                code="too_large",
-            )
+        body = await self._work_body(job, checkpoint)
         for attempt in range(SEND_TRIES):
             try:
-                await self.queues.send("work", body, job.id, dedup_id(job.id, job.attempts))
+                dedup = dedup_id(job.id, job.attempts, dispatch_of(job))
+                await self.queues.send("work", body, job.id, dedup)
                 self.counters["dispatched"] += 1
                 return
             except Exception as exc:
@@ -161,9 +179,68 @@ class Coordinator:
                         code="sqs_error",
                     ) from exc
                 log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5 * 2**attempt)
+                # jittered: sends that failed together do not all retry together
+                await asyncio.sleep(0.5 * 2**attempt * random.uniform(0.5, 1.5))
 
-    async def _notice_cancel(self, job_id: str, attempt: int) -> None:
+    async def _work_body(self, job: Job, checkpoint: Any) -> str:
+        """The work message; a job whose images make it too large for SQS sends its
+        parameters through the board (`inputs/{generation_id}`, put before the send)."""
+        work = Work(
+            job=msgspec.structs.replace(job, checkpoint=None),
+            attempt=job.attempts,
+            checkpoint=checkpoint,
+            sent_at=self.clock.now(),
+        )
+        body = encode(work)
+        if len(body.encode()) > INLINE_WORK_BYTES and job.parameters.images():
+            try:
+                await self.board.put_input(job.generation_id, encode_params(job.parameters))
+            except Exception as exc:
+                raise ProviderError(
+                    f"cannot store the job's images on S3 for the workers: {exc}",
+                    retryable=True,
+                    code="s3_error",
+                ) from exc
+            bare = msgspec.structs.replace(
+                job.parameters, image=None, last_frame=None, reference_images=None
+            )
+            light = msgspec.structs.replace(job, checkpoint=None, parameters=bare)
+            body = encode(msgspec.structs.replace(work, job=light, input_on_board=True))
+        if len(body.encode()) > MAX_WORK_BYTES:
+            raise ProviderError(
+                f"the job is {len(body.encode())} bytes as a work message; SQS takes 256 KiB",
+                retryable=False,
+                code="too_large",
+            )
+        return body
+
+    def job_ended(self, job: Job) -> None:
+        """(On the loop) a job reached a terminal state: its input on the board goes."""
+        if job.parameters.images():
+            self.spawn(self._delete_input(job.generation_id))
+
+    async def _delete_input(self, generation_id: str) -> None:
+        try:
+            await self.board.delete_input(generation_id)
+        except Exception as exc:  # retention deletes it with the job
+            log.warning("job input not deleted", extra={"error": repr(exc)})
+
+    async def delete_videos(self, jobs: list[Job]) -> None:
+        """Retention removed `jobs`: their videos and their objects on the board go."""
+        for job in jobs:
+            keys = [stored_video_key(job, "s3")]
+            keys += [v.key for v in (job.result.videos or [])[1:]] if job.result else []
+            try:
+                for key in filter(None, keys):
+                    await self.board.delete_key(key)
+                await self.board.forget(job.generation_id)
+            except Exception as exc:
+                log.warning(
+                    "could not delete a removed job's objects",
+                    extra={"job_id": job.id, "error": repr(exc)},
+                )
+
+    async def _notice_cancel(self, job_id: str, generation_id: str, attempt: int) -> None:
         """Tell the worker, once the job is seen to have left this attempt (cancelled, or
         timed out): the actors stopping (a store reopening) cancel runs too, and then the
         job stays processing and its worker carries on."""
@@ -180,7 +257,7 @@ class Coordinator:
         else:
             return
         try:
-            await self.board.cancel(job_id, attempt)
+            await self.board.cancel(generation_id, attempt)
         except Exception as exc:
             log.warning("cancel notice not stored", extra={"job_id": job_id, "error": repr(exc)})
 

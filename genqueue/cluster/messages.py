@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from genqueue.models import Job, JobResult
+from genqueue.models import GenerationParams, Job, JobResult
 
 __all__ = [
     "Checkpoint",
@@ -23,8 +23,10 @@ __all__ = [
     "RateLimited",
     "Work",
     "decode_event",
+    "decode_params",
     "decode_work",
     "encode",
+    "encode_params",
 ]
 
 
@@ -35,6 +37,9 @@ class Work(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     checkpoint: Any = None  # the generation's checkpoint the coordinator held at dispatch
     sent_at: float = 0.0
+    # The job's parameters are on the board (`inputs/{generation_id}`), its images too large
+    # for SQS; `job.parameters` here is without its images.
+    input_on_board: bool = False
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +72,7 @@ class Outcome(msgspec.Struct, frozen=True, tag="outcome", kw_only=True):
     worker_id: str
     result: JobResult | None = None
     error: ErrorInfo | None = None
+    generation_id: str = ""  # (names the attempt's cancel notice on the board)
 
 
 class RateLimited(msgspec.Struct, frozen=True, tag="rate_limited", kw_only=True):
@@ -112,3 +118,15 @@ def decode_work(body: str) -> Work:
 
 def decode_event(body: str) -> Event:
     return _EVENT.decode(body)
+
+
+_PARAMS = msgspec.json.Decoder(GenerationParams)
+
+
+def encode_params(params: GenerationParams) -> bytes:
+    """A job's parameters (with its images) as they are kept on the board."""
+    return _ENCODER.encode(params)
+
+
+def decode_params(data: bytes) -> GenerationParams:
+    return _PARAMS.decode(data)

@@ -2,20 +2,24 @@
 
 Three FIFO queues, created if missing by whichever process starts first (CreateQueue with
 the same attributes is idempotent):
-    {prefix}-work.fifo    one message per attempt (group: the job; deduplication id
-                          `{job}.{attempt}`, so a dispatch re-sent within SQS's 5-minute
-                          window after a coordinator crash is dropped by SQS itself);
+    {prefix}-work.fifo    one message per dispatch (group: the job; deduplication id
+                          `{job}.{attempt}.{dispatch}`, so a dispatch re-sent within SQS's
+                          5-minute window after a coordinator crash is dropped by SQS itself);
                           visibility = the worker lease; redrive to the DLQ after
                           `sqs_max_receives` receives
     {prefix}-events.fifo  worker -> coordinator (group: the job, so one job's events
                           arrive in the order they were sent)
     {prefix}-dlq.fifo     work messages whose workers kept dying
 
-The board is two prefixes in the videos bucket, `_genqueue/{prefix}/`:
-    checkpoints/{generation_id}  the latest checkpoint of a job record (never of an
-                          earlier record with the same client id), written by the worker
-                          before it reports it: what a resuming worker reads
-    cancel/{job_id}.{attempt}  a cancel (or timeout) of a running attempt, for its worker
+The board is three prefixes in the videos bucket, `_genqueue/{prefix}/`, each keyed by
+the generation id (one job record: never an earlier record with the same client id):
+    checkpoints/{generation_id}  the latest checkpoint of a job record, written by the
+                          worker before it reports it: what a resuming worker reads
+    inputs/{generation_id}  a job's parameters when its images make the work message too
+                          large for SQS (written before the send, deleted when the job ends)
+    cancel/{generation_id}.{attempt}  a cancel (or timeout) of a running attempt, for its
+                          worker
+Retention deletes a removed job's objects (`forget`), with its videos.
 """
 
 from __future__ import annotations
@@ -272,32 +276,54 @@ class Board:
         data = await self._get(f"checkpoints/{generation_id}")
         return None if data is None else msgspec.json.decode(data, type=BoardCheckpoint)
 
-    async def cancel(self, job_id: str, attempt: int) -> None:
-        await self._put(f"cancel/{job_id}.{attempt}", b"")
+    async def put_input(self, generation_id: str, body: bytes) -> None:
+        await self._put(f"inputs/{generation_id}", body)
 
-    async def is_cancelled(self, job_id: str, attempt: int) -> bool:
-        return await self._get(f"cancel/{job_id}.{attempt}") is not None
+    async def get_input(self, generation_id: str) -> bytes | None:
+        return await self._get(f"inputs/{generation_id}")
 
-    async def uncancel(self, job_id: str, attempt: int) -> None:
+    async def delete_input(self, generation_id: str) -> None:
+        await self.delete_key(f"{self.root}inputs/{generation_id}")
+
+    async def delete_key(self, key: str) -> None:
+        """Delete one object of the bucket (a missing one is no error)."""
         self.requests += 1
-        await self._s3.delete_object(
-            Bucket=self.bucket, Key=f"{self.root}cancel/{job_id}.{attempt}"
-        )
+        await self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+    async def forget(self, generation_id: str) -> None:
+        """Every object of one job record: its checkpoint, its input, its cancel notices."""
+        await self.delete_key(f"{self.root}checkpoints/{generation_id}")
+        await self.delete_input(generation_id)
+        for key in await self._list(f"{self.root}cancel/{generation_id}."):
+            await self.delete_key(key)
+
+    async def cancel(self, generation_id: str, attempt: int) -> None:
+        await self._put(f"cancel/{generation_id}.{attempt}", b"")
+
+    async def is_cancelled(self, generation_id: str, attempt: int) -> bool:
+        return await self._get(f"cancel/{generation_id}.{attempt}") is not None
+
+    async def uncancel(self, generation_id: str, attempt: int) -> None:
+        await self.delete_key(f"{self.root}cancel/{generation_id}.{attempt}")
 
     async def cancels(self) -> set[tuple[str, int]]:
-        """Every (job id, attempt) with a cancel notice."""
+        """Every (generation id, attempt) with a cancel notice."""
         found: set[tuple[str, int]] = set()
         prefix = self.root + "cancel/"
+        for key in await self._list(prefix):
+            generation_id, _, attempt = key[len(prefix) :].rpartition(".")
+            if attempt.isdigit():
+                found.add((generation_id, int(attempt)))
+        return found
+
+    async def _list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
         token: str | None = None
         while True:
             self.requests += 1
             kw = {"ContinuationToken": token} if token else {}
             resp = await self._s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **kw)
-            for obj in resp.get("Contents", []):
-                name = obj["Key"][len(prefix) :]
-                job_id, _, attempt = name.rpartition(".")
-                if attempt.isdigit():
-                    found.add((job_id, int(attempt)))
+            keys += [obj["Key"] for obj in resp.get("Contents", [])]
             token = resp.get("NextContinuationToken")
             if not token:
-                return found
+                return keys

@@ -10,6 +10,12 @@ the board (S3) and then to the events queue before the workflow goes on, so a wo
 receives the message after this one died reads it and polls the same Veo operation. On
 SIGTERM the worker stops receiving, lets a paid start in flight reach its checkpoint, then
 hands back what it holds (visibility 0) and exits.
+
+A paid start is never cut silently: SIGTERM waits for it as long as a start may take (two
+calls, a 401 refreshing the token, each within the client's request timeout, plus the
+checkpoint's writes); a lost lease stops the attempt only once its start has settled (its
+checkpoint is on the board for whoever holds the message now); and a start cut anyway
+(the grace ran out) is counted as an ambiguous start and logged.
 """
 
 from __future__ import annotations
@@ -18,11 +24,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -37,41 +42,31 @@ from genqueue.cluster.messages import (
     Outcome,
     RateLimited,
     Work,
+    decode_params,
     decode_work,
     encode,
+)
+from genqueue.cluster.starts import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    RUN,
+    ClientSpy,
+    WorkerRun,
+    start_grace_s,
 )
 from genqueue.cluster.transport import Board, Queues, Received
 from genqueue.config import Config
 from genqueue.errors import InvalidRequest, ProviderError
+from genqueue.models import Job
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("genqueue.worker")
 SEND_TRIES = 8
-START_GRACE_S = 30.0  # how long SIGTERM waits for a paid start to reach its checkpoint
-
-
-@dataclass
-class WorkerRun:
-    work: Work
-    handle: str
-    progress: int = 0
-    starting: bool = False  # a paid start is in flight and not yet checkpointed
-    stop_reason: str | None = None  # "cancelled" | "handback" | "lease_lost"
-    task: asyncio.Task[None] | None = None
-    closing: bool = False  # the outcome is known: being sent, then the message deleted
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None and self.task is not None and not self.closing:
-            self.stop_reason = reason
-            self.task.cancel()
+CHECKPOINT_RETRY_MAX_S = 5.0
 
 
 class _CancelledByCoordinator(Exception):
     pass
-
-
-_RUN: ContextVar[WorkerRun | None] = ContextVar("genqueue_worker_run", default=None)
 
 
 class Worker:
@@ -156,7 +151,7 @@ class Worker:
             return
         if work.job.id in self.runs:
             return  # a duplicate delivery of what this worker runs
-        run = WorkerRun(work, m.handle)
+        run = WorkerRun(work, m.handle, lease_until=time.monotonic() + self.queues.lease_s)
         self.runs[work.job.id] = run
         run.task = asyncio.create_task(self._execute(run))
 
@@ -164,7 +159,7 @@ class Worker:
 
     async def _execute(self, run: WorkerRun) -> None:
         job_id = run.work.job.id
-        _RUN.set(run)  # (this task's own context) the Veo client spy marks its starts
+        RUN.set(run)  # (this task's own context) the Veo client spy marks its starts
         try:
             try:
                 outcome = await self._generate(run)
@@ -187,17 +182,21 @@ class Worker:
     async def _generate(self, run: WorkerRun) -> Outcome | None:
         work = run.work
         job_id = work.job.id
-        if await self.board.is_cancelled(job_id, work.attempt):
+        if await self.board.is_cancelled(work.job.generation_id, work.attempt):
             raise _CancelledByCoordinator
         # Keyed by the generation id, unique per job record: a client id reused after
         # retention must not resume (or be dropped by) its predecessor's checkpoint.
         latest = await self.board.get_checkpoint(work.job.generation_id)
         if latest is not None and latest.attempt > work.attempt:
             return None  # a message of an earlier attempt, delivered late: drop it
-        ckpt = latest.checkpoint if latest is not None and latest.attempt == work.attempt else None
+        # The board's is the newest checkpoint of this generation (written before any
+        # event), even of an earlier attempt whose Checkpoint event never reached the
+        # coordinator: it may name a paid operation, which this attempt resumes.
+        ckpt = latest.checkpoint if latest is not None else None
         ckpt = ckpt if ckpt is not None else work.checkpoint
         job = msgspec.structs.replace(work.job, checkpoint=ckpt, attempts=work.attempt)
         try:
+            job = await self._with_input(job, work)
             result = await self.service(job, self._reporter(run))
         except ProviderError as exc:
             return self._outcome(
@@ -219,40 +218,88 @@ class Worker:
             return self._outcome(run, error=ErrorInfo(message=message, retryable=False))
         return self._outcome(run, result=result)
 
-    def _reporter(self, run: WorkerRun) -> Any:
-        work = run.work
+    async def _with_input(self, job: Job, work: Work) -> Job:
+        """The job with its parameters from the board, when they travelled there."""
+        if not work.input_on_board:
+            return job
+        try:
+            data = await self.board.get_input(job.generation_id)
+        except Exception as exc:
+            raise ProviderError(
+                f"the job's input could not be read from S3: {exc}",
+                retryable=True,
+                code="s3_error",
+            ) from exc
+        if data is None:  # the job ended (its input deleted): this message came late
+            raise ProviderError(
+                "the job's input is no longer on the board (the job ended)",
+                retryable=False,
+                code="input_missing",
+            )
+        return msgspec.structs.replace(job, parameters=decode_params(data))
 
+    def _reporter(self, run: WorkerRun) -> Any:
         async def report(progress: int | None = None, checkpoint: Any = None) -> None:
             if progress is not None:
                 run.progress = max(run.progress, int(progress))
             if checkpoint is None:
                 return  # progress rides on the next heartbeat
-            try:
-                await self.board.put_checkpoint(work.job.generation_id, work.attempt, checkpoint)
-                event = Checkpoint(
-                    job_id=work.job.id,
-                    attempt=work.attempt,
-                    worker_id=self.id,
-                    checkpoint=checkpoint,
-                    progress=progress,
-                )
-                await self._send(event, work.job.id)
-            except Exception as exc:
-                raise ProviderError(
-                    f"the checkpoint could not be stored: {exc}",
-                    retryable=True,
-                    code="checkpoint_failed",
-                ) from exc
+            await self._store_checkpoint(run, checkpoint, progress)
             self.start_settled(run)
 
         return report
 
-    def _outcome(self, run: WorkerRun, **kw: Any) -> Outcome:
-        return Outcome(job_id=run.work.job.id, attempt=run.work.attempt, worker_id=self.id, **kw)
+    async def _store_checkpoint(self, run: WorkerRun, checkpoint: Any, progress: Any) -> None:
+        """On the board, then on the events queue; retried while the lease holds (the
+        checkpoint may name a paid operation: failing the attempt would lose it for the
+        coordinator), then `checkpoint_failed`. The board's copy alone is enough for the
+        next attempt, which reads it."""
+        work = run.work
+        event = Checkpoint(
+            job_id=work.job.id,
+            attempt=work.attempt,
+            worker_id=self.id,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+        dedup, on_board, delay_s = uuid.uuid4().hex, False, 0.2
+        while True:
+            try:
+                if not on_board:
+                    await self.board.put_checkpoint(
+                        work.job.generation_id, work.attempt, checkpoint
+                    )
+                    on_board = True
+                    self.start_settled(run)  # a resuming worker finds it: SIGTERM may go on
+                await self._send(event, work.job.id, dedup)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay_s >= run.lease_until:
+                    raise ProviderError(
+                        f"the checkpoint could not be stored: {exc}",
+                        retryable=True,
+                        code="checkpoint_failed",
+                    ) from exc
+                log.warning(
+                    "checkpoint not stored yet, retrying while the lease holds",
+                    extra={"job_id": work.job.id, "on_board": on_board, "error": repr(exc)},
+                )
+                await asyncio.sleep(delay_s * random.uniform(0.5, 1.5))
+                delay_s = min(CHECKPOINT_RETRY_MAX_S, 2 * delay_s)
 
-    async def _send(self, event: Event, group: str) -> None:
+    def _outcome(self, run: WorkerRun, **kw: Any) -> Outcome:
+        job = run.work.job
+        return Outcome(
+            job_id=job.id,
+            attempt=run.work.attempt,
+            worker_id=self.id,
+            generation_id=job.generation_id,
+            **kw,
+        )
+
+    async def _send(self, event: Event, group: str, dedup: str = "") -> None:
         body = encode(event)
-        dedup = uuid.uuid4().hex  # one id for every try of this send
+        dedup = dedup or uuid.uuid4().hex  # one id for every try of this send
         for attempt in range(SEND_TRIES):
             try:
                 await self.queues.send("events", body, group, dedup)
@@ -261,7 +308,7 @@ class Worker:
                 if attempt + 1 == SEND_TRIES:
                     raise
                 log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.5))
 
     # -- the lease, heartbeats, cancels, 429s --------------------------------------------------
 
@@ -273,6 +320,7 @@ class Worker:
             await asyncio.sleep(interval_s)
             runs = list(self.runs.values())
             try:
+                asked = time.monotonic()
                 refused = await self.queues.extend(
                     "work", [r.handle for r in runs], self.queues.lease_s
                 )
@@ -280,10 +328,12 @@ class Worker:
                     if r.handle in refused and not r.closing:  # (closing: deleted meanwhile)
                         log.warning("lease lost", extra={"job_id": r.work.job.id})
                         r.stop("lease_lost")
+                    elif r.handle not in refused:
+                        r.lease_until = asked + self.queues.lease_s
                 await self._send(self._beat(), self.id)
                 cancels = await self.board.cancels() if runs else set()
                 for r in runs:
-                    if (r.work.job.id, r.work.attempt) in cancels:
+                    if (r.work.job.generation_id, r.work.attempt) in cancels:
                         r.stop("cancelled")
             except Exception as exc:
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
@@ -303,13 +353,33 @@ class Worker:
 
     def _spy_rate_limits(self) -> None:
         for provider, actor in self.service.actors.items():  # every provider's 429s count
-            actor.client = _ClientSpy(actor.client, self, provider)
+            actor.client = ClientSpy(actor.client, self, provider)
 
     def start_settled(self, run: WorkerRun | None) -> None:
         """A paid start ended: checkpointed, or refused (nothing to lose)."""
         if run is not None and run.starting:
             run.starting = False
             self._calm.set()
+            if run.stop_after_start is not None:
+                run.stop(run.stop_after_start)
+
+    def _grace_s(self) -> float:
+        """As long as the slowest provider's start may take."""
+        timeouts = [
+            getattr(actor.client, "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)
+            for actor in self.service.actors.values()
+        ]
+        return start_grace_s(float(max(timeouts, default=DEFAULT_REQUEST_TIMEOUT_S)))
+
+    def _count_cut_start(self, run: WorkerRun) -> None:
+        """A start stopped before its checkpoint: maybe paid, its operation unknown."""
+        actor = self.service.actors.get(run.work.job.provider)
+        if actor is not None:
+            actor.ambiguous_starts += 1
+        log.warning(
+            "a paid start was stopped before its checkpoint: counted as an ambiguous start",
+            extra={"job_id": run.work.job.id, "attempt": run.work.attempt},
+        )
 
     def saw_429(self, retry_after_s: float | None, provider: str = "veo3") -> None:
         now = time.monotonic()
@@ -327,7 +397,7 @@ class Worker:
         """Wait until no paid start is between its call and its checkpoint, then stop every
         attempt in the same loop turn (none can begin a start after the check) and make
         each message visible again."""
-        deadline = time.monotonic() + START_GRACE_S
+        deadline = time.monotonic() + self._grace_s()
         while any(r.starting for r in self.runs.values()) and time.monotonic() < deadline:
             self._calm.clear()
             with contextlib.suppress(TimeoutError):
@@ -337,6 +407,8 @@ class Worker:
             return
         log.info("handing back", extra={"worker_id": self.id, "jobs": len(runs)})
         for run in runs:
+            if run.starting:
+                self._count_cut_start(run)
             run.stop("handback")
         await asyncio.gather(*(self._hand_back(r) for r in runs))
 
@@ -353,36 +425,3 @@ class Worker:
 
 def _cancelled() -> ErrorInfo:
     return ErrorInfo(message="cancelled", retryable=False, code="cancelled")
-
-
-class _ClientSpy:
-    """The Veo client, telling the worker when a paid start is in flight (until its
-    checkpoint is stored) and of every 429 (which the workflow then retries)."""
-
-    def __init__(self, client: Any, worker: Worker, provider: str = "veo3"):
-        self._client = client
-        self._worker = worker
-        self._provider = provider
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    async def start(self, *args: Any, **kw: Any) -> Any:
-        run = _RUN.get()
-        if run is not None:
-            run.starting = True
-        try:
-            return await self._client.start(*args, **kw)
-        except BaseException as exc:
-            self._worker.start_settled(run)  # no operation: nothing to checkpoint
-            if isinstance(exc, ProviderError) and exc.status == 429:
-                self._worker.saw_429(exc.retry_after_s, self._provider)
-            raise
-
-    async def poll(self, *args: Any, **kw: Any) -> Any:
-        try:
-            return await self._client.poll(*args, **kw)
-        except ProviderError as exc:
-            if exc.status == 429:
-                self._worker.saw_429(exc.retry_after_s, self._provider)
-            raise

@@ -107,6 +107,7 @@ class Veo3Client:
             VERTEX_DEFAULT_MODEL if dialect == "vertex" else GEMINI_DEFAULT_MODEL
         )
         self._timeout_s = request_timeout_s
+        self.request_timeout_s = request_timeout_s  # one call's (a start's) time limit
         self._quota_pause_s = quota_pause_s
         self._call_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         # A Vertex poll may carry the videos inline: base64 of 1080p MP4s (tens of MB).
