@@ -98,6 +98,9 @@ class Probed(DurableActor):
                 return self.actor_urn
             case ("run", coro):
                 return self.run_async(coro, self._outcome)
+            case ("run_then_fail", coro):
+                self.run_async(coro, self._outcome)
+                raise ValueError("the turn failed after starting a coroutine")
             case "boom":
                 raise ValueError("boom")
         return None
@@ -662,6 +665,26 @@ def test_run_async_outcome_comes_back_as_a_turn(
     system.ask(Probed, "io", ("run", fail()))
     outcome, on_actor_thread = probe.wait("outcome", "io", count=2)[1][2:]
     assert isinstance(outcome.error, KeyError) and on_actor_thread
+
+
+def test_a_failed_turn_closes_the_coroutine_it_would_have_started(
+    make_system: MakeSystem, io_loop: asyncio.AbstractEventLoop
+) -> None:
+    """A turn's output never leaves when the turn fails: the coroutine it made is closed,
+    never collected un-awaited (a RuntimeWarning, an error under this suite's filters)."""
+    system = make_system(loop=io_loop)
+    probe = probe_of(system)
+    ran = threading.Event()
+
+    async def never() -> None:
+        ran.set()
+
+    coro = never()
+    with pytest.raises(ValueError, match="the turn failed"):
+        system.ask(Probed, "io", ("run_then_fail", coro))
+    assert coro.cr_frame is None, "the dropped coroutine was left open"
+    assert system.ask(Probed, "io", "ping")  # the actor serves on
+    assert not ran.is_set() and probe.of("outcome") == []
 
 
 def test_an_outcome_after_the_system_stopped_is_dropped_quietly(

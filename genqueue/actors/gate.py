@@ -4,7 +4,7 @@ a coroutine's outcome comes back to its actor as a message."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from genqueue.actors.bridge import Outcome, Reply
@@ -14,9 +14,39 @@ if TYPE_CHECKING:
     from genqueue.actors.runtime import DurableActor
     from genqueue.actors.system import ActorSystem
 
-__all__ = ["release_turn", "task_back"]
+__all__ = ["CoroutineStart", "drop_deferred", "release_turn", "task_back"]
 
 log = logging.getLogger("genqueue.runtime")
+
+
+class CoroutineStart:
+    """A turn's deferred start of a coroutine. A turn whose output never leaves (it failed,
+    or its commit did) closes the coroutine it made, which then never ran: no coroutine is
+    left to be collected un-awaited."""
+
+    __slots__ = ("coro", "start")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], start: Callable[[], None]):
+        self.coro = coro
+        self.start = start
+
+    def __call__(self) -> None:
+        try:
+            self.start()
+        except BaseException:  # nothing will run it (a closed loop)
+            self.coro.close()
+            raise
+
+    def discard(self) -> None:
+        self.coro.close()
+
+
+def drop_deferred(deferred: list[Callable[[], None]]) -> None:
+    """A turn's output that will never leave: forget it, closing the coroutines it made."""
+    for fn in deferred:
+        if isinstance(fn, CoroutineStart):
+            fn.discard()
+    deferred.clear()
 
 
 def release_turn(
@@ -34,6 +64,7 @@ def release_turn(
     system = actor.system
     failure = system.store.failure
     if failure is not None and seq > system.store.durable_seq:
+        drop_deferred(deferred)
         if reply is not None:
             reply(False, failure)
         return

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pykka
 
 from genqueue.actors.bridge import Outcome, Reply, spawn
-from genqueue.actors.gate import release_turn, task_back
+from genqueue.actors.gate import CoroutineStart, drop_deferred, release_turn, task_back
 from genqueue.actors.records import (
     ActorStorage,
     AlarmInfo,
@@ -157,9 +157,10 @@ class DurableActor(pykka.ThreadingActor):
         back = functools.partial(task_back, system, cls, key, token, on_done)  # on the loop
         # An external effect is output too: it starts once this turn's writes are durable
         # (a job is stored as processing before its processor calls the provider).
-        self.after_commit(
-            functools.partial(spawn, loop, coro, back, system.tasks, token, system.cancelled_early)
+        start = functools.partial(
+            spawn, loop, coro, back, system.tasks, token, system.cancelled_early
         )
+        self.after_commit(CoroutineStart(coro, start))
         return token
 
     def cancel_async(self, token: int) -> None:
@@ -181,7 +182,7 @@ class DurableActor(pykka.ThreadingActor):
             self._commit_turn()
         except Exception:
             store.discard_turn()
-            self._deferred.clear()
+            drop_deferred(self._deferred)
             log.exception("activation of %s/%s failed", self.kind, self.key)
             self.system.forget(type(self), self.key, self)
             raise
@@ -209,7 +210,7 @@ class DurableActor(pykka.ThreadingActor):
         except Exception as exc:
             # A failed turn stores nothing; a failed tell restarts the actor from storage.
             self.system.store.discard_turn()
-            self._deferred.clear()
+            drop_deferred(self._deferred)
             self._passivate_after_turn = False
             self._end_turn(reply, False, exc)
             if reply is None:
@@ -250,7 +251,7 @@ class DurableActor(pykka.ThreadingActor):
             self._commit_turn()
         except Exception as exc:
             self.system.store.discard_turn()
-            self._deferred.clear()
+            drop_deferred(self._deferred)
             self._passivate_after_turn = False
             self._crash(exc, resend=messages)
             return
@@ -336,7 +337,7 @@ class DurableActor(pykka.ThreadingActor):
             # Forget what the failed alarm wrote or queued; keep only its retry.
             self.system.store.discard_turn()
             self.system.store.begin_turn()
-            self._deferred.clear()
+            drop_deferred(self._deferred)
             self._retry_alarm(current, exc)
             return
         if self._alarm is None:
