@@ -1,11 +1,17 @@
 """`asubmit`'s batching: every submission made in one turn of the event loop goes to the
 QueueActor in one message (`SubmitMany`) and one commit; far fewer thread hand-offs per
-request under load. Each caller's future settles when the batch's reply is durable."""
+request under load. Each caller's future settles when the batch's reply is durable.
+
+A batch belongs to one event loop: callers on several loops (threads each running
+`asyncio.run`) each get their own, sent and settled on their own loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,24 +33,32 @@ class Submissions:
 
     def __init__(self, system: Callable[[], ActorSystem]):
         self._system = system  # the open one (raises while the queue is not open)
-        self._batch: Coalescer[tuple[Submit, _Waiter]] = Coalescer(self._wake)
+        self._batches: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, Coalescer[tuple[Submit, _Waiter]]
+        ] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     def put(self, submission: Submit) -> _Waiter:
         """From the loop: the future of `(job, created)`."""
-        fut: _Waiter = asyncio.get_running_loop().create_future()
-        self._batch.put((submission, fut))
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            with self._lock:
+                batch = self._batches.get(loop)
+                if batch is None:
+                    batch = self._batches[loop] = Coalescer(
+                        functools.partial(loop.call_soon, self._send, loop)
+                    )
+        fut: _Waiter = loop.create_future()
+        batch.put((submission, fut))
         return fut
 
-    def _wake(self) -> None:
-        asyncio.get_running_loop().call_soon(self._send)
-
-    def _send(self) -> None:
-        batch = self._batch.take()
+    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._batches[loop].take()
         if not batch:
             return
         message = SubmitMany(tuple(sub for sub, _ in batch))
         waiters = [fut for _, fut in batch]
-        loop = asyncio.get_running_loop()
 
         def settle(ok: bool, value: Any) -> None:
             for i, fut in enumerate(waiters):

@@ -224,3 +224,27 @@ def test_the_async_twins_give_the_same_answers(queues: QueueFactory, tmp_path: P
     asyncio.run(asyncio.wait_for(cases(q), 30))
     with http_server(tmp_path / "served", rec) as url:
         asyncio.run(asyncio.wait_for(remote(url), 30))
+
+
+def test_asubmit_from_two_event_loops_at_once(queues: QueueFactory) -> None:
+    """Each loop's submissions are batched, sent and answered on that loop: a caller on a
+    second loop (a thread running its own `asyncio.run`) is woken too, never left hanging."""
+    q = queues.open(Recorder(), max_concurrency=64)
+    n = 200
+    done = {"a": 0, "b": 0}
+
+    def caller(name: str) -> None:
+        async def main() -> None:
+            for i in range(n):
+                job, created = await q.asubmit(request(id=f"{name}-{i}"))
+                assert created and job.id == f"{name}-{i}"
+                done[name] += 1
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=caller, args=(name,), daemon=True) for name in done]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert done == {"a": n, "b": n}, f"asubmit hung on a loop: {done}"
