@@ -48,7 +48,7 @@ from genqueue.processor import Processor
 from genqueue.providers.registry import ProviderList
 from genqueue.requests import RequestLike, Routing, new_job, parse_request
 from genqueue.storage.dirlock import DataDirLock
-from genqueue.storage.jobindex import JobIndex
+from genqueue.storage.jobindex import JobIndex, check_user_id
 from genqueue.storage.state import StateStore
 from genqueue.storage.videourls import VideoUrls
 from genqueue.submissions import Submissions
@@ -362,7 +362,7 @@ class JobQueue:
 
     def _submission(self, request: RequestLike, user_id: str) -> Submit:
         req = parse_request(request)
-        job = new_job(req, user_id, now_s=self.clock.now(), routes=self._routes(req))
+        job = new_job(req, check_user_id(user_id), now_s=self.clock.now(), routes=self._routes(req))
         return Submit(job, client_id=req.id is not None)
 
     def _stored(self, job_id: str) -> Job:

@@ -248,3 +248,22 @@ def test_asubmit_from_two_event_loops_at_once(queues: QueueFactory) -> None:
     for t in threads:
         t.join(60)
     assert done == {"a": n, "b": n}, f"asubmit hung on a loop: {done}"
+
+
+@pytest.mark.parametrize("user_id", ["a/b", "*", "", ".hidden", "x" * 129])
+def test_an_embedder_cannot_submit_or_list_as_a_user_that_is_not_a_name(
+    queues: QueueFactory, user_id: str
+) -> None:
+    """A user id is the job index's key prefix and a folder name: "a/b" would be listed
+    inside "a"'s jobs and "*" is everyone's. Refused before anything is stored."""
+    q = queues.open(Recorder(hold_all=True), max_concurrency=1)
+    q.submit(request(id="alices"), user_id="alice")
+    with pytest.raises(InvalidRequest) as refused:
+        q.submit(request(id="theirs"), user_id=user_id)
+    assert refused.value.field == "user_id"
+    with pytest.raises(InvalidRequest):
+        q.list_jobs(user_id)
+    with pytest.raises(JobNotFound):
+        q.get("theirs")
+    assert [job.id for job in q.list_jobs("alice").items] == ["alices"]
+    assert [job.id for job in q.list_jobs().items] == ["alices"]

@@ -14,17 +14,30 @@ import re
 from collections.abc import Callable, Collection
 
 from genqueue.errors import InvalidRequest
-from genqueue.models import Job, JobPage, JobStatus
+from genqueue.models import NAME_PATTERN, Job, JobPage, JobStatus
 from genqueue.storage.state import StateStore
 
-__all__ = ["JobIndex"]
+__all__ = ["JobIndex", "check_user_id"]
 
 _TABLE = "job_index"
 _TOP = 10**16 - 1
 _ALL_USERS = "*"
 _CURSOR = re.compile(r"[0-9]{16}")
+_USER_ID = re.compile(NAME_PATTERN)
 _SCAN_BATCH = 100
 _MAX_SCAN = 1000  # index entries one page may read when filtering by status
+
+
+def check_user_id(user_id: str) -> str:
+    """`user_id` if it is a name (the index's key prefix and a folder name); else
+    InvalidRequest: "a/b" would be listed inside "a"'s jobs, and "*" is every user's."""
+    if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
+        raise InvalidRequest(
+            f"user_id must match {NAME_PATTERN} (letters, digits, '_', ':', '-', '.'; "
+            "not starting with '.'), not {user_id!r}",
+            field="user_id",
+        )
+    return user_id
 
 
 class JobIndex:
@@ -59,7 +72,7 @@ class JobIndex:
             raise InvalidRequest("cursor must be a next_cursor a page returned", field="cursor")
         if limit < 1:
             raise InvalidRequest("limit must be at least 1", field="limit")
-        prefix = f"{_ALL_USERS if user_id is None else user_id}/"
+        prefix = f"{_ALL_USERS if user_id is None else check_user_id(user_id)}/"
         after = -1 if cursor is None else int(cursor)
         items: list[Job] = []
         scanned = 0
