@@ -309,13 +309,14 @@ class JobQueue:
         return Submission(self._present(job), created)
 
     async def aget(self, job_id: str) -> Job:
-        job = self._stored(job_id)
+        # the stored record may be read from SQLite (a job not written lately): off the loop
+        job = await asyncio.to_thread(self._stored, job_id)
         if not job.terminal:
             job = await self._sys().ask_async(JobActor, job_id, GetJob())
         return self._present(job)
 
     async def acancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
-        self._stored(job_id)
+        await asyncio.to_thread(self._stored, job_id)
         job: Job = await self._sys().ask_async(JobActor, job_id, Cancel(reason))
         return self._present(job)
 

@@ -46,12 +46,13 @@ class Submissions:
             with self._lock:
                 batch = self._batches.get(loop)
                 if batch is None:
-                    batch = self._batches[loop] = Coalescer(
-                        functools.partial(loop.call_soon, self._send, loop)
-                    )
+                    batch = self._batches[loop] = Coalescer(functools.partial(self._wake, loop))
         fut: _Waiter = loop.create_future()
         batch.put((submission, fut))
         return fut
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon(self._send, loop)  # on that loop's own thread: its first put
 
     def _send(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._batches[loop].take()

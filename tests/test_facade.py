@@ -267,3 +267,37 @@ def test_an_embedder_cannot_submit_or_list_as_a_user_that_is_not_a_name(
         q.get("theirs")
     assert [job.id for job in q.list_jobs("alice").items] == ["alices"]
     assert [job.id for job in q.list_jobs().items] == ["alices"]
+
+
+def test_the_async_reads_never_read_storage_on_the_event_loop(
+    queues: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored record may come from SQLite (after a restart, an old job, an unknown id),
+    waiting on the worker that also commits: `aget`/`acancel` read it off the loop."""
+    from genqueue.actors.job import JobActor
+
+    q = queues.open(Recorder(hold_all=True), max_concurrency=1)
+    q.submit(request(id="held"))
+    read_on: list[str] = []
+    real = JobActor.read
+
+    def spy(system: Any, job_id: str) -> Any:
+        read_on.append(threading.current_thread().name)
+        return real(system, job_id)
+
+    monkeypatch.setattr(JobActor, "read", staticmethod(spy))
+
+    async def reads() -> None:
+        threading.current_thread().name = "the-event-loop"
+        assert (await q.aget("held")).id == "held"
+        with pytest.raises(JobNotFound):
+            await q.aget("no-such-job")
+        with pytest.raises(JobNotFound):
+            await q.acancel("no-such-job")
+
+    caller = threading.current_thread().name
+    try:
+        asyncio.run(reads())
+    finally:
+        threading.current_thread().name = caller
+    assert len(read_on) == 3 and "the-event-loop" not in read_on, read_on
