@@ -226,7 +226,7 @@ class JobQueue:
         return self._present(job if job.terminal else self._sys().ask(JobActor, job_id, GetJob()))
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
-        """Cancel a queued job at once, stop a running one; a finished job is returned as is."""
+        """Cancel a queued job at once, stop a running one; IllegalTransition if it had ended."""
         self._stored(job_id)
         return self._present(self._sys().ask(JobActor, job_id, Cancel(reason)))
 
