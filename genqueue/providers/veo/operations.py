@@ -8,11 +8,9 @@ ProviderError its error or its filter reasons mean (failures.py).
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import msgspec
 
 from genqueue.errors import ProviderError
+from genqueue.providers.answers import decode_answer
 from genqueue.providers.veo import failures
 from genqueue.providers.veo.shapes import OPERATION, STARTED, Operation, OpResponse
 
@@ -39,7 +37,7 @@ def model_of(name: str) -> str | None:
 def started_name(payload: bytes) -> str:
     """The operation name of a start Veo accepted (HTTP 2xx)."""
     try:
-        return str(_decode(STARTED, payload, "start").name)
+        return decode_answer(STARTED, payload, "Veo start").name
     except ProviderError as exc:
         raise ProviderError(
             f"Veo accepted the start (HTTP 2xx) but its answer could not be read "
@@ -51,7 +49,7 @@ def started_name(payload: bytes) -> str:
 
 def operation_of(payload: bytes, name: str) -> Operation:
     """A poll's answer: running, finished with videos, or the ProviderError it means."""
-    raw = _decode(OPERATION, payload, "poll")
+    raw = decode_answer(OPERATION, payload, "Veo poll")
     name = raw.name or name
     if not raw.done:
         return Operation(name=name, done=False)
@@ -63,12 +61,3 @@ def operation_of(payload: bytes, name: str) -> Operation:
         reasons, count = response.filter_reasons()
         raise failures.unfinished_error(reasons, count)
     return Operation(name=name, done=True, videos=videos)
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, call: str) -> Any:
-    try:
-        return decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProviderError(
-            f"Veo {call} answered malformed JSON: {exc}", retryable=True, code="malformed_response"
-        ) from None
