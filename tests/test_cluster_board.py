@@ -15,9 +15,10 @@ import msgspec
 import pytest
 from helpers_procs import make_bucket, s3_objects
 
+from genqueue.cluster import attempt
 from genqueue.cluster.coordinator import MAX_WORK_BYTES, Coordinator
 from genqueue.cluster.messages import Work, decode_work
-from genqueue.cluster.worker import Worker, WorkerRun, _cancelled, _CancelledByCoordinator
+from genqueue.cluster.worker import Worker, WorkerRun
 from genqueue.config import Config
 from genqueue.models import (
     GenerationParams,
@@ -98,7 +99,7 @@ def test_an_image_job_reaches_its_worker_through_the_board(
         try:
             await co._send_work(job, None)
             work = decode_work(sent.bodies[0])
-            outcome = await worker._generate(WorkerRun(work, "h"))
+            outcome = await attempt.generate(worker, WorkerRun(work, "h"))
             co.job_ended(msgspec.structs.replace(job, status="completed"))
             await asyncio.gather(*co._tasks)
             return sent.bodies[0], outcome, await co.board.get_input(job.generation_id)
@@ -132,10 +133,10 @@ def test_a_cancel_notice_belongs_to_one_job_record(moto_endpoint: str, tmp_path:
             await worker.board.cancel("gen-old", 1)
             new = Work(job=_job(GenerationParams(), "gen-new"), attempt=1)
             old = Work(job=_job(GenerationParams(), "gen-old"), attempt=1)
-            out_new = await worker._generate(WorkerRun(new, "h1"))
-            with pytest.raises(_CancelledByCoordinator):
-                await worker._generate(WorkerRun(old, "h2"))
-            out_old = worker._outcome(WorkerRun(old, "h2"), error=_cancelled())
+            out_new = await attempt.generate(worker, WorkerRun(new, "h1"))
+            with pytest.raises(attempt.CancelledByCoordinator):
+                await attempt.generate(worker, WorkerRun(old, "h2"))
+            out_old = attempt.outcome(worker, WorkerRun(old, "h2"), error=attempt.cancelled())
             return out_new, out_old, await worker.board.cancels()
         finally:
             await worker.board.close()

@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from genqueue.cluster import attempt
 from genqueue.cluster.messages import Work
 from genqueue.cluster.transport import BoardCheckpoint
 from genqueue.cluster.worker import Worker, WorkerRun
@@ -66,8 +67,10 @@ def _run_attempts(tmp_path: Path, *works: Work) -> tuple[list[Any], list[Any], M
         async def send(event: Any, group: str, dedup: str = "") -> None:
             return None
 
-        worker._send = send  # type: ignore[method-assign]
-        outcomes = [await worker._generate(WorkerRun(w, f"h{i}")) for i, w in enumerate(works)]
+        worker.send = send  # type: ignore[method-assign]
+        outcomes = [
+            await attempt.generate(worker, WorkerRun(w, f"h{i}")) for i, w in enumerate(works)
+        ]
         return outcomes, board
 
     outcomes, board = asyncio.run(main())

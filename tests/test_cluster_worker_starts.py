@@ -13,6 +13,7 @@ import pytest
 import genqueue.cluster.starts as starts_mod
 import genqueue.cluster.worker as worker_mod
 from genqueue.actors.generation import GenerationActor
+from genqueue.cluster import attempt
 from genqueue.cluster.messages import Work, decode_event
 from genqueue.cluster.starts import RUN, ClientSpy, WorkerRun, start_grace_s
 from genqueue.cluster.transport import BoardCheckpoint
@@ -126,9 +127,11 @@ def test_attempt_2_resumes_the_operation_attempt_1_put_on_the_board(
 
     async def main() -> tuple[Any, Any]:
         worker = _worker(tmp_path, veo, queues)
-        out1 = await worker._generate(WorkerRun(Work(job=_job(), attempt=1), "h1"))  # no lease
+        out1 = await attempt.generate(
+            worker, WorkerRun(Work(job=_job(), attempt=1), "h1")
+        )  # no lease
         queues.fail_checkpoints = 0
-        out2 = await worker._generate(WorkerRun(Work(job=_job(2), attempt=2), "h2"))
+        out2 = await attempt.generate(worker, WorkerRun(Work(job=_job(2), attempt=2), "h2"))
         return out1, out2
 
     out1, out2 = asyncio.run(main())
@@ -147,7 +150,7 @@ def test_a_checkpoint_event_is_retried_while_the_lease_holds(
     async def main() -> Any:
         worker = _worker(tmp_path, veo, queues)
         run = WorkerRun(Work(job=_job(), attempt=1), "h", lease_until=float("inf"))
-        return await worker._generate(run)
+        return await attempt.generate(worker, run)
 
     out = asyncio.run(main())
     assert out.result is not None, out.error
@@ -165,15 +168,15 @@ async def _start_then_stop(worker: Worker, veo: FakeVeo, stop: Any) -> WorkerRun
     run = WorkerRun(Work(job=_job(), attempt=1), "h", lease_until=float("inf"))
     checkpointed = asyncio.Event()
 
-    async def attempt() -> None:
+    async def paid_attempt() -> None:
         RUN.set(run)
         name = await worker.service.actor.client.start("p", None)  # type: ignore[union-attr]
-        await worker._reporter(run)(checkpoint={"operation": name})
+        await attempt.reporter(worker, run)(checkpoint={"operation": name})
         checkpointed.set()
         await asyncio.Event().wait()  # polls until stopped
 
     worker.runs["j"] = run
-    run.task = asyncio.create_task(attempt())
+    run.task = asyncio.create_task(paid_attempt())
     while not veo.starts:  # the POST is out
         await asyncio.sleep(0.01)
     await stop(run)

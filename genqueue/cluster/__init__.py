@@ -2,7 +2,9 @@
 
 coordinator.py  the coordinator's processor: an attempt goes out as a work message
 consumer.py     the coordinator applies the events (and dead-letter) queue to its jobs
-worker.py       `python main.py worker`: runs attempts with the one-machine workflow
+worker.py       `python main.py worker`: receives work into free slots, sends events, hands back
+attempt.py      one attempt on a worker: the board's checkpoint, the workflow, its outcome
+lease.py        a worker's leases and heartbeats (lost leases, the board's cancel notices)
 starts.py       a worker's paid starts in flight: the Veo client's spy, the SIGTERM grace
 batch.py        sends and deletes of one loop turn share one SQS batch request
 messages.py     what travels on SQS (every message names its job and attempt)

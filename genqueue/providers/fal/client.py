@@ -26,6 +26,7 @@ import msgspec
 from yarl import URL
 
 from genqueue.errors import InvalidRequest, ProviderError
+from genqueue.providers.answers import decode_answer
 from genqueue.providers.fal.models import DEFAULT_MODEL
 from genqueue.providers.veo.failures import retry_after_s
 from genqueue.providers.veo.shapes import Operation, VideoParams, VideoRef
@@ -115,7 +116,7 @@ class FalClient:
             raise InvalidRequest(f"{model[:80]!r} is not a fal model id", field="model")
         with self._guard("submit", paid=True):
             payload = await self._call("POST", f"{self._base}/{model}", fal_input(prompt, params))
-            request_id = _decode(_SUBMITTED, payload, "submit").request_id
+            request_id = decode_answer(_SUBMITTED, payload, "fal submit").request_id
         name = f"{app_of(model)}/requests/{request_id}"
         if not _NAME.fullmatch(name):
             raise ProviderError(
@@ -131,7 +132,7 @@ class FalClient:
             raise ProviderError(f"not a fal request: {name[:200]!r}", retryable=False)
         with self._guard("status"):
             payload = await self._call("GET", f"{self._base}/{name}/status?logs=1", None)
-            status = _decode(_STATUS, payload, "status")
+            status = decode_answer(_STATUS, payload, "fal status")
             if status.status in ("IN_QUEUE", "IN_PROGRESS"):
                 return Operation(name=name, done=False)
             if status.status != "COMPLETED":
@@ -143,7 +144,7 @@ class FalClient:
             if status.error:
                 raise _failed(status.error, status.error_type)
             payload = await self._call("GET", f"{self._base}/{name}", None)
-            output = _decode(_OUTPUT, payload, "result")
+            output = decode_answer(_OUTPUT, payload, "fal result")
         if output.video is None:
             raise ProviderError("fal finished without a video", retryable=False, code="no_video")
         return Operation(
@@ -271,12 +272,3 @@ def _http_error(status: int, body: bytes, headers: Any, call: str) -> ProviderEr
     if status >= 500 or status == 408:
         return ProviderError(message, retryable=True, status=status, code="server_error")
     return ProviderError(message, retryable=False, status=status, code="bad_request")
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, call: str) -> Any:
-    try:
-        return decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProviderError(
-            f"fal {call} answered malformed JSON: {exc}", retryable=True, code="malformed_response"
-        ) from None

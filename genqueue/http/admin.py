@@ -1,0 +1,50 @@
+"""The admin-only routes: the webhook outbox's dead letters and their replay."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from genqueue import ID_CHARS, DeliveryNotDead, DeliveryNotFound
+from genqueue.http.context import (
+    QUEUE,
+    json_response,
+    query_cursor,
+    query_limit,
+    require_admin,
+)
+from genqueue.http.errors import ApiError
+from genqueue.wire import DeliveryPage, public_delivery
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_DEAD_CURSOR = re.compile(rf"{ID_CHARS}{{1,128}}/[0-9]{{7}}")  # a dead letter's key
+
+
+@routes.get("/api/webhooks/dead")
+async def dead_webhooks(request: web.Request) -> web.Response:
+    require_admin(request)
+    limit = query_limit(request)
+    cursor = query_cursor(request, _DEAD_CURSOR)
+    page = await request.app[QUEUE].webhooks.adead(limit, cursor)
+    items = [public_delivery(d) for d in page.deliveries]
+    return json_response(DeliveryPage(items, page.next_after))
+
+
+@routes.post("/api/webhooks/{deliveryId}/replay")
+async def replay_webhook(request: web.Request) -> web.Response:
+    require_admin(request)
+    delivery_id = request.match_info["deliveryId"]
+    try:
+        if not _DELIVERY_ID.fullmatch(delivery_id):
+            raise DeliveryNotFound(delivery_id)
+        delivery = await request.app[QUEUE].webhooks.areplay(delivery_id)
+    except DeliveryNotFound:
+        raise ApiError(404, "no dead-lettered or pending webhook delivery has this id") from None
+    except DeliveryNotDead:
+        raise ApiError(409, "this delivery is pending, not dead-lettered") from None
+    return json_response(public_delivery(delivery), 202)
