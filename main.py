@@ -39,9 +39,7 @@ from genqueue import (
     ConfigError,
     DataDirInUse,
     GenqueueError,
-    IllegalTransition,
     InvalidRequest,
-    JobNotFound,
     Unauthorized,
     load_config,
 )
@@ -248,15 +246,17 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncClient]:
         async with AsyncClient(url, key) as client:
             yield client
     except Unauthorized as exc:
+        if exc.status == 403:  # a known key that may not do this: a usage error
+            raise ClientError(f"error 403: {exc}", EXIT_USAGE) from exc
         hint = "set GENQUEUE_KEY" if key else "no API key: set GENQUEUE_KEY"
         raise ClientError(f"{exc} ({hint})", EXIT_AUTH) from exc
-    except InvalidRequest as exc:
+    except InvalidRequest as exc:  # refused here or by the server
         field = f" (field {exc.field})" if exc.field else ""
-        raise ClientError(f"error 400: {exc.message}{field}", EXIT_USAGE) from exc
-    except (JobNotFound, IllegalTransition) as exc:
-        raise ClientError(f"error: {exc}", EXIT_USAGE) from exc
-    except GenqueueError as exc:  # unreachable, unavailable (503), or a server error
-        raise ClientError(str(exc), EXIT_UNREACHABLE) from exc
+        raise ClientError(f"error {exc.status or 400}: {exc.message}{field}", EXIT_USAGE) from exc
+    except GenqueueError as exc:
+        if exc.status is None or exc.status >= 500:  # unreachable, unavailable, a server error
+            raise ClientError(str(exc), EXIT_UNREACHABLE) from exc
+        raise ClientError(f"error {exc.status}: {exc}", EXIT_USAGE) from exc
 
 
 class Progress:

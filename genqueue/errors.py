@@ -24,6 +24,8 @@ __all__ = [
 class GenqueueError(Exception):
     """Base of every error genqueue raises on purpose."""
 
+    status: int | None = None  # the HTTP status, when a client got it from a server
+
 
 class ConfigError(GenqueueError):
     """A configuration key is unknown or its value is bad (the message names the key)."""
@@ -55,10 +57,10 @@ class InvalidRequest(GenqueueError):
 class QueueFull(GenqueueError):
     """A submission would pass `max_queued` or, for its user, `max_queued_per_user`."""
 
-    def __init__(self, message: str, *, limit: int, user: bool = False):
+    def __init__(self, message: str, *, limit: int | None = None, user: bool = False):
         super().__init__(message)
         self.message = message
-        self.limit = limit
+        self.limit = limit  # None: not known (a client's: the server's answer names it)
         self.user = user  # the user's own cap (else the queue's)
 
 

@@ -8,6 +8,9 @@ key is an admin's for the user "default", the user an embedded submit gets by de
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,9 +26,12 @@ from genqueue import (
     Config,
     IllegalTransition,
     InvalidRequest,
+    Job,
     JobFailed,
     JobNotFound,
     ProviderError,
+    QueueFull,
+    Unauthorized,
 )
 from genqueue.client import AsyncClient, Client
 from genqueue.http import JsonErrorRunner, create_app
@@ -39,9 +45,8 @@ def http_server(data_dir: Path, processor: Any, **settings: Any) -> Iterator[str
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
     thread.start()
-    cfg = Config(
-        data_dir=str(data_dir), synchronous="NORMAL", api_keys=f"{KEY}=default:admin", **settings
-    )
+    settings.setdefault("api_keys", f"{KEY}=default:admin")
+    cfg = Config(data_dir=str(data_dir), synchronous="NORMAL", **settings)
 
     async def start() -> web.AppRunner:
         runner = JsonErrorRunner(create_app(cfg, processor=processor))
@@ -301,3 +306,98 @@ def test_the_async_reads_never_read_storage_on_the_event_loop(
     finally:
         threading.current_thread().name = caller
     assert len(read_on) == 3 and "the-event-loop" not in read_on, read_on
+
+
+def test_a_full_queue_raises_queue_full_both_ways(api: Opener) -> None:
+    """`except QueueFull:` works the same embedded and remote (429 queue_full)."""
+    rec = Recorder(hold_all=True)
+    q = api.open(rec, max_concurrency=1, max_queued=1)
+    q.submit(request(id="running"))
+    rec.wait_running("running")
+    q.submit(request(id="waiting"))
+    with pytest.raises(QueueFull) as refused:
+        q.submit(request(id="one-too-many"))
+    assert "queue" in refused.value.message
+    rec.release_all()
+
+
+def test_a_wait_beyond_the_key_s_stream_cap_still_ends_with_the_job(tmp_path: Path) -> None:
+    """The server caps a key's event streams (GENQUEUE_MAX_STREAMS_PER_KEY); a client
+    waiting on more jobs than that reads the others' records instead, and still waits."""
+    rec = Recorder(hold_all=True)
+    with http_server(tmp_path / "served", rec, max_streams_per_key=2) as url:
+
+        async def main() -> list[Job]:
+            async with AsyncClient(url, KEY) as client:
+                ids = [(await client.asubmit(request(id=f"w-{i}"))).job.id for i in range(3)]
+                waits = [asyncio.ensure_future(client.await_job(i, timeout_s=30)) for i in ids]
+                await asyncio.to_thread(rec.wait_running, *ids)
+                rec.release_all()
+                return list(await asyncio.gather(*waits))
+
+        jobs = asyncio.run(main())
+    assert [(job.id, job.status) for job in jobs] == [(f"w-{i}", "completed") for i in range(3)]
+
+
+def test_an_admin_client_lists_one_users_jobs_as_an_embedder_does(tmp_path: Path) -> None:
+    keys = "k-admin=default:admin,k-alice=alice,k-bob=bob"
+    with queue_factory(tmp_path) as queues:
+        q = queues.open(Recorder(hold_all=True), max_concurrency=1)
+        for i in range(2):
+            q.submit(request(id=f"alice-{i}"), user_id="alice")
+        for i in range(3):
+            q.submit(request(id=f"bob-{i}"), user_id="bob")
+        embedded = q.list_jobs("alice", limit=2)
+    with http_server(tmp_path / "served", Recorder(hold_all=True), api_keys=keys) as url:
+        with Client(url, "k-alice") as alice, Client(url, "k-bob") as bob:
+            for i in range(2):
+                alice.submit(request(id=f"alice-{i}"))
+            for i in range(3):
+                bob.submit(request(id=f"bob-{i}"))
+            with pytest.raises(Unauthorized) as refused:
+                bob.list_jobs("alice")
+            assert refused.value.status == 403
+            assert [job.id for job in bob.list_jobs("bob", limit=1).items] == ["bob-2"]
+        with Client(url, "k-admin") as admin:
+            remote = admin.list_jobs("alice", limit=2)
+            assert admin.list_jobs(statuses=[]).items == []
+    assert [job.id for job in embedded.items] == ["alice-1", "alice-0"]
+    assert [job.id for job in remote.items] == ["alice-1", "alice-0"]
+
+
+def test_a_client_escapes_job_ids_in_its_paths(tmp_path: Path) -> None:
+    """An id is one path segment: "x/../y" names no job, never the job "y"."""
+    rec = Recorder(hold_all=True)
+    with http_server(tmp_path / "served", rec) as url, Client(url, KEY) as client:
+        client.submit(request(id="y"))
+        with pytest.raises(JobNotFound):
+            client.cancel("x/../y")
+        with pytest.raises(JobNotFound):
+            client.get("y/events")
+        assert client.get("y").status in ("queued", "processing")
+        rec.release_all()
+
+
+def test_the_cli_reports_a_refusal_as_a_usage_error(tmp_path: Path) -> None:
+    """Every 4xx but 401 exits 2 (EXIT_USAGE) naming the status; 401 exits 4."""
+    rec = Recorder(hold_all=True)
+    with http_server(tmp_path / "served", rec, max_concurrency=1, max_queued=1) as url:
+        env = {**os.environ, "GENQUEUE_URL": url, "GENQUEUE_KEY": KEY}
+
+        def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "main.py", *args],
+                cwd=Path(__file__).resolve().parent.parent,
+                env={**env, **extra},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        codes = [cli("submit", f"prompt {i}").returncode for i in range(2)]
+        full = cli("submit", "one too many")
+        bad_key = cli("status", GENQUEUE_KEY="k-nobody")
+        rec.release_all()
+    assert codes == [0, 0]
+    assert full.returncode == 2 and "error 429" in full.stderr, full.stderr
+    assert bad_key.returncode == 4, bad_key.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Collection
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -28,6 +29,15 @@ _PROVIDERS = msgspec.json.Decoder(ProviderList)
 _DEAD = msgspec.json.Decoder(DeliveryPage)
 _DELIVERY = msgspec.json.Decoder(PublicDelivery)
 _ENCODER = msgspec.json.Encoder()
+
+
+class _StreamsFull(Exception):
+    """The server refused one more event stream for this key (429 too_many_streams)."""
+
+
+def _job_path(job_id: str) -> str:
+    """The job's URL path, its id escaped ("a/../b" names one job, never another route)."""
+    return f"/api/generations/{quote(job_id, safe='')}"
 
 
 class AsyncClient:
@@ -62,11 +72,11 @@ class AsyncClient:
         return Submission(answers.job(answers.decode(_JOB, raw)), status == 202)
 
     async def aget(self, job_id: str) -> Job:
-        _, raw = await self._call("GET", f"/api/generations/{job_id}")
+        _, raw = await self._call("GET", _job_path(job_id))
         return answers.job(answers.decode(_JOB, raw))
 
     async def acancel(self, job_id: str) -> Job:
-        _, raw = await self._call("DELETE", f"/api/generations/{job_id}")
+        _, raw = await self._call("DELETE", _job_path(job_id))
         return answers.job(answers.decode(_JOB, raw))
 
     async def alist_jobs(
@@ -76,19 +86,19 @@ class AsyncClient:
         limit: int = 20,
         cursor: str | None = None,
     ) -> JobPage:
-        """The key's jobs (an admin key: everyone's), newest first. `user_id` narrows an
-        admin's list to one user (filtered here: the API lists by key)."""
+        """The key's jobs (an admin key: everyone's, or `user_id`'s), newest first."""
+        if statuses is not None and not statuses:
+            return JobPage([], None)  # among no statuses: none, as embedded
         params = {"limit": str(limit)}
         if statuses:
             params["status"] = ",".join(statuses)
         if cursor is not None:
             params["cursor"] = cursor
+        if user_id is not None:
+            params["userId"] = user_id
         _, raw = await self._call("GET", "/api/generations", params=params)
         page = answers.decode(_PAGE, raw)
-        jobs = [answers.job(p) for p in page.items]
-        if user_id is not None:
-            jobs = [job for job in jobs if job.user_id == user_id]
-        return JobPage(jobs, page.next_cursor)
+        return JobPage([answers.job(p) for p in page.items], page.next_cursor)
 
     async def astatus(self) -> QueueStatus:
         _, raw = await self._call("GET", "/api/queue/status")
@@ -119,13 +129,24 @@ class AsyncClient:
         return job.result
 
     async def _follow(self, job_id: str) -> Job:
-        stream = self._events(f"/api/generations/{job_id}/events")
-        async with contextlib.aclosing(stream) as events:
-            async for data in events:
-                job = answers.job(answers.decode(_JOB, data))
-                if job.terminal:
-                    return job
+        stream = self._events(_job_path(job_id) + "/events")
+        try:
+            async with contextlib.aclosing(stream) as events:
+                async for data in events:
+                    job = answers.job(answers.decode(_JOB, data))
+                    if job.terminal:
+                        return job
+        except _StreamsFull:  # the key holds all the streams it may: read the job instead
+            return await self._poll(job_id)
         raise GenqueueError(f"the event stream of job {job_id} ended before the job did")
+
+    async def _poll(self, job_id: str) -> Job:
+        """The job once finished, by reading it: 0.1 s apart, then up to 2 s apart."""
+        delay_s = 0.1
+        while not (job := await self.aget(job_id)).terminal:
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
+        return job
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -162,7 +183,10 @@ class AsyncClient:
         try:
             async with self._open().get(url, timeout=timeout) as resp:
                 if resp.status >= 400:
-                    raise answers.error_for(resp.status, await resp.read(), path)
+                    raw = await resp.read()
+                    if answers.code_of(raw) == "too_many_streams":
+                        raise _StreamsFull()
+                    raise answers.error_for(resp.status, raw, path)
                 data: list[bytes] = []
                 async for line in resp.content:
                     line = line.rstrip(b"\r\n")
@@ -197,5 +221,7 @@ class AsyncWebhooks:
         return DeadLetters([answers.delivery(d) for d in page.items], page.next_cursor)
 
     async def areplay(self, delivery_id: str) -> Delivery:
-        _, raw = await self._client._call("POST", f"/api/webhooks/{delivery_id}/replay")
+        _, raw = await self._client._call(
+            "POST", f"/api/webhooks/{quote(delivery_id, safe='')}/replay"
+        )
         return answers.delivery(answers.decode(_DELIVERY, raw))

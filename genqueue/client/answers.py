@@ -11,12 +11,14 @@ import msgspec
 import orjson
 
 from genqueue.errors import (
+    BudgetExceeded,
     DeliveryNotDead,
     DeliveryNotFound,
     GenqueueError,
     IllegalTransition,
     InvalidRequest,
     JobNotFound,
+    QueueFull,
     StorageError,
     Unauthorized,
 )
@@ -24,7 +26,7 @@ from genqueue.models import GenerationParams, Job, JobResult, VideoOutput
 from genqueue.webhooks import Delivery, encode_event
 from genqueue.wire import PublicDelivery, PublicJob, PublicResult
 
-__all__ = ["decode", "delivery", "error_for", "job"]
+__all__ = ["code_of", "decode", "delivery", "error_for", "job"]
 
 T = TypeVar("T")
 
@@ -100,15 +102,40 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
         raise GenqueueError(message) from exc
 
 
-def error_for(status: int, raw: bytes, path: str) -> GenqueueError:
-    """The error JobQueue raises for what the server answered."""
-    detail: dict[str, Any] = {}
+def _detail(raw: bytes) -> dict[str, Any]:
+    """The answer's `error` object (empty when it has none)."""
     with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
-        detail = orjson.loads(raw).get("error") or {}
+        detail = orjson.loads(raw).get("error")
+        if isinstance(detail, dict):
+            return detail
+    return {}
+
+
+def code_of(raw: bytes) -> str:
+    """The error code of an error answer ("" when it has none)."""
+    return str(_detail(raw).get("code") or "")
+
+
+def error_for(status: int, raw: bytes, path: str) -> GenqueueError:
+    """The error JobQueue raises for what the server answered; its `status` is the HTTP
+    status (the CLI's exit code follows it)."""
+    error = _error(status, raw, path)
+    error.status = status
+    return error
+
+
+def _error(status: int, raw: bytes, path: str) -> GenqueueError:
+    detail = _detail(raw)
     message = str(detail.get("message") or raw.decode("utf-8", "replace")[:200] or status)
     code = str(detail.get("code") or "")
-    if status in (401, 403):
+    if status == 401:
         return Unauthorized(f"the API key was refused: {message}")
+    if status == 403:
+        return Unauthorized(f"the API key may not do this: {message}")
+    if code == "budget_exceeded":
+        return BudgetExceeded(message)
+    if code == "queue_full":
+        return QueueFull(message)
     if status == 400 or code == "id_conflict":
         return InvalidRequest(message, field=detail.get("field"), code=code or "invalid_request")
     webhook = path.startswith("/api/webhooks/")

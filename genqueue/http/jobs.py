@@ -10,7 +10,7 @@ import re
 
 from aiohttp import web
 
-from genqueue import JOB_ID, Job, JobNotFound, JobStatus
+from genqueue import JOB_ID, NAME_PATTERN, Job, JobNotFound, JobStatus
 from genqueue.http.auth import Caller
 from genqueue.http.body import parse_body, require_json
 from genqueue.http.context import (
@@ -31,6 +31,7 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 _CURSOR = re.compile(r"[0-9]{16}")
+_USER_ID = re.compile(NAME_PATTERN)
 
 
 @routes.post("/api/generations")
@@ -78,9 +79,20 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = query_limit(request)
     statuses = _statuses(request)
     cursor = query_cursor(request, _CURSOR)
-    user_id = None if who.admin else who.user_id
-    page = await request.app[QUEUE].alist_jobs(user_id, statuses, limit, cursor)
+    page = await request.app[QUEUE].alist_jobs(_lister(request, who), statuses, limit, cursor)
     return json_response(JobPage([public_job(job) for job in page.items], page.next_cursor))
+
+
+def _lister(request: web.Request, who: Caller) -> str | None:
+    """Whose jobs to list: the caller's; an admin's `userId` (or everyone's without it)."""
+    asked = request.query.get("userId")
+    if asked is None:
+        return None if who.admin else who.user_id
+    if not _USER_ID.fullmatch(asked):
+        raise ApiError(400, f"userId must match {NAME_PATTERN}", field="userId")
+    if not who.admin and asked != who.user_id:
+        raise ApiError(403, "only an admin API key lists another user's jobs", field="userId")
+    return asked
 
 
 def _statuses(request: web.Request) -> frozenset[JobStatus] | None:

@@ -25,16 +25,16 @@ from genqueue.http.dashboard import EventSnapshot, dashboard_paths
 from genqueue.http.errors import ALL_CODES, ErrorBody
 from genqueue.http.openapi_parts import (
     ERRORS,
+    LIMIT_PARAM,
     PUBLIC,
     REF,
     TOO_MANY_STREAMS,
+    USER_ID_PARAM,
     error_ref,
     json_ref,
 )
 from genqueue.http.openapi_request import request_schema
 from genqueue.wire import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
     STATUSES,
     DeliveryPage,
     JobPage,
@@ -48,12 +48,6 @@ _RENAMES = {
     "PublicParams": "JobParameters",
     "PublicResult": "JobResult",
     "PublicDelivery": "WebhookDelivery",
-}
-
-_LIMIT_PARAM: dict[str, Any] = {
-    "name": "limit",
-    "in": "query",
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
 }
 
 
@@ -155,7 +149,8 @@ def _paths() -> dict[str, Any]:
             },
             "get": {
                 "operationId": "listGenerations",
-                "summary": "The caller's jobs (an admin's: everyone's), newest first.",
+                "summary": "The caller's jobs (an admin's: everyone's, or one user's), newest "
+                "first.",
                 "description": "A page may hold fewer than `limit` items when filtering; "
                 "continue with `cursor=nextCursor` while `nextCursor` is not null.",
                 "parameters": [
@@ -167,16 +162,18 @@ def _paths() -> dict[str, Any]:
                         + ". Empty: every status.",
                         "schema": {"type": "string", "pattern": _STATUS_LIST},
                     },
-                    _LIMIT_PARAM,
+                    LIMIT_PARAM,
                     {
                         "name": "cursor",
                         "in": "query",
                         "schema": {"type": "string", "pattern": r"^[0-9]{16}$"},
                     },
+                    USER_ID_PARAM,
                 ],
                 "responses": {
                     "200": json_ref("JobPage", "A page of jobs."),
-                    "400": error_ref("A bad status, limit or cursor; `field` names it."),
+                    "400": error_ref("A bad status, limit, cursor or userId; `field` names it."),
+                    "403": error_ref("A key that is not an admin's named another user."),
                     **ERRORS,
                 },
             },
@@ -237,7 +234,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Dead-lettered webhook deliveries (admin only), by job id.",
                 "description": "Continue with `cursor=nextCursor` while it is not null.",
                 "parameters": [
-                    _LIMIT_PARAM,
+                    LIMIT_PARAM,
                     {
                         "name": "cursor",
                         "in": "query",

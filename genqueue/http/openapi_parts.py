@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ERRORS", "PUBLIC", "REF", "TOO_MANY_STREAMS", "error_ref", "json_ref"]
+from genqueue import NAME_PATTERN
+from genqueue.wire import DEFAULT_LIMIT, MAX_LIMIT
+
+__all__ = [
+    "ERRORS",
+    "LIMIT_PARAM",
+    "PUBLIC",
+    "REF",
+    "TOO_MANY_STREAMS",
+    "USER_ID_PARAM",
+    "error_ref",
+    "json_ref",
+]
 
 REF = "#/components/schemas/"
 PUBLIC: dict[str, Any] = {"security": []}  # a route that needs no API key
@@ -30,3 +42,16 @@ TOO_MANY_STREAMS = error_ref(
     "This API key holds as many open event streams as it may (too_many_streams): "
     "GENQUEUE_MAX_STREAMS_PER_KEY."
 )
+
+LIMIT_PARAM: dict[str, Any] = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+
+USER_ID_PARAM: dict[str, Any] = {
+    "name": "userId",
+    "in": "query",
+    "description": "One user's jobs (an admin key; another key may name only its own user).",
+    "schema": {"type": "string", "pattern": f"^{NAME_PATTERN}$"},
+}
