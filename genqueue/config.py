@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -12,18 +11,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from genqueue import policies
 from genqueue.errors import ConfigError
 from genqueue.retry import RetryPolicy
 
-__all__ = [
-    "ENV_NAMES",
-    "SECRET_FIELDS",
-    "Config",
-    "load_config",
-    "parse_delays_s",
-    "provider_retry",
-    "secret_values",
-]
+__all__ = ["ENV_NAMES", "SECRET_FIELDS", "Config", "load_config", "secret_values"]
 
 DispatchMode = Literal["alarm", "immediate", "cron", "sqs"]
 
@@ -185,34 +177,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
-    # -- retry policies: every retry of genqueue but a durable actor's alarm (a constant of
-    # the runtime, genqueue/actors/runtime.py) is built here from its keys
+    # -- the retry policies (genqueue/policies.py), from their keys
 
     @property
     def job_retry(self) -> RetryPolicy:
-        """A job's attempts: GENQUEUE_MAX_ATTEMPTS in all, `retry_backoff_s` before the second,
-        each next wait twice the last (no cap)."""
-        return RetryPolicy(
-            initial_interval_s=self.retry_backoff_s,
-            backoff_coefficient=2.0,
-            maximum_interval_s=math.inf,
-            maximum_attempts=max(1, self.max_attempts),
-        )
+        """A job's attempts: max_attempts, retry_backoff_s doubling."""
+        return policies.job_retry(self.max_attempts, self.retry_backoff_s)
 
     @property
     def provider_retry(self) -> RetryPolicy:
-        """A provider call (start, poll, download) that failed transiently, and the operations
-        one attempt may start: `max_retries` more tries, 1 s, 2 s, 4 s ... at most 60 s
-        apart (a Retry-After the provider gives wins)."""
-        return provider_retry(self.max_retries)
+        """A provider call's transient failures: max_retries more tries, 1 s doubling."""
+        return policies.provider_retry(self.max_retries)
 
     @property
     def webhook_retry(self) -> RetryPolicy:
-        """A webhook delivery: GENQUEUE_WEBHOOK_RETRY_S, the delays before each attempt
-        (one attempt each), each moved by up to 10% (Svix's jitter). The first delay, before
-        the first attempt, is not waited: an event goes out at once."""
-        delays_s = parse_delays_s(self.webhook_retry_s)
-        return RetryPolicy.schedule(delays_s[1:], jitter=WEBHOOK_JITTER)
+        """A webhook delivery: the delays of webhook_retry_s, 10% jitter."""
+        return policies.webhook_retry(self.webhook_retry_s)
 
 
 def _check_webhooks(cfg: Config) -> None:
@@ -234,46 +214,16 @@ def _check_webhooks(cfg: Config) -> None:
 def _check_retries(cfg: Config) -> None:
     """Every retry policy builds from its keys, or the start stops naming the bad one."""
     _check_non_negative(cfg, "max_attempts", "retry_backoff_s", "max_retries")
-    policies = {
+    builders = {
         "retry_backoff_s": lambda: cfg.job_retry,
         "max_retries": lambda: cfg.provider_retry,
         "webhook_retry_s": lambda: cfg.webhook_retry,
     }
-    for name, build in policies.items():
+    for name, build in builders.items():
         try:
             build()
         except ValueError as exc:
             raise ConfigError(f"{_key(name)}: {exc}") from None
-
-
-def provider_retry(max_retries: int) -> RetryPolicy:
-    """A provider call's policy: `max_retries` more tries, 1 s doubling, at most 60 s."""
-    return RetryPolicy(
-        initial_interval_s=1.0,
-        backoff_coefficient=2.0,
-        maximum_interval_s=60.0,
-        maximum_attempts=max_retries + 1,
-    )
-
-
-WEBHOOK_JITTER = 0.1  # a webhook's waits move by up to 10% (Svix's), so retries spread out
-
-
-def parse_delays_s(text: str) -> tuple[float, ...]:
-    """Seconds from `"0,5,300"` (fractions allowed); ValueError names the bad item."""
-    return tuple(_parse_delay(item.strip(), n) for n, item in enumerate(text.split(","), 1))
-
-
-def _parse_delay(item: str, position: int) -> float:
-    if not item:
-        raise ValueError(f"retry delay #{position} is empty (expected e.g. '0,5,300')")
-    try:
-        delay = float(item)
-    except ValueError:
-        raise ValueError(f"retry delay #{position} {item!r} is not a number of seconds") from None
-    if not math.isfinite(delay) or delay < 0:
-        raise ValueError(f"retry delay #{position} {item!r} must be finite and >= 0 seconds")
-    return delay
 
 
 def _key(name: str) -> str:

@@ -31,7 +31,7 @@ from genqueue import Config, GenerationParams, Job, JobNotFound, JobQueue, JobRe
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.generation import GenerationActor
 from genqueue.clock import ManualClock
-from genqueue.config import provider_retry
+from genqueue.policies import provider_retry
 from genqueue.providers.fake_veo import SAFETY_REASON, FakeVeo, FakeVeoServer, iter_mp4
 from genqueue.providers.veo3 import Veo3Client
 from genqueue.storage.videos import MIN_PART_SIZE, LocalStore, S3Store, VideoStore

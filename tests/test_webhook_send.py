@@ -26,8 +26,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from genqueue.config import Config, load_config, parse_delays_s
+from genqueue.config import Config, load_config
 from genqueue.errors import ConfigError
+from genqueue.policies import parse_delays_s
 from genqueue.retry import RetryPolicy
 from genqueue.webhooks import (
     Delivery,

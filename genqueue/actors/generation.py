@@ -28,9 +28,9 @@ import msgspec
 from genqueue.actors.provider_calls import ProviderCalls
 from genqueue.actors.system import TASK_CANCELLED
 from genqueue.clock import Clock, RealClock
-from genqueue.config import provider_retry
 from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult, VideoOutput
+from genqueue.policies import provider_retry
 from genqueue.processor import Report as ReportFn
 from genqueue.providers.base import ProviderClient
 from genqueue.providers.veo import Operation, VideoRef, to_video_params
