@@ -122,12 +122,12 @@ def run(
         store = LocalStore(Path(tmp) / "media", "http://127.0.0.1:8787")
         worker_loop.run(store.start())
         client = Veo3Client(session, base_url=fake.base_url, api_key=KEY)
-        actor = GenerationActor(client, store, polling_interval_s=poll_s, max_retries=3)
+        actor = GenerationActor(client, store, polling_interval_s=poll_s)
         config = Config(
             data_dir=str(Path(tmp) / "data"),
             max_concurrency=concurrency,
             synchronous=sync,  # type: ignore[arg-type]
-            job_timeout_s=max(60.0, 30 * latency_s),
+            job_watchdog_s=max(60.0, 30 * latency_s),
             max_queued=0,  # one user submits them all at once: no cap on waiting jobs
             max_queued_per_user=0,
         )

@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from genqueue import policies
 from genqueue.errors import ConfigError
+from genqueue.retry import RetryPolicy
 
 __all__ = ["ENV_NAMES", "SECRET_FIELDS", "Config", "load_config", "secret_values"]
 
@@ -19,7 +21,8 @@ DispatchMode = Literal["alarm", "immediate", "cron", "sqs"]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Every setting of genqueue; TOML keys are these field names."""
+    """Every setting of genqueue; TOML keys are these field names, but for two timeouts
+    whose keys say less than their fields (`job_timeout_s`, `timeout_s`: see below)."""
 
     # server and storage
     host: str = "127.0.0.1"
@@ -44,9 +47,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retention_interval_s: float = 3600.0
     idle_timeout_s: float = 60.0
     live_actors_soft_cap: int = 1024  # above it, a job waiting on its coroutine is passivated
+    # A job's attempts (`job_retry`): max_attempts in all (0 counts as 1), the first retry
+    # retry_backoff_s after a failure, each next one twice as late.
     max_attempts: int = 3
     retry_backoff_s: float = 2.0
-    job_timeout_s: float = 900.0
+    # The job watchdog: how long one attempt of a job may be processing (the provider's
+    # operation, the download, the store) before the QueueActor tells it that it timed out.
+    job_watchdog_s: float = msgspec.field(default=900.0, name="job_timeout_s")
     # after the state store failed (disk full or read-only): how often to look whether the
     # data directory takes writes again, then reopen the queue from disk
     store_retry_s: float = 5.0
@@ -83,8 +90,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # a user's spend a UTC day (prices' unit), committed and in flight; 0: no budget
     budget_per_user_day: float = 0.0
     poll_interval_s: float = 5.0
+    # A provider call's transient failures (`provider_retry`): max_retries more tries, 1 s
+    # after the first failure, doubling, at most 60 s (a Retry-After wins); max_retries also
+    # bounds the new operations one attempt starts after an operation failed.
     max_retries: int = 3
-    timeout_s: float = 900.0
+    # How long a provider's operation may run, from its start to its end (the polls stop).
+    provider_operation_timeout_s: float = msgspec.field(default=900.0, name="timeout_s")
     # videos
     storage: Literal["local", "s3"] = "local"
     s3_bucket: str = ""
@@ -123,6 +134,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "video_url_ttl_s",
             "header_timeout_s",
             "body_timeout_s",
+            "job_watchdog_s",
+            "provider_operation_timeout_s",
         )
         _check_non_negative(
             self,
@@ -149,6 +162,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port")
         _check_webhooks(self)
+        _check_retries(self)
 
     @property
     def webhook_target(self) -> str:
@@ -163,11 +177,27 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
+    # -- the retry policies (genqueue/policies.py), from their keys
+
+    @property
+    def job_retry(self) -> RetryPolicy:
+        """A job's attempts: max_attempts, retry_backoff_s doubling."""
+        return policies.job_retry(self.max_attempts, self.retry_backoff_s)
+
+    @property
+    def provider_retry(self) -> RetryPolicy:
+        """A provider call's transient failures: max_retries more tries, 1 s doubling."""
+        return policies.provider_retry(self.max_retries)
+
+    @property
+    def webhook_retry(self) -> RetryPolicy:
+        """A webhook delivery: the delays of webhook_retry_s, 10% jitter."""
+        return policies.webhook_retry(self.webhook_retry_s)
+
 
 def _check_webhooks(cfg: Config) -> None:
-    """A bad WEBHOOK_SECRET or GENQUEUE_WEBHOOK_RETRY_S stops the start with one line naming
-    it (the message never quotes the secret)."""
-    from genqueue.webhooks.schedule import parse_retry_s
+    """A bad WEBHOOK_SECRET stops the start with one line naming it (the message never
+    quotes the secret)."""
     from genqueue.webhooks.signing import WebhookSigner, parse_secrets
 
     secrets = parse_secrets(cfg.webhook_secret)
@@ -179,27 +209,48 @@ def _check_webhooks(cfg: Config) -> None:
             f"webhook_secret (environment WEBHOOK_SECRET): {exc}; expected whsec_ and base64,"
             " two secrets space-separated during a rotation"
         ) from None
-    try:
-        parse_retry_s(cfg.webhook_retry_s)
-    except ValueError as exc:
-        raise ConfigError(
-            f"webhook_retry_s (environment GENQUEUE_WEBHOOK_RETRY_S): {exc}"
-        ) from None
+
+
+def _check_retries(cfg: Config) -> None:
+    """Every retry policy builds from its keys, or the start stops naming the bad one."""
+    _check_non_negative(cfg, "max_attempts", "retry_backoff_s", "max_retries")
+    builders = {
+        "retry_backoff_s": lambda: cfg.job_retry,
+        "max_retries": lambda: cfg.provider_retry,
+        "webhook_retry_s": lambda: cfg.webhook_retry,
+    }
+    for name, build in builders.items():
+        try:
+            build()
+        except ValueError as exc:
+            raise ConfigError(f"{_key(name)}: {exc}") from None
+
+
+def _key(name: str) -> str:
+    """A field as the user wrote it: its TOML key, and its environment name if it has one."""
+    key = _TOML_KEYS.get(name, name)
+    env = next((env for env, field in ENV_NAMES.items() if field == key), None)
+    return key if env is None else f"{key} (environment {env})"
 
 
 def _check_positive(cfg: Config, *names: str) -> None:
     for name in names:
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{name}: must be greater than 0, got {getattr(cfg, name)}")
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{_key(name)}: must be greater than 0, got {getattr(cfg, name)}")
 
 
 def _check_non_negative(cfg: Config, *names: str) -> None:
     for name in names:
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name}: must be 0 or more, got {getattr(cfg, name)}")
+        if not getattr(cfg, name) >= 0:
+            raise ConfigError(f"{_key(name)}: must be 0 or more, got {getattr(cfg, name)}")
 
 
-# Environment name -> Config field (DESIGN.md "Public contract", plus a few of ours).
+# Config field -> its TOML key, where the two differ.
+_TOML_KEYS = {
+    f.name: f.encode_name for f in msgspec.structs.fields(Config) if f.name != f.encode_name
+}
+
+# Environment name -> TOML key (DESIGN.md "Public contract", plus a few of ours).
 ENV_NAMES: dict[str, str] = {
     "GENQUEUE_HOST": "host",
     "GENQUEUE_PORT": "port",

@@ -31,6 +31,7 @@ from genqueue import Config, GenerationParams, Job, JobNotFound, JobQueue, JobRe
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.generation import GenerationActor
 from genqueue.clock import ManualClock
+from genqueue.policies import provider_retry
 from genqueue.providers.fake_veo import SAFETY_REASON, FakeVeo, FakeVeoServer, iter_mp4
 from genqueue.providers.veo3 import Veo3Client
 from genqueue.storage.videos import MIN_PART_SIZE, LocalStore, S3Store, VideoStore
@@ -128,7 +129,11 @@ class Rig:
 
     def actor(self, **settings: Any) -> GenerationActor:
         worker = self.worker or self.start_worker()
-        settings = {"polling_interval_s": 10.0, "max_retries": 2, "clock": self.clock} | settings
+        settings = {
+            "polling_interval_s": 10.0,
+            "retry": provider_retry(2),
+            "clock": self.clock,
+        } | settings
         return GenerationActor(worker.client, worker.store, **settings)
 
     def queue(self, actor: GenerationActor, **settings: Any) -> tuple[JobQueue, Watcher]:
@@ -302,7 +307,7 @@ def test_safety_block_fails_with_the_reason_and_no_retry(rig: Rig) -> None:
 
 
 def test_operation_error_13_is_retried_up_to_max_retries(rig: Rig) -> None:
-    q, w = rig.queue(rig.actor(max_retries=2), max_attempts=3)
+    q, w = rig.queue(rig.actor(retry=provider_retry(2)), max_attempts=3)
     job, _ = q.submit({"prompt": "an unlucky one [op-error:13]"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"
@@ -313,7 +318,7 @@ def test_operation_error_13_is_retried_up_to_max_retries(rig: Rig) -> None:
 
 
 def test_operation_error_3_fails_at_once(rig: Rig) -> None:
-    q, w = rig.queue(rig.actor(max_retries=2), max_attempts=3)
+    q, w = rig.queue(rig.actor(retry=provider_retry(2)), max_attempts=3)
     job, _ = q.submit({"prompt": "a bad argument [op-error:3]"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"
@@ -332,7 +337,7 @@ def test_bad_request_fails_at_once_with_googles_message(rig: Rig) -> None:
 
 def test_timeout_fails_with_a_clear_message(rig: Rig) -> None:
     rig.fake.latency_s = 1000
-    q, w = rig.queue(rig.actor(timeout_s=25), max_attempts=3)
+    q, w = rig.queue(rig.actor(operation_timeout_s=25), max_attempts=3)
     job, _ = q.submit({"prompt": "a very long one"})
     done = finish(rig, w, job.id)
     assert done.status == "failed"

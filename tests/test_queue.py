@@ -352,7 +352,7 @@ def test_retention_removes_only_finished_jobs_older_than_the_window(queues):
         retention_days=1,
         retention_interval_s=3600,
         max_per_user=1,
-        job_timeout_s=10 * 86400,  # "running" stays processing across the days skipped
+        job_watchdog_s=10 * 86400,  # "running" stays processing across the days skipped
     )
     w = Watcher(q)
     for job_id in ("old-a", "old-b", "old-failed"):
@@ -596,7 +596,7 @@ def test_the_watchdog_retries_a_job_stuck_past_its_timeout(queues):
     t0 = clock.now()
     rec = Recorder(clock)
     rec.script["stuck"] = ["hold", "ok"]
-    q = queues.open(rec, clock=clock, job_timeout_s=30, retry_backoff_s=2)
+    q = queues.open(rec, clock=clock, job_watchdog_s=30, retry_backoff_s=2)
     w = Watcher(q)
     q.submit(request(id="stuck"))
     rec.wait_running("stuck")
@@ -621,7 +621,7 @@ def test_the_watchdog_times_out_each_job_at_its_own_deadline(queues, mode):
     rec = Recorder(clock)
     rec.script["first"] = ["hold", "ok"]
     rec.script["second"] = ["hold", "ok"]
-    q = queues.open(rec, clock=clock, dispatch=mode, job_timeout_s=30, retry_backoff_s=100)
+    q = queues.open(rec, clock=clock, dispatch=mode, job_watchdog_s=30, retry_backoff_s=100)
     w = Watcher(q)
     q.submit(request(id="first"))
     rec.wait_running("first")
@@ -653,7 +653,7 @@ def test_the_watchdog_tells_a_stubborn_job_again_until_it_ends(queues):
             shrugged.set()
         await asyncio.Event().wait()  # the second cancellation ends it
 
-    q = queues.open(stubborn, clock=clock, job_timeout_s=30, retry_backoff_s=1000)
+    q = queues.open(stubborn, clock=clock, job_watchdog_s=30, retry_backoff_s=1000)
     w = Watcher(q)
     q.submit(request(id="stubborn"))
     w.wait_status("stubborn", "processing")

@@ -26,10 +26,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from genqueue.config import Config, load_config
+from genqueue.errors import ConfigError
+from genqueue.policies import parse_delays_s
+from genqueue.retry import RetryPolicy
 from genqueue.webhooks import (
-    DEFAULT_DELAYS_S,
     Delivery,
-    RetrySchedule,
     SendOutcome,
     WebhookEvent,
     WebhookResult,
@@ -38,7 +40,6 @@ from genqueue.webhooks import (
     encode_event,
     iso_timestamp,
     new_delivery,
-    parse_retry_s,
     parse_secrets,
     send,
 )
@@ -341,53 +342,53 @@ def test_parse_secrets_of_nothing_is_empty() -> None:
     assert parse_secrets("  ") == ()
 
 
-# --- the retry schedule --------------------------------------------------------------------
+# --- the retry schedule (Config.webhook_retry, a RetryPolicy) -----------------------------
 
 
 def test_default_schedule_is_svix() -> None:
-    schedule = RetrySchedule()
-    assert schedule.delays_s == DEFAULT_DELAYS_S == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
-    assert schedule.jitter == 0.1 and schedule.max_attempts == 8
+    policy = Config().webhook_retry
+    # 0 s (the first attempt, at once), then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+    assert policy.intervals_s == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert policy.jitter == 0.1 and policy.maximum_attempts == 8
 
 
-def test_exhausted_schedule_returns_none() -> None:
-    schedule = RetrySchedule(delays_s=(0, 1), jitter=0.0)
+def test_exhausted_schedule_gives_up() -> None:
+    policy = Config(webhook_retry_s="0,1").webhook_retry
     rng = random.Random(1)
-    assert [schedule.delay_before(n, rng) for n in range(3)] == [0.0, 1.0, None]
-    assert RetrySchedule().delay_before(8, rng) is None
+    assert [policy.gives_up(n) for n in (1, 2)] == [False, True]
+    assert policy.delay_s(1, rng) == pytest.approx(1.0, rel=0.1)
+    assert Config().webhook_retry.gives_up(8) and not Config().webhook_retry.gives_up(7)
 
 
-def test_negative_attempt_is_an_error() -> None:
+def test_attempt_zero_is_an_error() -> None:
     with pytest.raises(ValueError, match="attempt"):
-        RetrySchedule().delay_before(-1, random.Random(1))
+        Config().webhook_retry.delay_s(0, random.Random(1))
 
 
 @given(
     delays=st.lists(st.floats(min_value=0, max_value=1e6), min_size=1, max_size=10),
     jitter=st.floats(min_value=0, max_value=0.99),
-    attempt_no=st.integers(min_value=0, max_value=12),
+    attempt_no=st.integers(min_value=1, max_value=12),
     seed=st.integers(),
 )
 def test_jitter_stays_within_bounds(
     delays: list[float], jitter: float, attempt_no: int, seed: int
 ) -> None:
-    schedule = RetrySchedule(delays_s=tuple(delays), jitter=jitter)
-    delay = schedule.delay_before(attempt_no, random.Random(seed))
-    assert delay == schedule.delay_before(attempt_no, random.Random(seed))  # pure
-    if attempt_no >= len(delays):
-        assert delay is None
-        return
-    base = delays[attempt_no]
-    assert delay is not None
+    policy = RetryPolicy.schedule(tuple(delays), jitter=jitter)
+    assert policy.gives_up(attempt_no) == (attempt_no > len(delays))
+    delay = policy.delay_s(attempt_no, random.Random(seed))
+    assert delay == policy.delay_s(attempt_no, random.Random(seed))  # pure
+    base = delays[min(attempt_no, len(delays)) - 1]
     assert base * (1 - jitter) <= delay <= base * (1 + jitter)
     if base == 0:
         assert delay == 0
 
 
-def test_parse_retry_s() -> None:
-    assert parse_retry_s("0,5,300").delays_s == (0.0, 5.0, 300.0)
-    assert parse_retry_s(" 0 , 0.25,1.5 ").delays_s == (0.0, 0.25, 1.5)
-    assert parse_retry_s("1", jitter=0.0).jitter == 0.0
+def test_parse_webhook_retry_s() -> None:
+    assert parse_delays_s("0,5,300") == (0.0, 5.0, 300.0)
+    assert parse_delays_s(" 0 , 0.25,1.5 ") == (0.0, 0.25, 1.5)
+    policy = load_config(env={"GENQUEUE_WEBHOOK_RETRY_S": "0,0.25,1.5"}).webhook_retry
+    assert policy.intervals_s == (0.25, 1.5) and policy.maximum_attempts == 3
 
 
 @pytest.mark.parametrize(
@@ -401,18 +402,21 @@ def test_parse_retry_s() -> None:
         ("0;5", "#1 '0;5' is not a number"),
     ],
 )
-def test_parse_retry_s_errors(text: str, problem: str) -> None:
+def test_parse_webhook_retry_s_errors(text: str, problem: str) -> None:
     with pytest.raises(ValueError) as caught:
-        parse_retry_s(text)
+        parse_delays_s(text)
     assert problem in str(caught.value)
+    with pytest.raises(ConfigError) as named:
+        load_config(env={"GENQUEUE_WEBHOOK_RETRY_S": text or ","})
+    assert "GENQUEUE_WEBHOOK_RETRY_S" in str(named.value)
 
 
 @pytest.mark.parametrize(
-    ("delays", "jitter"), [((), 0.1), ((1, -1), 0.1), ((1, float("inf")), 0.1), ((1,), 1.0)]
+    ("delays", "jitter"), [((1, -1), 0.1), ((1, float("inf")), 0.1), ((1,), 1.0)]
 )
 def test_bad_schedule_is_refused(delays: tuple[float, ...], jitter: float) -> None:
     with pytest.raises(ValueError):
-        RetrySchedule(delays_s=delays, jitter=jitter)
+        RetryPolicy.schedule(delays, jitter=jitter)
 
 
 def test_iso_timestamp_matches_javascript() -> None:

@@ -21,33 +21,29 @@ import logging
 import math
 import secrets
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
+from genqueue.actors.provider_calls import ProviderCalls
 from genqueue.actors.system import TASK_CANCELLED
 from genqueue.clock import Clock, RealClock
 from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult, VideoOutput
+from genqueue.policies import provider_retry
 from genqueue.processor import Report as ReportFn
 from genqueue.providers.base import ProviderClient
 from genqueue.providers.veo import Operation, VideoRef, to_video_params
+from genqueue.retry import RetryPolicy
 from genqueue.storage.videos import LocalStore, StoredVideo, VideoStore
 from genqueue.storage.videourls import stored_video_key
 
 __all__ = ["GenerationActor", "GenerationCheckpoint"]
 
 log = logging.getLogger("genqueue.generation")
-T = TypeVar("T")
 EXPECTED_S = 60.0  # progress estimate: Veo usually takes 11 s to a few minutes
 PROGRESS_STEP = 5  # percentage points between progress reports
-
-
-# Outcomes of an operation (a new operation is the retry) and the per-day quota (the queue
-# pauses; the job waits without spending an attempt): never retried by re-sending the call.
-_NOT_RETRIED_HERE = frozenset({"operation_error", "audio_blocked", "quota_exhausted"})
+DEFAULT_RETRY = provider_retry(3)  # 3 more tries of a call, 1 s, 2 s, 4 s apart
 
 
 def _final(exc: ProviderError, why: str) -> ProviderError:
@@ -79,8 +75,8 @@ class GenerationActor:
         store: VideoStore,
         *,
         polling_interval_s: float = 5.0,
-        timeout_s: float = 900.0,
-        max_retries: int = 3,
+        operation_timeout_s: float = 900.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
         clock: Clock | None = None,
         ambiguous_start: str = "fail",
         audio_block_retries: int = 2,
@@ -95,12 +91,11 @@ class GenerationActor:
         self.ambiguous_starts = 0  # starts whose answer was lost (maybe paid)
         self.store = store
         self.polling_interval_s = polling_interval_s
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
+        self.operation_timeout_s = operation_timeout_s  # from the operation's start to its end
+        self.retry = retry  # a call's retries; also bounds the operations of one attempt
         self.clock: Clock = clock or RealClock()
-        self.calls: dict[str, int] = {"start": 0, "poll": 0, "download": 0, "errors": 0}
-        self.rate_limited = 0  # 429 answers
-        self._recent: deque[float] = deque()  # times of calls in the last minute
+        self._calls = ProviderCalls(self.clock, retry)
+        self.calls = self._calls.counts  # by kind: start, poll, download, errors
         self._started: dict[str, str] = {}  # job id -> the provider request it runs
         self._cancelling: set[asyncio.Task[None]] = set()
 
@@ -190,7 +185,7 @@ class GenerationActor:
             raise exc
         if lost:
             self._lost_operation(job, exc)
-        if ckpt.starts > self.max_retries:
+        if self.retry.gives_up(ckpt.starts):
             # Retries spent: final, or the queue's retry would re-poll the failed operation
             # the checkpoint still names.
             raise _final(exc, f"after {ckpt.starts} operations") from exc
@@ -220,7 +215,7 @@ class GenerationActor:
     ) -> GenerationCheckpoint:
         params = to_video_params(job.parameters)
         t = time.monotonic()
-        name = await self._retry("start", lambda: self._start_once(job, params))
+        name = await self._calls.run("start", lambda: self._start_once(job, params))
         log.info(
             "veo operation started",
             extra={
@@ -279,13 +274,13 @@ class GenerationActor:
             delay = started + ticks * interval - self.clock.now()
             if delay > 0:
                 await self.clock.sleep(delay)
-            op = await self._retry("poll", lambda: self.client.poll(ckpt.operation or ""))
+            op = await self._calls.run("poll", lambda: self.client.poll(ckpt.operation or ""))
             if op.done:
                 return op
             elapsed = self.clock.now() - started
-            if elapsed > self.timeout_s:
+            if elapsed > self.operation_timeout_s:
                 raise ProviderError(
-                    f"Veo did not finish within {self.timeout_s:g} s",
+                    f"Veo did not finish within {self.operation_timeout_s:g} s",
                     retryable=False,
                     code="timeout",
                 )
@@ -315,7 +310,7 @@ class GenerationActor:
         for sample, video in enumerate(op.videos):
             sample_name = name if sample == 0 else f"{name}-{sample}"
             upload = functools.partial(self._upload, job, video, sample_name)
-            stored.append(await self._retry("download", upload))
+            stored.append(await self._calls.run("download", upload))
         return JobResult(
             video_url=stored[0].url,
             duration=float(job.parameters.duration),
@@ -360,49 +355,6 @@ class GenerationActor:
             except StorageError as exc:
                 log.warning("could not delete a removed job's video", extra={"error": str(exc)})
 
-    def _count_call(self, what: str) -> None:
-        self.calls[what] = self.calls.get(what, 0) + 1
-        now = self.clock.now()
-        self._recent.append(now)
-        while self._recent and self._recent[0] < now - 60:
-            self._recent.popleft()
-
     def stats(self) -> dict[str, Any]:
-        """The plan's API metrics: Veo calls per minute, Veo errors, rate-limit hits."""
-        now = self.clock.now()
-        per_minute = sum(1 for t in list(self._recent) if t >= now - 60)
-        return {
-            "calls": self.calls["start"] + self.calls["poll"] + self.calls["download"],
-            "callsPerMinute": per_minute,
-            "starts": self.calls["start"],
-            "polls": self.calls["poll"],
-            "downloads": self.calls["download"],
-            "errors": self.calls["errors"],
-            "rateLimited": self.rate_limited,
-            "ambiguousStarts": self.ambiguous_starts,
-        }
-
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Transient errors (429, 5xx, timeouts) retry with backoff, honouring Retry-After."""
-        attempt = 0
-        while True:
-            self._count_call(what)
-            try:
-                return await call()
-            except ProviderError as exc:
-                self.calls["errors"] += 1
-                if exc.status == 429:
-                    self.rate_limited += 1
-                if (
-                    not exc.retryable
-                    or exc.code in _NOT_RETRIED_HERE
-                    or attempt >= self.max_retries
-                ):
-                    raise
-                delay = exc.retry_after_s or min(60.0, 2.0**attempt)
-                attempt += 1
-                log.warning(
-                    f"veo {what} failed, retrying",
-                    extra={"error": exc.message, "status": exc.status, "retry_in_s": delay},
-                )
-                await self.clock.sleep(delay)
+        """The plan's API metrics: provider calls per minute, errors, rate-limit hits."""
+        return {**self._calls.stats(), "ambiguousStarts": self.ambiguous_starts}

@@ -5,7 +5,8 @@
     queued | retry_wait -> cancelled
 
 Illegal transitions raise IllegalTransition and change nothing. In retry_wait the
-alarm is the backoff. The watchdog (`job_timeout_s`) is the QueueActor's: one alarm for
+alarm is the backoff (`Config.job_retry`). The watchdog (`job_watchdog_s`, TOML
+`job_timeout_s`) is the QueueActor's: one alarm for
 every job in flight, which sends `TimedOut` to a job processing past its time.
 A job that reaches a terminal state passivates at once: live threads follow work.
 """
@@ -181,7 +182,7 @@ class JobActor(DurableActor):
                 self._end("cancelled", error=reason)
             else:
                 self._fail_or_retry(
-                    job, f"timed out after {self.svc.config.job_timeout_s:g} s", True
+                    job, f"timed out after {self.svc.config.job_watchdog_s:g} s", True
                 )
         elif outcome.error is not None:
             self._on_error(job, outcome.error)
@@ -232,13 +233,12 @@ class JobActor(DurableActor):
             self._end("failed", error=f"internal error: {type(exc).__name__}: {exc}")
 
     def _fail_or_retry(self, job: Job, error: str, retryable: bool) -> None:
-        cfg = self.svc.config
-        if not retryable or job.attempts >= cfg.max_attempts:
+        policy = self.svc.config.job_retry
+        if not retryable or policy.gives_up(job.attempts):
             self._end("failed", error=error)
             return
-        delay = cfg.retry_backoff_s * 2 ** (job.attempts - 1)
         self._save(job, status="retry_wait", error=error)
-        self.set_alarm(self.clock.now() + delay)
+        self.set_alarm(self.clock.now() + policy.delay_s(job.attempts))
         self._tell_queue(Finished(job.id, job.user_id, "retry_wait"))
 
     def _end(

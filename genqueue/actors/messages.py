@@ -110,7 +110,7 @@ class Recover(Msg, frozen=True):
 
 
 class TimedOut(Msg, frozen=True):
-    """From the queue's watchdog: you have been processing past `job_timeout_s`."""
+    """From the queue's watchdog: you have been processing past `job_watchdog_s`."""
 
 
 class Report(Msg, frozen=True):

@@ -17,7 +17,7 @@ A submission past `max_queued` (all users) or `max_queued_per_user` waiting jobs
 refused with `QueueFull`, before anything is stored.
 
 The same alarm is the watchdog of every job in flight: in-flight jobs are kept in
-start order, so the oldest one's deadline (`job_timeout_s` after its start, or after
+start order, so the oldest one's deadline (`job_watchdog_s` after its start, or after
 this activation for jobs resumed at start-up) is the only one to wait for; a job past
 it is told `TimedOut`. One timer for all, not one per job.
 """
@@ -80,7 +80,7 @@ class QueueActor(DurableActor):
         self.cfg = self.svc.config
         self.line: FairLine[Pending] = FairLine()
         self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it
-        # In flight, told TimedOut (when), not finished yet: told again each job_timeout_s
+        # In flight, told TimedOut (when), not finished yet: told again each job_watchdog_s
         # while it stays, in case the notice was lost (a crashed turn, a store failure).
         self.timed_out: dict[str, float] = {}
         self.activated_at = self.clock.now()
@@ -324,7 +324,7 @@ class QueueActor(DurableActor):
     # -- the watchdog ---------------------------------------------------------------------------
 
     def _deadline(self, flight: InFlight) -> float:
-        return max(flight.started_at, self.activated_at) + self.cfg.job_timeout_s
+        return max(flight.started_at, self.activated_at) + self.cfg.job_watchdog_s
 
     def _next_deadline(self) -> float | None:
         """The deadline of the oldest job in flight not yet told (start order = deadline
@@ -336,14 +336,14 @@ class QueueActor(DurableActor):
                 break
         again = min(self.timed_out.values(), default=None)
         if again is not None:
-            again += self.cfg.job_timeout_s
+            again += self.cfg.job_watchdog_s
             first = again if first is None else min(first, again)
         return first
 
     def _watchdog(self, now: float) -> None:
         """Tell every job in flight past its deadline that it timed out; tell it again each
-        job_timeout_s while it stays in flight (a lost notice must not hold a slot)."""
-        timeout = self.cfg.job_timeout_s
+        job_watchdog_s while it stays in flight (a lost notice must not hold a slot)."""
+        timeout = self.cfg.job_watchdog_s
         for job_id, told in list(self.timed_out.items()):
             if told + timeout <= now:
                 log.warning("job %s still in flight after its timeout notice", job_id)

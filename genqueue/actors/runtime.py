@@ -37,6 +37,7 @@ from genqueue.actors.records import (
     _TaskDone,
 )
 from genqueue.errors import StorageError
+from genqueue.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from genqueue.actors.system import ActorSystem
@@ -47,8 +48,9 @@ log = logging.getLogger("genqueue.runtime")
 
 _hosted_ids = itertools.count(1)
 
-ALARM_MAX_RETRIES = 6
-ALARM_FIRST_RETRY_S = 2.0
+# A failing alarm is retried: 2 s after, then doubling, 6 times at most (DESIGN.md).
+ALARM_RETRY = RetryPolicy(initial_interval_s=2.0, backoff_coefficient=2.0, maximum_attempts=7)
+ALARM_MAX_RETRIES = ALARM_RETRY.maximum_retries
 
 
 class DurableActor(pykka.ThreadingActor):
@@ -345,7 +347,7 @@ class DurableActor(pykka.ThreadingActor):
 
     def _retry_alarm(self, failed: AlarmRecord, exc: Exception) -> None:
         retries = failed.retry_count + 1
-        if retries > ALARM_MAX_RETRIES:
+        if ALARM_RETRY.gives_up(retries):
             log.error(
                 "alarm of %s/%s gave up after %d retries: %r",
                 self.kind,
@@ -355,7 +357,7 @@ class DurableActor(pykka.ThreadingActor):
             )
             self.system.alarms.delete(self._alarm_key)
             return
-        delay = ALARM_FIRST_RETRY_S * 2 ** (retries - 1)
+        delay = ALARM_RETRY.delay_s(retries)
         log.warning(
             "alarm of %s/%s failed (%r); retry %d in %.0f s",
             self.kind,

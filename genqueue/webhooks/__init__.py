@@ -1,5 +1,6 @@
-"""Webhook delivery, the stateless parts: payloads, Standard Webhooks signing, the retry
-schedule and one signed attempt. The durable outbox (WebhookActor) builds on these."""
+"""Webhook delivery, the stateless parts: payloads, Standard Webhooks signing and one signed
+attempt. The durable outbox (WebhookActor) builds on these; its retry policy is
+`Config.webhook_retry` (genqueue/retry.py)."""
 
 from genqueue.webhooks.payload import (
     Delivery,
@@ -12,18 +13,15 @@ from genqueue.webhooks.payload import (
     iso_timestamp,
     new_delivery,
 )
-from genqueue.webhooks.schedule import DEFAULT_DELAYS_S, RetrySchedule, parse_retry_s
 from genqueue.webhooks.sender import SendOutcome, attempt_headers, send
 from genqueue.webhooks.signing import WebhookSigner, parse_secrets
 from genqueue.webhooks.stats import DeadLetters, WebhookStats
 
 __all__ = [
-    "DEFAULT_DELAYS_S",
     "DeadLetters",
     "Delivery",
     "DeliveryState",
     "EventName",
-    "RetrySchedule",
     "SendOutcome",
     "WebhookEvent",
     "WebhookResult",
@@ -34,7 +32,6 @@ __all__ = [
     "encode_event",
     "iso_timestamp",
     "new_delivery",
-    "parse_retry_s",
     "parse_secrets",
     "send",
 ]

@@ -45,14 +45,8 @@ from genqueue.actors.webhook.messages import (
     Wake,
 )
 from genqueue.errors import DeliveryNotDead, DeliveryNotFound
-from genqueue.webhooks import (
-    DeadLetters,
-    Delivery,
-    RetrySchedule,
-    SendOutcome,
-    WebhookStats,
-    parse_retry_s,
-)
+from genqueue.retry import RetryPolicy
+from genqueue.webhooks import DeadLetters, Delivery, SendOutcome, WebhookStats
 
 
 class _Counters(msgspec.Struct):
@@ -88,7 +82,7 @@ class WebhookActor(DurableActor):
         self.outbox = outbox
         self.config = outbox.config
         self.courier = outbox.courier
-        self.schedule: RetrySchedule = parse_retry_s(outbox.config.webhook_retry_s)
+        self.retry: RetryPolicy = outbox.config.webhook_retry
         self.rng = random.Random(outbox.seed)
         self.counters = _Counters()
         self.pending: dict[str, list[Delivery]] = {}  # job id -> its deliveries, by seq
@@ -248,13 +242,10 @@ class WebhookActor(DurableActor):
             self._delivered(sent, now)
         else:
             self.counters.failed_attempts += 1
-            delay = (
-                self.schedule.delay_before(sent.attempts, self.rng) if result.retryable else None
-            )
-            if delay is None:
+            if not result.retryable or self.retry.gives_up(sent.attempts):
                 self._dead(sent)
             else:
-                self._retry(sent, now + delay)
+                self._retry(sent, now + self.retry.delay_s(sent.attempts, self.rng))
 
     def _delivered(self, delivery: Delivery, now: float) -> None:
         self.counters.sent += 1
