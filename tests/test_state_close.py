@@ -97,7 +97,7 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def settled_threads(expected: int, timeout_s: float = 10.0) -> int:
+def settled_threads(expected: int, timeout_s: float = 30.0) -> int:
     """The live thread count once it is back to `expected` (a thread that ended its work
     may take a moment to exit), or, if it never is, the count at the deadline."""
     deadline = time.monotonic() + timeout_s
