@@ -387,7 +387,10 @@ class Worker:
             return  # one notice a second is enough to pause the provider
         self._last_429[provider] = now
         event = RateLimited(
-            worker_id=self.id, retry_after_s=retry_after_s or 5.0, provider=provider
+            worker_id=self.id,
+            retry_after_s=retry_after_s or 5.0,
+            provider=provider,
+            seen_at=time.time(),
         )
         task = asyncio.get_running_loop().create_task(self._send(event, self.id))
         self._tasks.add(task)
