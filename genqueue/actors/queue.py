@@ -439,14 +439,14 @@ class QueueActor(DurableActor):
 
     def _retention(self, now: float) -> None:
         cutoff_ms = int((now - self.cfg.retention_days * 86400) * 1000)
-        removed, with_results = remove_finished(self.system, self.storage, cutoff_ms)
+        removed, gone = remove_finished(self.system, self.storage, cutoff_ms)
         self.storage.last_seq = max(self.storage.last_seq, self.system.store.write_seq)
         self.meta.next_retention_at = now + self.cfg.retention_interval_s
         self._count("retention_deleted", removed)
         self._save_meta()
         on_retained = self.svc.on_retained
-        if on_retained is not None and with_results:  # their videos go once this commits
-            self.after_commit(functools.partial(on_retained, with_results))
+        if on_retained is not None and gone:  # their videos and objects go once committed
+            self.after_commit(functools.partial(on_retained, gone))
         if removed:
             log.info("retention removed finished jobs", extra={"count": removed})
 
