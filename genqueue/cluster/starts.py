@@ -70,6 +70,8 @@ class StartWatcher(Protocol):
 
     def saw_429(self, retry_after_s: float | None, provider: str = "veo3") -> None: ...
 
+    def refuse_start(self, run: WorkerRun) -> bool: ...
+
 
 RUN: ContextVar[WorkerRun | None] = ContextVar("genqueue_worker_run", default=None)
 
@@ -90,6 +92,9 @@ class ClientSpy:
 
     async def start(self, *args: Any, **kw: Any) -> Any:
         run = RUN.get()
+        if run is not None and self._worker.refuse_start(run):
+            # SIGTERM came: nothing sent, nothing paid; the attempt is handed back as is.
+            raise asyncio.CancelledError
         if run is not None:
             run.starting = True
         try:
