@@ -120,3 +120,17 @@ def test_a_notice_applied_twice_or_late_changes_nothing(tmp_path: Path) -> None:
     )
     # no new pause (the status shows none once it is over), never a quota pause
     assert seen == [(T0 + 5, "rate_limit", 0), (None, None, 0), (None, None, 0)]
+
+
+def test_notices_seconds_apart_never_make_a_quota_pause(tmp_path: Path) -> None:
+    """Workers' start 429s keep coming while their jobs retry (also after a pause ends):
+    each pauses for its own Retry-After; only a job's end may find a quota (as on one
+    machine, where a 429 pauses dispatch only when the job's retries gave up)."""
+    seen = _apply_all(
+        tmp_path,
+        [
+            (0.0, RateLimited(worker_id="w1", retry_after_s=5.0, seen_at=T0)),
+            (6.0, RateLimited(worker_id="w2", retry_after_s=5.0, seen_at=T0 + 6)),
+        ],
+    )
+    assert seen == [(T0 + 5, "rate_limit", 0), (T0 + 11, "rate_limit", 0)]

@@ -145,7 +145,7 @@ class QueueActor(DurableActor):
             case Remove():
                 self._removed(message)
             case PauseDispatch(until=until, reason=reason, provider=provider):
-                self._pause(until, reason, provider)
+                self._pause(until, reason, provider, promote=message.promote)
             case Accepted(job_id=job_id):
                 self._accepted(job_id)
             case Status():
@@ -262,11 +262,13 @@ class QueueActor(DurableActor):
         now = self.clock.now()
         self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
-    def _pause(self, until: float, reason: str = "rate_limit", provider: str = "veo3") -> None:
+    def _pause(
+        self, until: float, reason: str = "rate_limit", provider: str = "veo3", promote: bool = True
+    ) -> None:
         now, meta = self.clock.now(), self.meta
         ended, was = self.gates.pause_of(meta, provider)
         length = (meta.pause_s if provider == DEFAULT_PROVIDER else 0.0) or RATE_LIMIT_PAUSE_S
-        if reason == "rate_limit" and was and ended <= now <= ended + length:
+        if promote and reason == "rate_limit" and was and ended <= now <= ended + length:
             # The limit is back right after its pause ended (within one pause length), with
             # no start accepted or job completed between: a quota that does not lift in a
             # minute (a daily one without a QuotaFailure).

@@ -135,7 +135,8 @@ class EventsConsumer:
         until = seen_at + max(1.0, event.retry_after_s)
         if until <= now:
             return  # e.g. delivered after a coordinator restart: its limit has lifted
-        pause = PauseDispatch(until, provider=event.provider)
+        # The job that saw it retries; its end, if that is a 429 too, may find a quota.
+        pause = PauseDispatch(until, provider=event.provider, promote=False)
         self._system().tell_from_loop(QueueActor, QUEUE.key, pause)
 
     async def _apply_job_event(self, m: Received, event: Checkpoint | Outcome) -> bool:
