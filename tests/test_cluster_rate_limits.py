@@ -44,6 +44,9 @@ class Watcher:
     def saw_429(self, retry_after_s: float | None, provider: str = "veo3") -> None:
         self.told.append((retry_after_s, provider))
 
+    def refuse_start(self, run: Any) -> bool:
+        return False
+
 
 def test_only_a_starts_429_is_told_to_the_coordinator() -> None:
     watcher = Watcher()
