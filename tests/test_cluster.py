@@ -27,6 +27,8 @@ from genqueue.cluster.messages import Checkpoint, ErrorInfo, Heartbeat, JobBeat,
 from genqueue.cluster.messages import decode_work as decode_work_body
 from genqueue.models import JobResult
 
+PRICE_PER_S = 0.5
+
 
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -83,7 +85,9 @@ def test_sqs_refused_without_s3(logs: Path, command: str) -> None:
 def test_jobs_complete_on_workers_and_status_lists_them(cluster: Cluster) -> None:
     cluster.worker("happy-w1", concurrency=4)
     cluster.worker("happy-w2", concurrency=3)
-    with cluster.coordinator("happy-coordinator") as server:
+    # priced: what the workers' starts paid is charged by the coordinator (sqs mode stores
+    # the generation's checkpoint under the attempt's, one level down)
+    with cluster.coordinator("happy-coordinator", VEO3_PRICE_PER_S=str(PRICE_PER_S)) as server:
 
         async def scenario(api: Api, session: aiohttp.ClientSession) -> Any:
             jobs = [await api.submit({"prompt": f"happy {i}"}) for i in range(6)]
@@ -109,6 +113,9 @@ def test_jobs_complete_on_workers_and_status_lists_them(cluster: Cluster) -> Non
     assert status["cluster"]["deadLetterDepth"] == 0
     assert "genqueue_cluster_worker_in_flight{" in metrics
     assert "genqueue_cluster_queues_work_visible" in metrics
+    paid = len(done) * 8 * PRICE_PER_S  # one start each, the default 8 s
+    assert status["spend"]["total"] == pytest.approx(paid), status["spend"]
+    assert status["spend"]["byProvider"] == {"veo3": pytest.approx(paid)}, status["spend"]
 
 
 # -- events: duplicates, late, stale (the test plays the worker) ----------------------------------

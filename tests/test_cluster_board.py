@@ -153,6 +153,7 @@ def test_retention_deletes_the_videos_and_board_objects_in_sqs_mode(
     cfg = _config(moto_endpoint, tmp_path)
     result = JobResult(video_url="u", duration=8.0, video_key="videos/u/abc.mp4", private=True)
     removed = _job(GenerationParams(), "gen-1", status="completed", result=result)
+    cancelled = _job(GenerationParams(), "gen-3", status="cancelled")  # no video
 
     async def main() -> dict[str, bytes]:
         co = Coordinator(cfg)
@@ -165,7 +166,9 @@ def test_retention_deletes_the_videos_and_board_objects_in_sqs_mode(
             await co.board.put_checkpoint("gen-2", 1, {"operation": "op2"})
             await co.board.put_input("gen-1", b"{}")
             await co.board.cancel("gen-1", 1)
-            await co.delete_videos([removed])
+            await co.board.put_checkpoint("gen-3", 2, {"operation": "op3"})
+            await co.board.cancel("gen-3", 2)
+            await co.delete_videos([removed, cancelled])
         finally:
             await co.board.close()
         return await s3_objects(moto_endpoint, cfg.s3_bucket)

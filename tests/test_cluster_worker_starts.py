@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import genqueue.cluster.starts as starts_mod
@@ -19,6 +20,7 @@ from genqueue.cluster.starts import RUN, ClientSpy, WorkerRun, start_grace_s
 from genqueue.cluster.transport import BoardCheckpoint
 from genqueue.cluster.worker import Worker
 from genqueue.config import Config
+from genqueue.errors import ProviderError
 from genqueue.models import GenerationParams, Job
 from genqueue.providers.veo import Operation, VideoRef
 from genqueue.storage.videos import LocalStore
@@ -243,3 +245,52 @@ def test_a_lost_lease_stops_a_run_only_after_its_start_is_checkpointed(tmp_path:
     assert worker.board.data["g"].checkpoint == {  # type: ignore[attr-defined]
         "operation": "models/veo/operations/op-1"
     }
+
+
+class BusyVeo(FakeVeo):
+    """Job "b"'s first start gets a 429 (not paid; retried after 1 s); operations never
+    finish (the runs poll until they are stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__(start_s=1.5, request_timeout_s=1.0)  # grace: 2 x 1 s
+        self.limited = False
+
+    async def start(self, prompt: str, params: Any, *, model: str | None = None) -> str:
+        if prompt == "b" and not self.limited:
+            self.limited = True
+            raise ProviderError("rate limited", retryable=True, status=429, retry_after_s=1.0)
+        return await super().start(prompt, params, model=model)
+
+    async def poll(self, name: str) -> Operation:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def test_no_paid_start_begins_after_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run a's start is in flight at SIGTERM (it settles within the grace); run b, waiting
+    out a 429, would start after SIGTERM and be cut at the grace's end (maybe paid, its
+    operation lost: the next worker pays again). It is handed back unpaid instead."""
+    monkeypatch.setattr(starts_mod, "START_MARGIN_S", 0.0)
+    veo = BusyVeo()
+    queues = FlakyQueues(fail_checkpoints=0)
+
+    async def main() -> Worker:
+        worker = _worker(tmp_path, veo, queues)
+        for job_id in ("a", "b"):
+            job = msgspec.structs.replace(_job(), id=job_id, generation_id=job_id, prompt=job_id)
+            run = WorkerRun(Work(job=job, attempt=1), f"h-{job_id}", lease_until=float("inf"))
+            worker.runs[job_id] = run
+            run.task = asyncio.create_task(worker._execute(run))
+        while not (veo.starts and veo.limited):
+            await asyncio.sleep(0.01)
+        await worker._hand_back_all()  # SIGTERM
+        return worker
+
+    worker = asyncio.run(main())
+    assert veo.starts == 1  # a's; b never started
+    assert worker.service.actor.ambiguous_starts == 0  # type: ignore[union-attr]
+    assert sorted(worker.board.data) == ["a"]  # type: ignore[attr-defined]
+    assert sorted(queues.handed_back) == ["h-a", "h-b"]  # both back in the queue
+    assert not worker.runs

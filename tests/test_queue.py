@@ -341,9 +341,20 @@ def test_immediate_mode_starts_on_submit_without_a_cap(queues):
 # -- retention ----------------------------------------------------------------------------------
 
 
+class Forgetting(Recorder):
+    """A processor that keeps objects per job (as sqs mode's coordinator does on S3)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.forgotten: list[str] = []
+
+    async def delete_videos(self, jobs: list[object]) -> None:
+        self.forgotten += [j.id for j in jobs]  # type: ignore[attr-defined]
+
+
 def test_retention_removes_only_finished_jobs_older_than_the_window(queues):
     clock = ManualClock()
-    rec = Recorder(clock)
+    rec = Forgetting(clock)
     rec.script["old-failed"] = [ProviderError("blocked by the safety filter", retryable=False)]
     rec.script["running"] = ["hold"]
     q = queues.open(
@@ -397,6 +408,9 @@ def test_retention_removes_only_finished_jobs_older_than_the_window(queues):
     assert (st.completed, st.failed, st.cancelled) == (3, 1, 1)  # counters are kept
     with pytest.raises(JobNotFound):
         q.cancel("old-a")
+    # every removed job's objects are deleted, failed and cancelled ones too (their
+    # checkpoints and cancel notices in sqs mode), not only those with a video
+    poll_until(lambda: sorted(rec.forgotten) == sorted(old), "the removed jobs' objects deleted")
     rec.release("running")
     q.join(timeout_s=20)
 

@@ -687,6 +687,25 @@ def test_a_failed_turn_closes_the_coroutine_it_would_have_started(
     assert not ran.is_set() and probe.of("outcome") == []
 
 
+def test_a_tell_from_the_loop_that_fails_keeps_the_rest_of_its_batch(
+    make_system: MakeSystem, io_loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tells one loop iteration sends leave as one batch: one that cannot be sent (here
+    a bad key) is logged, and the others still leave (task outcomes: lost, a job would
+    stay processing)."""
+    system = make_system(loop=io_loop)
+
+    def send() -> None:  # one loop iteration's tells
+        system.tell_from_loop(Probed, "a", ("put", "x", 1))
+        system.tell_from_loop(Probed, "no/such", "ping")
+        system.tell_from_loop(Probed, "c", ("put", "x", 3))
+
+    io_loop.call_soon_threadsafe(send)
+    table = system.store.namespace("probed")
+    eventually(lambda: table.get("a/x") == 1 and table.get("c/x") == 3, "both tells handled")
+    assert any("no/such" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
 def test_an_outcome_after_the_system_stopped_is_dropped_quietly(
     make_system: MakeSystem, caplog: pytest.LogCaptureFixture
 ) -> None:

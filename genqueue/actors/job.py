@@ -257,7 +257,7 @@ class JobActor(DurableActor):
         if status == "cancelled":
             self.storage.delete("cancel")
         wait = (job.started_at or now) - (job.queued_at or job.created_at)
-        spent = job.checkpoint.get("spent", 0.0) if isinstance(job.checkpoint, dict) else 0.0
+        spent = _generation_checkpoint(job).get("spent", 0.0)
         self._tell_queue(
             Finished(
                 job.id,
@@ -334,9 +334,19 @@ class JobActor(DurableActor):
         return system.store.namespace(JobActor.kind, cache=JobActor.cache_keys)
 
 
+def _generation_checkpoint(job: Job) -> dict[str, Any]:
+    """The generation's own checkpoint of a job (its `starts`, `spent`, `operation`): the
+    job's checkpoint, or in sqs mode the one the coordinator stores under "work", beside
+    the attempt and dispatch it was sent with (cluster/coordinator.py RemoteRun.save)."""
+    ckpt = job.checkpoint
+    if isinstance(ckpt, dict) and "work" in ckpt and "attempt" in ckpt:
+        ckpt = ckpt["work"]
+    return ckpt if isinstance(ckpt, dict) else {}
+
+
 def _next_route(job: Job) -> Route | None:
     """The caller's next provider after the job's own, unless a start was paid."""
-    paid = isinstance(job.checkpoint, dict) and job.checkpoint.get("starts", 0) > 0
+    paid = _generation_checkpoint(job).get("starts", 0) > 0
     names = [r.provider for r in job.routes or []]
     if paid or job.provider not in names:
         return None
@@ -349,7 +359,7 @@ def _routed(job: Job, provider: str) -> Job:
     already paid a start where it is: a fallback never follows a paid start."""
     if not provider or provider == job.provider or not job.routes:
         return job
-    paid = isinstance(job.checkpoint, dict) and job.checkpoint.get("starts", 0) > 0
+    paid = _generation_checkpoint(job).get("starts", 0) > 0
     route = next((r for r in job.routes if r.provider == provider), None)
     if paid or route is None:
         return job

@@ -83,6 +83,9 @@ class PauseDispatch(Msg, frozen=True):
     until: float
     reason: str = "rate_limit"
     provider: str = "veo3"  # only this provider's jobs wait
+    # False: a notice while the job still retries (sqs mode's worker tells each start's
+    # 429 at once), never taken as a quota that keeps coming back; a job's end decides that
+    promote: bool = True
 
 
 class Accepted(Msg, frozen=True):

@@ -145,7 +145,7 @@ class QueueActor(DurableActor):
             case Remove():
                 self._removed(message)
             case PauseDispatch(until=until, reason=reason, provider=provider):
-                self._pause(until, reason, provider)
+                self._pause(until, reason, provider, promote=message.promote)
             case Accepted(job_id=job_id):
                 self._accepted(job_id)
             case Status():
@@ -262,11 +262,13 @@ class QueueActor(DurableActor):
         now = self.clock.now()
         self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
-    def _pause(self, until: float, reason: str = "rate_limit", provider: str = "veo3") -> None:
+    def _pause(
+        self, until: float, reason: str = "rate_limit", provider: str = "veo3", promote: bool = True
+    ) -> None:
         now, meta = self.clock.now(), self.meta
         ended, was = self.gates.pause_of(meta, provider)
         length = (meta.pause_s if provider == DEFAULT_PROVIDER else 0.0) or RATE_LIMIT_PAUSE_S
-        if reason == "rate_limit" and was and ended <= now <= ended + length:
+        if promote and reason == "rate_limit" and was and ended <= now <= ended + length:
             # The limit is back right after its pause ended (within one pause length), with
             # no start accepted or job completed between: a quota that does not lift in a
             # minute (a daily one without a QuotaFailure).
@@ -439,14 +441,14 @@ class QueueActor(DurableActor):
 
     def _retention(self, now: float) -> None:
         cutoff_ms = int((now - self.cfg.retention_days * 86400) * 1000)
-        removed, with_results = remove_finished(self.system, self.storage, cutoff_ms)
+        removed, gone = remove_finished(self.system, self.storage, cutoff_ms)
         self.storage.last_seq = max(self.storage.last_seq, self.system.store.write_seq)
         self.meta.next_retention_at = now + self.cfg.retention_interval_s
         self._count("retention_deleted", removed)
         self._save_meta()
         on_retained = self.svc.on_retained
-        if on_retained is not None and with_results:  # their videos go once this commits
-            self.after_commit(functools.partial(on_retained, with_results))
+        if on_retained is not None and gone:  # their videos and objects go once committed
+            self.after_commit(functools.partial(on_retained, gone))
         if removed:
             log.info("retention removed finished jobs", extra={"count": removed})
 

@@ -1,5 +1,6 @@
 """Retention: finished jobs older than the cutoff leave the store (record, index entries,
-retention entry) in the QueueActor's turn; the caller deletes their videos after commit."""
+retention entry) in the QueueActor's turn; the caller deletes their videos (and objects)
+after commit."""
 
 from __future__ import annotations
 
@@ -18,21 +19,21 @@ def remove_finished(
     system: ActorSystem, storage: ActorStorage, cutoff_ms: int
 ) -> tuple[int, list[Job]]:
     """Remove the jobs finished before `cutoff_ms` (the queue's `finished/` entries);
-    returns how many, and those that had a result (their videos are to be deleted)."""
+    returns how many, and the removed records (their videos and any objects kept for them
+    elsewhere, e.g. sqs mode's checkpoints and cancel notices, are to be deleted)."""
     end = f"finished/{cutoff_ms:015d}"
     jobs = JobActor.table(system)
     index = JobIndex(system.store)
     removed = 0
-    with_results: list[Job] = []
+    gone: list[Job] = []
     for key, _ in storage.list("finished/", end=end, limit=BATCH):
         job_id = key.rsplit("/", 1)[1]
         job = JobActor.read(system, job_id)
         if job is not None:
-            if job.result is not None:
-                with_results.append(job)
+            gone.append(job)
             index.remove(job)
         for sub, _ in jobs.list(f"{job_id}/"):
             jobs.delete(sub)
         storage.delete(key)
         removed += 1
-    return removed, with_results
+    return removed, gone

@@ -38,7 +38,8 @@ class QueueServices:
     on_unexpected: Callable[[str, BaseException], None]
     # Called (after commit) when the queue has nothing queued, running or waiting to retry.
     on_idle: Callable[[], None] | None = None
-    # Called (after commit) with the jobs a retention pass removed (to delete their videos).
+    # Called (after commit) with every job a retention pass removed (to delete their videos,
+    # and whatever a processor keeps per job: sqs mode's checkpoints and cancel notices).
     on_retained: Callable[[list[Job]], None] | None = None
     # The webhook outbox, when a target is configured: a JobActor stores a job's event in
     # its own turn (`record`), and the WebhookActor sends it. Set before the system starts.

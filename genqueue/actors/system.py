@@ -296,8 +296,18 @@ class ActorSystem:
         self.loop.call_soon(self._flush_loop_tells)
 
     def _flush_loop_tells(self) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
-            self.tell_many(self._loop_tells.take())
+        tells = self._loop_tells.take()
+        try:
+            self.tell_many(tells)
+        except pykka.ActorDeadError:
+            pass  # the system stopped meanwhile
+        except Exception:  # one bad tell must not lose the others (task outcomes): each alone
+            for cls, key, message in tells:  # (one sent already comes twice: a job's
+                with contextlib.suppress(pykka.ActorDeadError):  # outcome is then ignored)
+                    try:
+                        self.tell_many([(cls, key, message)])
+                    except Exception:
+                        log.exception("a tell to %s/%s failed", cls.kind, key)
 
     def ask(self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0) -> Any:
         """Send `message` and wait (in a plain thread) for the gated reply."""

@@ -120,14 +120,24 @@ class EventsConsumer:
             case Heartbeat():
                 self.co.saw_worker(event)
                 await self._progress(event)
-            case RateLimited(retry_after_s=retry_after_s, provider=provider):
-                until = self.co.clock.now() + max(1.0, retry_after_s)
-                pause = PauseDispatch(until, provider=provider)
-                self._system().tell_from_loop(QueueActor, QUEUE.key, pause)
+            case RateLimited():
+                self._rate_limited(event)
             case Checkpoint() | Outcome():
                 return await self._apply_job_event(m, event)
         await self.co.queues.delete("events", m.handle)
         return True
+
+    def _rate_limited(self, event: RateLimited) -> None:
+        """A worker's 429 pauses its provider from when the worker saw it (never later than
+        now: a skewed clock cannot lengthen it); late, once that pause is over, nothing."""
+        now = self.co.clock.now()
+        seen_at = now if event.seen_at is None else min(event.seen_at, now)
+        until = seen_at + max(1.0, event.retry_after_s)
+        if until <= now:
+            return  # e.g. delivered after a coordinator restart: its limit has lifted
+        # The job that saw it retries; its end, if that is a 429 too, may find a quota.
+        pause = PauseDispatch(until, provider=event.provider, promote=False)
+        self._system().tell_from_loop(QueueActor, QUEUE.key, pause)
 
     async def _apply_job_event(self, m: Received, event: Checkpoint | Outcome) -> bool:
         run = self._current(event.job_id, event.attempt)

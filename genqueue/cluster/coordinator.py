@@ -226,7 +226,8 @@ class Coordinator:
             log.warning("job input not deleted", extra={"error": repr(exc)})
 
     async def delete_videos(self, jobs: list[Job]) -> None:
-        """Retention removed `jobs`: their videos and their objects on the board go."""
+        """Retention removed `jobs` (every one, with a result or not): their videos and
+        their objects on the board (checkpoint, input, cancel notices) go."""
         for job in jobs:
             keys = [stored_video_key(job, "s3")]
             keys += [v.key for v in (job.result.videos or [])[1:]] if job.result else []

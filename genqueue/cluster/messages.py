@@ -76,11 +76,14 @@ class Outcome(msgspec.Struct, frozen=True, tag="outcome", kw_only=True):
 
 
 class RateLimited(msgspec.Struct, frozen=True, tag="rate_limited", kw_only=True):
-    """A worker saw a 429: the coordinator pauses that provider's dispatch."""
+    """A worker's start saw a 429: the coordinator pauses that provider's dispatch for
+    `retry_after_s` from `seen_at` (the worker's wall clock; None from an older worker:
+    from when it is applied). Applied late, after that pause is over, it changes nothing."""
 
     worker_id: str
     retry_after_s: float
     provider: str = "veo3"
+    seen_at: float | None = None
 
 
 class JobBeat(msgspec.Struct, frozen=True):

@@ -70,13 +70,17 @@ class StartWatcher(Protocol):
 
     def saw_429(self, retry_after_s: float | None, provider: str = "veo3") -> None: ...
 
+    def refuse_start(self, run: WorkerRun) -> bool: ...
+
 
 RUN: ContextVar[WorkerRun | None] = ContextVar("genqueue_worker_run", default=None)
 
 
 class ClientSpy:
     """A provider's client, telling the worker when a paid start is in flight (until its
-    checkpoint is stored) and of every 429 (which the workflow then retries)."""
+    checkpoint is stored) and of a start's 429 (which the workflow then retries). A poll's
+    429 is not told: as on one machine, it is retried and pauses no dispatch (polls of
+    jobs already running keep coming after a pause, and would make it a quota pause)."""
 
     def __init__(self, client: Any, worker: StartWatcher, provider: str = "veo3"):
         self._client = client
@@ -88,6 +92,9 @@ class ClientSpy:
 
     async def start(self, *args: Any, **kw: Any) -> Any:
         run = RUN.get()
+        if run is not None and self._worker.refuse_start(run):
+            # SIGTERM came: nothing sent, nothing paid; the attempt is handed back as is.
+            raise asyncio.CancelledError
         if run is not None:
             run.starting = True
         try:
@@ -95,13 +102,5 @@ class ClientSpy:
         except BaseException as exc:
             self._worker.start_settled(run)  # no operation: nothing to checkpoint
             if isinstance(exc, ProviderError) and exc.status == 429:
-                self._worker.saw_429(exc.retry_after_s, self._provider)
-            raise
-
-    async def poll(self, *args: Any, **kw: Any) -> Any:
-        try:
-            return await self._client.poll(*args, **kw)
-        except ProviderError as exc:
-            if exc.status == 429:
                 self._worker.saw_429(exc.retry_after_s, self._provider)
             raise

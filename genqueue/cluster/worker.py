@@ -63,6 +63,7 @@ class Worker:
         self._stopping = False
         self._calm = asyncio.Event()  # set when a start in flight reached its checkpoint
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._refused: list[asyncio.Task[None]] = []  # hand-backs of starts refused
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; then hand back what is held and return."""
@@ -210,30 +211,46 @@ class Worker:
             return  # one notice a second is enough to pause the provider
         self._last_429[provider] = now
         event = RateLimited(
-            worker_id=self.id, retry_after_s=retry_after_s or 5.0, provider=provider
+            worker_id=self.id,
+            retry_after_s=retry_after_s or 5.0,
+            provider=provider,
+            seen_at=time.time(),
         )
         task = asyncio.get_running_loop().create_task(self.send(event, self.id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def refuse_start(self, run: WorkerRun) -> bool:
+        """Once stopping, a start not yet sent never begins (the grace could end inside it,
+        maybe paid and its operation lost): its attempt is handed back unpaid instead."""
+        if not self._stopping or run.stop_reason is not None:
+            return False
+        run.stop_reason = "handback"
+        self._refused.append(asyncio.get_running_loop().create_task(self._hand_back(run)))
+        return True
+
     async def _hand_back_all(self) -> None:
-        """Wait until no paid start is between its call and its checkpoint, then stop every
-        attempt in the same loop turn (none can begin a start after the check) and make
-        each message visible again."""
+        """Wait until no paid start is between its call and its checkpoint (no new one
+        begins: `refuse_start`), then stop every attempt and make each message visible."""
+        self._stopping = True
         deadline = time.monotonic() + self._grace_s()
         while any(r.starting for r in self.runs.values()) and time.monotonic() < deadline:
             self._calm.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._calm.wait(), deadline - time.monotonic())
-        runs = [r for r in self.runs.values() if r.task is not None and not r.task.done()]
-        if not runs:
-            return
-        log.info("handing back", extra={"worker_id": self.id, "jobs": len(runs)})
+        runs = [
+            r
+            for r in self.runs.values()
+            if r.task is not None and not r.task.done() and r.stop_reason != "handback"
+        ]
+        if runs:
+            log.info("handing back", extra={"worker_id": self.id, "jobs": len(runs)})
         for run in runs:
             if run.starting:
                 self._count_cut_start(run)
             run.stop("handback")
-        await asyncio.gather(*(self._hand_back(r) for r in runs))
+        # (the runs whose start was refused are being handed back on their own)
+        await asyncio.gather(*(self._hand_back(r) for r in runs), *self._refused)
 
     async def _hand_back(self, run: WorkerRun) -> None:
         assert run.task is not None
