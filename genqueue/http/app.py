@@ -20,7 +20,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from genqueue import (
-    ID_CHARS,
+    DEAD_CURSOR,
+    DELIVERY_ID,
     JOB_ID,
     NAME_PATTERN,
     Clock,
@@ -71,8 +72,6 @@ STREAMS = web.AppKey("streams", StreamLimit)
 _CURSOR = re.compile(r"[0-9]{16}")
 _LIMIT = re.compile(r"[0-9]{1,3}")
 _SEGMENT = re.compile(NAME_PATTERN)
-_DELIVERY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-_DEAD_CURSOR = re.compile(rf"{ID_CHARS}{{1,128}}/[0-9]{{7}}")  # a dead letter's key
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 routes = web.RouteTableDef()
@@ -348,7 +347,7 @@ async def dead_webhooks(request: web.Request) -> web.Response:
     if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
     cursor = request.query.get("cursor")
-    if cursor is not None and not _DEAD_CURSOR.fullmatch(cursor):
+    if cursor is not None and not DEAD_CURSOR.fullmatch(cursor):
         raise ApiError(400, "cursor must be a nextCursor this API returned", field="cursor")
     page = await request.app[QUEUE].webhooks.adead(int(raw_limit), cursor)
     items = [public_delivery(d) for d in page.deliveries]
@@ -360,7 +359,7 @@ async def replay_webhook(request: web.Request) -> web.Response:
     _admin(request)
     delivery_id = request.match_info["deliveryId"]
     try:
-        if not _DELIVERY_ID.fullmatch(delivery_id):
+        if not DELIVERY_ID.fullmatch(delivery_id):
             raise DeliveryNotFound(delivery_id)
         delivery = await request.app[QUEUE].webhooks.areplay(delivery_id)
     except DeliveryNotFound:
