@@ -9,6 +9,7 @@ The walk runs only on the failure path: a value that converts pays nothing.
 
 from __future__ import annotations
 
+import difflib
 import types
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -96,8 +97,7 @@ def _in_struct(
     if struct.__struct_config__.forbid_unknown_fields:
         for key in value:
             if key not in fields:
-                known = ", ".join(fields)
-                return Refused((*path, key), f"unknown field; the fields are: {known}")
+                return Refused((*path, key), _unknown(str(key), list(fields)))
     for name, field in fields.items():
         if field.required and name not in value:
             return Refused((*path, name), "is required")
@@ -107,6 +107,13 @@ def _in_struct(
             if inner is not None:
                 return inner
     return None
+
+
+def _unknown(key: str, fields: list[str]) -> str:
+    near = difflib.get_close_matches(key, fields, n=1)
+    if near:
+        return f"unknown field; did you mean {near[0]}?"
+    return "unknown field" + (f"; the fields are: {', '.join(fields)}" if len(fields) <= 12 else "")
 
 
 # -- the reason, worded from the type ---------------------------------------------------------
