@@ -169,8 +169,8 @@ class GenerationParams(
 
 
 class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """`POST /api/generations` and `JobQueue.submit`. The rules of one field are its type;
-    `validate_request` checks the rules across fields."""
+    """`POST /api/generations` and `JobQueue.submit`. The rules of one field are its type
+    (and so the OpenAPI schema); `check_across_fields` holds the rules across fields."""
 
     prompt: Prompt
     id: JobId | None = None

@@ -29,6 +29,7 @@ def request_schemas(config: Config | None = None) -> dict[str, Any]:
     schemas: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(components))  # a copy
     request, params = schemas["GenerationRequest"], schemas["GenerationParams"]
     request["description"] = _DESCRIPTION
+    params["description"] = "Video parameters; which a model takes: its capability row."
     props = request["properties"]
     props["id"]["description"] = "Client-chosen: the same id again returns the same job (200)."
     # across fields: 1080p and 4k need an 8 s video
