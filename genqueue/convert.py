@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 import msgspec
 import msgspec.inspect as mi
 
-__all__ = ["Path", "Refused", "convert", "dotted", "refusal"]
+__all__ = ["Path", "Refused", "convert", "dotted"]
 
 T = TypeVar("T")
 Path = tuple[str | int, ...]
@@ -47,13 +47,9 @@ def convert(data: Any, type_: Any, *, strict: bool = True) -> Any:
     msgspec's ValidationError."""
     try:
         return msgspec.convert(data, type_, strict=strict)
-    except msgspec.ValidationError:
-        raise refusal(data, type_, strict=strict) from None
-
-
-def refusal(data: Any, type_: Any, *, strict: bool = True) -> Refused:
-    """Why `type_` refuses `data`: the first refused field, and the reason."""
-    return _locate(data, type_, (), strict) or Refused((), "refused by its type")
+    except msgspec.ValidationError as exc:
+        # no one field at fault (a `__post_init__` refused the whole): msgspec's own words
+        raise _locate(data, type_, (), strict) or Refused((), str(exc)) from None
 
 
 def _fits(value: Any, annotation: Any, strict: bool) -> bool:
@@ -79,8 +75,8 @@ def _locate(value: Any, annotation: Any, path: Path, strict: bool) -> Refused | 
     members = _members(annotation)
     if isinstance(value, Mapping):
         structs = [m for m in members if isinstance(m, type) and issubclass(m, msgspec.Struct)]
-        if len(structs) == 1:
-            return _in_struct(value, structs[0], path, strict) or _refused(value, annotation, path)
+        if len(structs) == 1:  # a field at fault, or None: the Struct refused the whole
+            return _in_struct(value, structs[0], path, strict)
     if isinstance(value, list):
         items = [get_args(m)[0] for m in members if get_origin(m) is list]
         for i, item in enumerate(value if len(items) == 1 else ()):
