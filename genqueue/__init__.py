@@ -29,14 +29,20 @@ from genqueue.errors import (
     Unauthorized,
     Unreachable,
 )
-from genqueue.jobqueue import JobQueue
-from genqueue.models import (
+from genqueue.ids import (
+    DEAD_CURSOR,
+    DEAD_CURSOR_PATTERN,
+    DELIVERY_ID,
+    DELIVERY_ID_PATTERN,
     ID_CHARS,
     JOB_ID,
     JOB_ID_PATTERN,
+    NAME_PATTERN,
+)
+from genqueue.jobqueue import JobQueue
+from genqueue.models import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
-    NAME_PATTERN,
     TERMINAL,
     GenerationParams,
     GenerationRequest,
@@ -65,6 +71,10 @@ if TYPE_CHECKING:
     from genqueue.actors.generation_service import GenerationService
 
 __all__ = [
+    "DEAD_CURSOR",
+    "DEAD_CURSOR_PATTERN",
+    "DELIVERY_ID",
+    "DELIVERY_ID_PATTERN",
     "ID_CHARS",
     "JOB_ID",
     "JOB_ID_PATTERN",

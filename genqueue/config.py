@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from genqueue import policies
+from genqueue.convert import Refused, convert
 from genqueue.errors import ConfigError
 from genqueue.retry import RetryPolicy
 
@@ -360,24 +361,24 @@ def load_config(
     """Defaults, then the TOML file at `path`, then `env` (default os.environ), then overrides."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
+    source: dict[str, str] = {}  # where each key's value came from, for a bad value's message
     if path is not None:
         try:
             raw.update(tomllib.loads(Path(path).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
+        source.update(dict.fromkeys(raw, f"in {path}"))
     for name, field in ENV_NAMES.items():
         if env.get(name, "") != "":
             raw[field] = env[name]
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+            source[field] = f"environment {name}"
+    given = {k: v for k, v in overrides.items() if v is not None}
+    raw.update(given)
+    source.update(dict.fromkeys(given, "given"))
     try:
-        return msgspec.convert(raw, Config, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"bad configuration: {_name_env(str(exc))}") from exc
-
-
-def _name_env(message: str) -> str:
-    """Add the environment name to msgspec's `$.field` path, so the user knows what to fix."""
-    for name, field in ENV_NAMES.items():
-        if f"`$.{field}`" in message:
-            return f"{message} (environment {name})"
-    return message
+        cfg: Config = convert(raw, Config, strict=False)
+    except Refused as exc:
+        key = str(exc.path[0]) if exc.path else ""
+        where = f" ({source[key]})" if key in source else ""
+        raise ConfigError(f"bad configuration: {exc.field}{where}: {exc.reason}") from None
+    return cfg

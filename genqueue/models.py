@@ -6,13 +6,14 @@ Stored records evolve by adding fields with defaults; a field's type never chang
 from __future__ import annotations
 
 import binascii
-import re
-from typing import Annotated, Any, Literal, NamedTuple, NoReturn
+from typing import Annotated, Any, Literal, NamedTuple, NoReturn, get_args
 
 import msgspec
 from msgspec import Meta
 
+from genqueue.convert import Refused, convert
 from genqueue.errors import InvalidRequest
+from genqueue.ids import ID_CHARS, JOB_ID, JOB_ID_PATTERN, NAME_PATTERN
 
 __all__ = [
     "ID_CHARS",
@@ -24,19 +25,31 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
     "NAME_PATTERN",
+    "PROMPT_PATTERN",
     "PROVIDERS",
     "TERMINAL",
+    "TEXT_PATTERN",
+    "AspectRatio",
+    "Duration",
     "GenerationParams",
     "GenerationRequest",
     "ImageInput",
     "Job",
+    "JobId",
     "JobPage",
     "JobResult",
     "JobStatus",
+    "Priority",
+    "Prompt",
+    "ProviderName",
     "QueueStatus",
+    "Resolution",
     "Route",
+    "Seed",
     "Submission",
+    "Text",
     "VideoOutput",
+    "check_across_fields",
     "validate_request",
 ]
 
@@ -46,24 +59,18 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1  # Veo's seed is a uint32
 MAX_FALLBACK = 3  # providers in one fallback list
-MAX_NAME_CHARS = 128  # `model` and `provider`: names, not documents
+MAX_NAME_CHARS = 128  # `model`: a name, not a document
 # the providers a request may name ("veo" is "veo3"); which this server offers: GET /api/providers
-PROVIDERS: tuple[str, ...] = ("veo3", "veo", "fal")
-# The id alphabet, written once: job ids (a client may choose one; not made only of dots:
-# "." and ".." are path segments, not names), and user ids and path segments, which may
-# not start with '.' (they become folder names).
-ID_CHARS = r"[A-Za-z0-9._:\-]"
-JOB_ID_PATTERN = rf"^(?!\.+$){ID_CHARS}{{1,128}}$"  # as JSON Schema (OpenAPI) spells it too
-JOB_ID = re.compile(JOB_ID_PATTERN)
-NAME_PATTERN = rf"[A-Za-z0-9_:\-]{ID_CHARS}{{0,127}}"
-# C0 control characters a text may not hold: all but \t and \n (ESC, BEL, NUL, CR, ...).
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f]")
-# Whitespace as JSON Schema's (ECMA-262) `\S` sees it, so the API and its OpenAPI agree on
-# "blank" (Python's str.strip() also strips the \x1c-\x1f separators).
-_BLANK = (
-    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
-    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-)
+ProviderName = Literal["veo3", "veo", "fal"]
+PROVIDERS: tuple[str, ...] = get_args(ProviderName)
+# Texts (the ranges in ECMA-262 and Python `re` syntax alike): no C0 control character but
+# tab and newline (ESC, BEL, NUL, CR, ...); a prompt also holds something not blank, where
+# blank is whitespace as JSON Schema's `\s` sees it (Python's `\s` differs at the edges).
+_CONTROL = r"\u0000-\u0008\u000b-\u001f"
+_BLANK = r"\t\n \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# one pass, no backtracking: leading blanks, one character that is not, then the rest
+PROMPT_PATTERN = rf"^[{_BLANK}]*[^{_BLANK}\u0000-\u001f][^{_CONTROL}]*$"
+TEXT_PATTERN = rf"^[^{_CONTROL}]*$"
 
 
 # Images travel inline as base64 (Veo's own `{bytesBase64Encoded, mimeType}`). Each may be
@@ -73,14 +80,61 @@ MAX_IMAGE_BYTES = 4 * 1024 * 1024
 MAX_IMAGES_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_B64_CHARS = 4 * ((MAX_IMAGE_BYTES + 2) // 3)
 MAX_REFERENCE_IMAGES = 3
+# Canonical base64 (what binascii's strict mode takes): groups of 4, padding only at the end.
+# The schema shows it; binascii checks it (a regex takes 25x as long over 4 MiB).
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+
+Prompt = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        pattern=PROMPT_PATTERN,
+        description="1-4,000 characters, not blank; no control characters but tab and newline",
+    ),
+]
+Text = Annotated[
+    str,
+    Meta(
+        max_length=MAX_PROMPT_CHARS,
+        pattern=TEXT_PATTERN,
+        description="at most 4,000 characters; no control characters but tab and newline",
+    ),
+]
+JobId = Annotated[
+    str,
+    Meta(
+        pattern=JOB_ID_PATTERN,
+        description="1-128 of letters, digits, '-', '_', '.', ':', not only dots",
+    ),
+]
+Priority = Annotated[int, Meta(ge=0, le=10, description="higher starts first")]
+Duration = Literal[4, 6, 8]  # seconds; which a model makes: its capability row
+AspectRatio = Literal["16:9", "9:16"]
+Resolution = Annotated[
+    Literal["720p", "1080p", "4k"],
+    Meta(description="1080p and 4k need duration 8; which a model makes: its capability row"),
+]
+Seed = Annotated[int, Meta(ge=0, le=MAX_SEED)]
+SampleCount = Annotated[int, Meta(ge=1, le=4)]
+Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
 ImageMime = Literal["image/jpeg", "image/png", "image/webp"]
 PersonGeneration = Literal["allow_all", "allow_adult", "dont_allow"]
+Base64 = Annotated[
+    str,
+    Meta(
+        min_length=4,
+        max_length=MAX_IMAGE_B64_CHARS,
+        extra_json_schema={"pattern": _BASE64},
+        description="The image, base64 (4 MiB decoded at most; 10 MiB for all images).",
+    ),
+]
 
 
 class ImageInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
     """An input image: `{bytesBase64Encoded, mimeType}`."""
 
-    bytes_base64_encoded: Annotated[str, msgspec.Meta(min_length=4, max_length=MAX_IMAGE_B64_CHARS)]
+    bytes_base64_encoded: Base64
     mime_type: ImageMime
 
 
@@ -90,17 +144,17 @@ class GenerationParams(
     """Video parameters as the API takes them (which of them a model takes: the provider's
     capability table, genqueue.providers.veo.capabilities)."""
 
-    duration: int = 8
-    aspect_ratio: str = "16:9"
-    resolution: str = "720p"
-    negative_prompt: str | None = None
-    seed: int | None = None
+    duration: Duration = 8
+    aspect_ratio: AspectRatio = "16:9"
+    resolution: Resolution = "720p"
+    negative_prompt: Text | None = None
+    seed: Seed | None = None
     image: ImageInput | None = None  # the first frame
     last_frame: ImageInput | None = None
-    reference_images: (
-        Annotated[list[ImageInput], msgspec.Meta(max_length=MAX_REFERENCE_IMAGES)] | None
-    ) = None
-    sample_count: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
+    reference_images: Annotated[list[ImageInput], Meta(max_length=MAX_REFERENCE_IMAGES)] | None = (
+        None
+    )
+    sample_count: SampleCount = 1
     generate_audio: bool | None = None
     person_generation: PersonGeneration | None = None
 
@@ -114,21 +168,21 @@ class GenerationParams(
         return [(field, image) for field, image in named if image is not None]
 
 
-Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
-
-
 class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """`POST /api/generations` and `JobQueue.submit`."""
+    """`POST /api/generations` and `JobQueue.submit`. The rules of one field are its type
+    (and so the OpenAPI schema); `check_across_fields` holds the rules across fields."""
 
-    prompt: str
-    id: str | None = None
+    prompt: Prompt
+    id: JobId | None = None
     parameters: GenerationParams = msgspec.field(default_factory=GenerationParams)
     # which provider runs the job (GET /api/providers lists those this server offers)
     # one provider, or an ordered list to fall back along when one is paused (each then
     # runs its default model: `model` must be absent)
-    provider: Name | Annotated[list[Name], Meta(min_length=1, max_length=MAX_FALLBACK)] = "veo3"
+    provider: (
+        ProviderName | Annotated[list[ProviderName], Meta(min_length=1, max_length=MAX_FALLBACK)]
+    ) = "veo3"
     model: Name | None = None
-    priority: int = 0
+    priority: Priority = 0
 
 
 class Route(msgspec.Struct, frozen=True, rename="camel"):
@@ -254,42 +308,22 @@ def _fail(field: str, message: str) -> NoReturn:
 
 
 def validate_request(req: GenerationRequest) -> None:
-    """Check what msgspec's types cannot: ranges, enums and cross-field rules."""
-    if not req.prompt.strip(_BLANK):
-        _fail("prompt", "prompt must not be blank")
-    if len(req.prompt) > MAX_PROMPT_CHARS:
-        _fail("prompt", f"prompt is {len(req.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-    _check_text("prompt", req.prompt)
-    if req.id is not None and not JOB_ID.fullmatch(req.id):
-        _fail("id", ID_RULE)
-    for name in [req.provider] if isinstance(req.provider, str) else req.provider:
-        if name not in PROVIDERS:
-            _fail("provider", f"provider must be one of {', '.join(PROVIDERS)}")
+    """Check a request against every rule: its fields' types (msgspec checks them when it
+    decodes or converts, not when a Struct is built in Python) and the rules across them."""
+    try:
+        convert(msgspec.to_builtins(req), GenerationRequest)
+    except Refused as exc:
+        raise InvalidRequest(str(exc), field=exc.field) from None
+    check_across_fields(req)
+
+
+def check_across_fields(req: GenerationRequest) -> None:
+    """The rules no one field's type can hold (on a request its types already took)."""
     if isinstance(req.provider, list) and len(req.provider) > 1 and req.model is not None:
         _fail("model", "a fallback list of providers runs each one's default model: omit model")
-    if not 0 <= req.priority <= 10:
-        _fail("priority", f"priority must be an integer from 0 to 10, got {req.priority}")
     p = req.parameters
-    if p.duration not in (4, 6, 8):
-        _fail("parameters.duration", f"duration must be 4, 6 or 8 seconds, got {p.duration}")
-    if p.aspect_ratio not in ("16:9", "9:16"):
-        _fail("parameters.aspectRatio", f"aspectRatio must be 16:9 or 9:16, got {p.aspect_ratio!r}")
-    if p.resolution not in ("720p", "1080p", "4k"):
-        _fail(
-            "parameters.resolution", f"resolution must be 720p, 1080p or 4k, got {p.resolution!r}"
-        )
     if p.resolution in ("1080p", "4k") and p.duration != 8:
         _fail("parameters.resolution", f"resolution {p.resolution} needs duration 8")
-    if p.seed is not None and not 0 <= p.seed <= MAX_SEED:
-        _fail("parameters.seed", f"seed must be an integer from 0 to {MAX_SEED}")
-    if p.negative_prompt is not None:
-        if len(p.negative_prompt) > MAX_PROMPT_CHARS:
-            _fail("parameters.negativePrompt", "negativePrompt is too long")
-        _check_text("parameters.negativePrompt", p.negative_prompt)
-    _check_images(p)
-
-
-def _check_images(p: GenerationParams) -> None:
     total = 0
     for field, image in p.images():
         try:
@@ -301,17 +335,3 @@ def _check_images(p: GenerationParams) -> None:
         total += size
     if total > MAX_IMAGES_BYTES:
         _fail("parameters", f"the images total {total} bytes; the limit is {MAX_IMAGES_BYTES}")
-
-
-ID_RULE = "id must be 1-128 of letters, digits, '-', '_', '.', ':', not only dots"
-
-
-def _check_text(field: str, text: str) -> None:
-    bad = CONTROL_CHARS.search(text)
-    if bad is not None:
-        name = field.rsplit(".", 1)[-1]
-        _fail(
-            field,
-            f"{name} holds the control character U+{ord(bad.group()):04X} "
-            "(only tab and newline are allowed)",
-        )

@@ -2,40 +2,86 @@
 
 from __future__ import annotations
 
+import decimal
 import uuid
 from typing import Any
 
 import msgspec
 
 from genqueue.config import Config
+from genqueue.convert import Refused, convert
 from genqueue.errors import InvalidRequest
-from genqueue.models import GenerationRequest, Job, Route, validate_request
+from genqueue.models import (
+    GenerationRequest,
+    Job,
+    Route,
+    check_across_fields,
+    validate_request,
+)
 from genqueue.providers.registry import Registry
 
 __all__ = ["RequestLike", "Routing", "new_job", "parse_request"]
 
 RequestLike = GenerationRequest | dict[str, Any] | bytes
 _REQUEST = msgspec.json.Decoder(GenerationRequest)
+# Past this exponent an integral float literal stays a float (`1e999999999` is no int to build).
+_MAX_EXPONENT = 30
+
+
+def _json_number(literal: str) -> int | float:
+    """A JSON number with a fraction or an exponent, as JSON Schema reads it: `5.0` and
+    `1e3` are integers, `5.5` is not."""
+    number = decimal.Decimal(literal)
+    if number.is_finite() and number.adjusted() <= _MAX_EXPONENT and number == number.to_integral():
+        return int(number)
+    return float(literal)
+
+
+_JSON = msgspec.json.Decoder(float_hook=_json_number)
 
 
 def parse_request(request: RequestLike) -> GenerationRequest:
-    """Decode and validate a request; InvalidRequest names the bad field."""
-    try:
-        if isinstance(request, bytes):
-            req = _REQUEST.decode(request)
-        elif isinstance(request, dict):
-            req = msgspec.convert(request, GenerationRequest)
-        else:
-            req = request
-    except msgspec.ValidationError as exc:
-        field = str(exc).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(exc) else None
-        raise InvalidRequest(str(exc), field=field) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
-    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds a str
-        raise InvalidRequest(f"body is not valid UTF-8: {exc.reason}", code="invalid_json") from exc
-    validate_request(req)
+    """Decode and check a request; InvalidRequest names the bad field. A request's fields
+    are checked by their types (genqueue.models), then the rules across fields."""
+    if isinstance(request, GenerationRequest):
+        validate_request(request)  # built in Python: its types were not checked yet
+        return request
+    req = _from_json(request) if isinstance(request, bytes) else _typed(request)
+    check_across_fields(req)
     return req
+
+
+def _from_json(raw: bytes) -> GenerationRequest:
+    """The typed decoder first (one pass); only when it refused the body, read the body as
+    plain JSON and convert it field by field, which names the field at fault (and takes an
+    integral `5.0` where an integer belongs, as JSON Schema does)."""
+    try:
+        return _REQUEST.decode(raw)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        raise _not_json(exc) from None
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds a str
+        raise _not_json(exc) from None
+    try:
+        data = _JSON.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _not_json(exc) from None
+    return _typed(data)
+
+
+def _typed(data: Any) -> GenerationRequest:
+    try:
+        req: GenerationRequest = convert(data, GenerationRequest)
+    except Refused as exc:
+        raise InvalidRequest(str(exc), field=exc.field) from None
+    return req
+
+
+def _not_json(exc: Exception) -> InvalidRequest:
+    reason = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+    what = "valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "valid JSON"
+    return InvalidRequest(f"body is not {what}: {reason}", code="invalid_json")
 
 
 def new_job(req: GenerationRequest, user_id: str, *, now_s: float, routes: list[Route]) -> Job:

@@ -23,7 +23,7 @@ from genqueue import (
     WebhookEvent,
     iso_timestamp,
 )
-from genqueue.models import ImageInput
+from genqueue.models import AspectRatio, Duration, ImageInput, Resolution
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -56,9 +56,9 @@ class PublicImage(msgspec.Struct, rename="camel"):
 class PublicParams(msgspec.Struct, rename="camel"):
     """Video parameters, every one spelled out."""
 
-    duration: int
-    aspect_ratio: str
-    resolution: str
+    duration: Duration
+    aspect_ratio: AspectRatio
+    resolution: Resolution
     negative_prompt: str | None
     seed: int | None
     sample_count: int = 1

@@ -82,6 +82,18 @@ def test_a_bad_value_fails_naming_the_key(env: dict[str, str], named: str) -> No
         load_config(env=env)
 
 
+def test_a_bad_value_says_where_it_came_from(tmp_path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('port = "eighty"\nmax_concurency = 3\n')
+    with pytest.raises(ConfigError, match=r"max_concurency .*did you mean max_concurrency"):
+        load_config(toml, env={})
+    toml.write_text('port = "eighty"\n')
+    with pytest.raises(ConfigError, match=r"port \(in .*c\.toml\): expected an integer"):
+        load_config(toml, env={})
+    with pytest.raises(ConfigError, match=r"port \(environment GENQUEUE_PORT\): expected an int"):
+        load_config(toml, env={"GENQUEUE_PORT": "eighty"})
+
+
 def test_config_struct_refuses_unknown_fields() -> None:
     with pytest.raises(TypeError):
         Config(max_concurency=3)  # type: ignore[call-arg]

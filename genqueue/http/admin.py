@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
-from genqueue import ID_CHARS, DeliveryNotDead, DeliveryNotFound
+from genqueue import DEAD_CURSOR, DELIVERY_ID, DeliveryNotDead, DeliveryNotFound
 from genqueue.http.context import (
     QUEUE,
     json_response,
@@ -21,15 +19,12 @@ __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
-_DELIVERY_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-_DEAD_CURSOR = re.compile(rf"{ID_CHARS}{{1,128}}/[0-9]{{7}}")  # a dead letter's key
-
 
 @routes.get("/api/webhooks/dead")
 async def dead_webhooks(request: web.Request) -> web.Response:
     require_admin(request)
     limit = query_limit(request)
-    cursor = query_cursor(request, _DEAD_CURSOR)
+    cursor = query_cursor(request, DEAD_CURSOR)
     page = await request.app[QUEUE].webhooks.adead(limit, cursor)
     items = [public_delivery(d) for d in page.deliveries]
     return json_response(DeliveryPage(items, page.next_after))
@@ -40,7 +35,7 @@ async def replay_webhook(request: web.Request) -> web.Response:
     require_admin(request)
     delivery_id = request.match_info["deliveryId"]
     try:
-        if not _DELIVERY_ID.fullmatch(delivery_id):
+        if not DELIVERY_ID.fullmatch(delivery_id):
             raise DeliveryNotFound(delivery_id)
         delivery = await request.app[QUEUE].webhooks.areplay(delivery_id)
     except DeliveryNotFound:

@@ -8,7 +8,6 @@ unexpected exception into that shape. Nothing here logs a request header.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Mapping
 
@@ -113,24 +112,9 @@ def error_response(err: ApiError) -> web.Response:
     )
 
 
-_MISSING = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
-_AT = re.compile(r" - at `\$\.?([^`]*)`$")
-
-
-def field_of(exc: InvalidRequest) -> str | None:
-    """The JSON path of the bad field, including the name msgspec puts in the message."""
-    message = exc.message
-    named = _MISSING.match(message)
-    at = _AT.search(message)
-    base = at.group(1) if at else ""
-    if named:
-        return f"{base}.{named.group(1)}" if base else named.group(1)
-    return exc.field or base or None
-
-
 def invalid(exc: InvalidRequest) -> ApiError:
     code = exc.code if exc.code in ("invalid_json", "invalid_request") else "invalid_request"
-    return ApiError(400, exc.message, code=code, field=field_of(exc))
+    return ApiError(400, exc.message, code=code, field=exc.field)
 
 
 _HTTP_MESSAGES: dict[int, str] = {

@@ -1,10 +1,9 @@
 """The OpenAPI 3.1 document served at `GET /api/openapi.json`.
 
 Response schemas are generated from the very Structs the handlers encode (msgspec),
-so they cannot drift; the request schema is written out (openapi_request.py) because its
-rules (lengths, enums, the resolution/duration rule) live in `validate_request`, not in
-the type. The dashboard's routes are documented by dashboard.py. Every validation
-failure is a 400 with the error shape.
+so they cannot drift; the request's from the types that decode it (openapi_request.py,
+which adds what this configuration offers). The dashboard's routes are documented by
+dashboard.py. Every validation failure is a 400 with the error shape.
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ from typing import Any
 import msgspec
 
 from genqueue import (
-    ID_CHARS,
+    DEAD_CURSOR_PATTERN,
+    DELIVERY_ID_PATTERN,
     JOB_ID_PATTERN,
     Config,
     ProviderList,
@@ -33,7 +33,7 @@ from genqueue.http.openapi_parts import (
     error_ref,
     json_ref,
 )
-from genqueue.http.openapi_request import request_schema
+from genqueue.http.openapi_request import request_schemas
 from genqueue.wire import (
     STATUSES,
     DeliveryPage,
@@ -85,7 +85,7 @@ def _schemas(config: Config | None) -> dict[str, Any]:
         schemas[name]["title"] = name
     codes = schemas["ErrorDetail"]["properties"]["code"]
     codes["description"] = "One of: " + ", ".join(ALL_CODES)
-    schemas["GenerationRequest"] = request_schema(config)
+    schemas.update(request_schemas(config))
     schemas["QueueStatus"]["properties"]["webhooks"] = {"$ref": REF + "WebhookStats"}
     return schemas
 
@@ -238,10 +238,7 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "cursor",
                         "in": "query",
-                        "schema": {
-                            "type": "string",
-                            "pattern": rf"^{ID_CHARS}{{1,128}}/[0-9]{{7}}$",
-                        },
+                        "schema": {"type": "string", "pattern": DEAD_CURSOR_PATTERN},
                     },
                 ],
                 "responses": {
@@ -259,7 +256,7 @@ def _paths() -> dict[str, Any]:
                     "in": "path",
                     "required": True,
                     "description": "The `webhook-id` of the delivery (`msg_...`).",
-                    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_\-]{1,128}$"},
+                    "schema": {"type": "string", "pattern": DELIVERY_ID_PATTERN},
                 }
             ],
             "post": {

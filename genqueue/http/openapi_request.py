@@ -1,74 +1,61 @@
-"""The OpenAPI schema of `POST /api/generations`' body (its rules: `validate_request` and
-the provider's capability table, whose models and parameters depend on the configuration)."""
+"""The OpenAPI schemas of `POST /api/generations`' body: generated from the request's own
+types (`msgspec.json.schema_components`: GenerationRequest, GenerationParams, ImageInput),
+so the document and the server draw one line. On top come what no one field's type holds:
+the rules across fields (genqueue.models.check_across_fields) and what this configuration
+offers (its providers, their models, each model's capability row)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from genqueue import JOB_ID_PATTERN, MAX_PROMPT_CHARS, Config
-from genqueue.models import MAX_FALLBACK, MAX_NAME_CHARS, PROVIDERS
+import msgspec
+
+from genqueue import Config, GenerationRequest
+from genqueue.http.openapi_parts import REF
 from genqueue.providers.registry import ALIASES, Registry
-from genqueue.providers.veo.schema import model_and_parameters_schema, model_clauses
+from genqueue.providers.veo.schema import model_clauses
 
-__all__ = ["REQUEST_SCHEMA", "request_schema"]
+__all__ = ["request_schemas"]
 
-_TEXT = {"type": "string", "maxLength": MAX_PROMPT_CHARS}
-# No C0 control character but tab and newline (models.CONTROL_CHARS), in ECMA-262 syntax.
-_NO_CONTROLS = r"[^\u0000-\u0008\u000b-\u001f]"
-REQUEST_SCHEMA: dict[str, Any] = {
-    "title": "GenerationRequest",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["prompt"],
-    "properties": {
-        "prompt": {
-            **_TEXT,
-            "minLength": 1,
-            # something not blank, and no control character but tab and newline
-            "pattern": f"^{_NO_CONTROLS}*[^\\s\\u0000-\\u001f]{_NO_CONTROLS}*$",
-            "description": "Not blank; no control characters but tab and newline.",
-        },
-        "id": {
-            "type": ["string", "null"],
-            "pattern": JOB_ID_PATTERN,
-            "description": "Client-chosen id: the same id again returns the same job (200).",
-        },
-        "provider": {
-            "type": "string",
-            "enum": list(PROVIDERS),
-            "maxLength": MAX_NAME_CHARS,
-            "default": "veo3",
-        },
-        "priority": {
-            "type": "integer",
-            "minimum": 0,
-            "maximum": 10,
-            "default": 0,
-            "description": "Higher starts first.",
-        },
-    },
-}
+_DESCRIPTION = (
+    "A video to generate. `provider` and `model` choose among those this server offers "
+    "(GET /api/providers); the parameters must fit the chosen model's capability row."
+)
 
 
-def request_schema(config: Config | None = None) -> dict[str, Any]:
-    """The submission's schema for the providers `config` offers (each model's limits)."""
-    registry = Registry(config or Config())
-    veo = registry.veo
-    model, parameters, _ = model_and_parameters_schema(veo.dialect, veo.model, veo.models)
-    schema = {**REQUEST_SCHEMA, "properties": dict(REQUEST_SCHEMA["properties"])}
-    names = [n for n, c in ALIASES.items() if c in registry.providers]
-    one = {**REQUEST_SCHEMA["properties"]["provider"], "enum": names}
-    one.pop("default", None)
-    schema["properties"]["provider"] = {
-        "anyOf": [
-            one,
-            {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_FALLBACK},
-        ],
-        "default": "veo3",
-        "description": "One provider, or an ordered fallback list (each then runs its "
-        "default model: no `model`).",
+def request_schemas(config: Config | None = None) -> dict[str, Any]:
+    """The body's component schemas for the providers `config` offers."""
+    _, components = msgspec.json.schema_components([GenerationRequest], ref_template=REF + "{name}")
+    schemas: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(components))  # a copy
+    request, params = schemas["GenerationRequest"], schemas["GenerationParams"]
+    request["description"] = _DESCRIPTION
+    params["description"] = "Video parameters; which a model takes: its capability row."
+    props = request["properties"]
+    props["id"]["description"] = "Client-chosen: the same id again returns the same job (200)."
+    # across fields: 1080p and 4k need an 8 s video
+    params["if"] = {
+        "required": ["resolution"],
+        "properties": {"resolution": {"enum": ["1080p", "4k"]}},
     }
-    schema["properties"]["parameters"] = parameters
+    params["then"] = {"properties": {"duration": {"const": 8}}}
+    registry = Registry(config or Config())
+    _offered_providers(props["provider"], registry)
+    request["allOf"] = _model_clauses(props["model"], registry)
+    return schemas
+
+
+def _offered_providers(provider: dict[str, Any], registry: Registry) -> None:
+    names = [n for n, c in ALIASES.items() if c in registry.providers]
+    one, many = provider["anyOf"]
+    one["enum"] = many["items"]["enum"] = names
+    provider["description"] = (
+        "One provider, or an ordered fallback list (each then runs its default model: no `model`)."
+    )
+
+
+def _model_clauses(model: dict[str, Any], registry: Registry) -> list[dict[str, Any]]:
+    """Narrow `model` to the models offered, and add one clause per provider (its models)
+    and per model (its capability row), and the fallback list's rule across fields."""
     clauses: list[dict[str, Any]] = []
     all_models: list[str | None] = []
     for name, info in registry.providers.items():
@@ -82,7 +69,8 @@ def request_schema(config: Config | None = None) -> dict[str, Any]:
         clauses.append({"if": when, "then": {"properties": {"model": {"enum": [*models, None]}}}})
         rows = {m.id: m.capabilities for m in info.models}
         clauses += model_clauses(rows, info.default_model, when)
-    schema["properties"]["model"] = {**model, "enum": [*all_models, None]}
+    model["enum"] = [*all_models, None]
+    model["description"] = f"Default: the provider's own ({registry.veo.model} for veo3)."
     clauses.append(  # a fallback list: each provider's default model
         {
             "if": {
@@ -92,5 +80,4 @@ def request_schema(config: Config | None = None) -> dict[str, Any]:
             "then": {"properties": {"model": {"type": "null"}}},
         }
     )
-    schema["allOf"] = clauses
-    return schema
+    return clauses

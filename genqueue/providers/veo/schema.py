@@ -1,5 +1,6 @@
-"""The JSON Schema of a submission's `model` and `parameters`, drawn from the capability
-table for the configured door, so the OpenAPI document refuses what the server refuses.
+"""The JSON Schema clauses that fit a submission's `parameters` to its model's row of the
+capability table, so the OpenAPI document refuses what the server refuses (the general
+shape is the request's own type: genqueue.http.openapi_request).
 
 Each offered model adds an `if model is m then parameters fit m's row` clause; the default
 model's clause also applies when `model` is absent or null.
@@ -9,68 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from genqueue.models import MAX_IMAGE_B64_CHARS, MAX_PROMPT_CHARS, MAX_REFERENCE_IMAGES
-from genqueue.providers.veo.capabilities import Dialect, ModelCaps, caps_for
+from genqueue.providers.veo.capabilities import ModelCaps
 
-__all__ = ["model_and_parameters_schema", "model_clauses"]
-
-MAX_SEED = 2**32 - 1
-# Canonical base64 (what binascii's strict mode takes): groups of 4, padding only at the end.
-_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
-IMAGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["bytesBase64Encoded", "mimeType"],
-    "properties": {
-        "bytesBase64Encoded": {
-            "type": "string",
-            "minLength": 4,
-            "maxLength": MAX_IMAGE_B64_CHARS,
-            "pattern": _BASE64,
-            "description": "The image, base64 (4 MiB decoded at most; 10 MiB for all images).",
-        },
-        "mimeType": {"type": "string", "enum": ["image/jpeg", "image/png", "image/webp"]},
-    },
-}
-
-
-def _general_parameters() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "duration": {"type": "integer", "enum": [4, 6, 8], "default": 8},
-            "aspectRatio": {"type": "string", "enum": ["16:9", "9:16"], "default": "16:9"},
-            "resolution": {
-                "type": "string",
-                "enum": ["720p", "1080p", "4k"],
-                "default": "720p",
-                "description": "1080p and 4k need duration 8; which a model has: its row.",
-            },
-            "negativePrompt": {
-                "type": ["string", "null"],
-                "maxLength": MAX_PROMPT_CHARS,
-                # no C0 control character but tab and newline (models.CONTROL_CHARS)
-                "pattern": r"^[^\u0000-\u0008\u000b-\u001f]*$",
-            },
-            "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED},
-            "image": {"anyOf": [IMAGE_SCHEMA, {"type": "null"}], "description": "First frame."},
-            "lastFrame": {"anyOf": [IMAGE_SCHEMA, {"type": "null"}]},
-            "referenceImages": {
-                "type": ["array", "null"],
-                "items": IMAGE_SCHEMA,
-                "maxItems": MAX_REFERENCE_IMAGES,
-            },
-            "sampleCount": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1},
-            "generateAudio": {"type": ["boolean", "null"]},
-            "personGeneration": {
-                "type": ["string", "null"],
-                "enum": ["allow_all", "allow_adult", "dont_allow", None],
-            },
-        },
-        "if": {"required": ["resolution"], "properties": {"resolution": {"enum": ["1080p", "4k"]}}},
-        "then": {"properties": {"duration": {"const": 8}}},
-    }
+__all__ = ["model_clauses"]
 
 
 def _fits(caps: ModelCaps) -> dict[str, Any]:
@@ -135,28 +77,3 @@ def model_clauses(
             chosen = {"allOf": [when, chosen]}
         clauses.append({"if": chosen, "then": {"properties": {"parameters": _fits(caps)}}})
     return clauses
-
-
-def model_and_parameters_schema(
-    dialect: Dialect, default_model: str, models: tuple[str, ...]
-) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """The `model` and `parameters` property schemas, and the per-model clauses (`allOf`)."""
-    model = {
-        "type": ["string", "null"],
-        "enum": [*models, None],
-        "description": f"Default {default_model}.",
-    }
-    clauses = []
-    for name in models:
-        chosen: dict[str, Any] = {"required": ["model"], "properties": {"model": {"const": name}}}
-        if name == default_model:
-            chosen = {
-                "anyOf": [
-                    chosen,
-                    {"not": {"required": ["model"]}},
-                    {"required": ["model"], "properties": {"model": {"type": "null"}}},
-                ]
-            }
-        fits = _fits(caps_for(dialect, name))
-        clauses.append({"if": chosen, "then": {"properties": {"parameters": fits}}})
-    return model, _general_parameters(), clauses

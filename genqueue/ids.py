@@ -1,0 +1,41 @@
+"""The id alphabets, written once: a job id, a user id (and a path segment), a webhook
+delivery id and a dead letter's cursor. Each `*_PATTERN` is anchored for JSON Schema (the
+OpenAPI document and msgspec's `Meta(pattern=...)`); each compiled twin takes `fullmatch`.
+
+Python's `$` also matches before a final newline, where ECMA-262's (JSON Schema's) does
+not, and msgspec runs a pattern with `re.search`: `END` closes that gap, so `"a\\n"` is
+refused by both readings.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "DEAD_CURSOR",
+    "DEAD_CURSOR_PATTERN",
+    "DELIVERY_ID",
+    "DELIVERY_ID_PATTERN",
+    "END",
+    "ID_CHARS",
+    "JOB_ID",
+    "JOB_ID_PATTERN",
+    "MAX_ID_CHARS",
+    "NAME_PATTERN",
+]
+
+END = r"$(?!\n)"
+MAX_ID_CHARS = 128
+# Job ids (a client may choose one; not made only of dots: "." and ".." are path segments,
+# not names), user ids and path segments.
+ID_CHARS = r"[A-Za-z0-9._:\-]"
+JOB_ID_PATTERN = rf"^(?!\.+{END}){ID_CHARS}{{1,{MAX_ID_CHARS}}}{END}"
+JOB_ID = re.compile(JOB_ID_PATTERN)
+# User ids and path segments may not start with '.' (they become folder names); unanchored.
+NAME_PATTERN = rf"[A-Za-z0-9_:\-]{ID_CHARS}{{0,{MAX_ID_CHARS - 1}}}"
+# A webhook delivery's id (its `webhook-id`, `msg_...`).
+DELIVERY_ID_PATTERN = rf"^[A-Za-z0-9_\-]{{1,{MAX_ID_CHARS}}}{END}"
+DELIVERY_ID = re.compile(DELIVERY_ID_PATTERN)
+# A page of dead letters continues after this key: the job id, '/', a 7-digit sequence.
+DEAD_CURSOR_PATTERN = rf"^{ID_CHARS}{{1,{MAX_ID_CHARS}}}/[0-9]{{7}}{END}"
+DEAD_CURSOR = re.compile(DEAD_CURSOR_PATTERN)
