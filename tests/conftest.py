@@ -16,6 +16,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import settings
+
+# The same examples on every run, so CI is deterministic (a flaky run is a bug); set
+# GENQUEUE_HYPOTHESIS=explore to search with fresh random examples while developing.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile("explore" if os.environ.get("GENQUEUE_HYPOTHESIS") == "explore" else "ci")
 
 T = TypeVar("T")
 WAIT_S = 20.0  # the longest one wait may take before the test fails

@@ -32,10 +32,8 @@ def _fits(caps: ModelCaps) -> dict[str, Any]:
     ):
         if not allowed:
             props[name] = absent_or_null
-    if caps.max_reference_images == 0:
-        props["referenceImages"] = absent_or_null
-    else:
-        props["referenceImages"] = {"maxItems": caps.max_reference_images}
+    # an empty list is no reference image, as the server reads it (0 is the most for some)
+    props["referenceImages"] = {"maxItems": caps.max_reference_images}
     return {
         "properties": props,
         "allOf": [
