@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 from helpers_queue import Recorder, queue_factory, request
 
 from genqueue.errors import StorageError
@@ -202,9 +203,16 @@ def test_a_store_failed_and_reopened_100_times_keeps_its_fds_flat(tmp_path: Path
 
 def test_a_queue_reopened_after_100_store_failures_keeps_its_fds_flat(tmp_path: Path) -> None:
     """What the server does after a disk fault (`JobQueue.reopen`), 100 times over."""
+    rec = Recorder(hold_all=True)
+
+    def calls() -> int:  # the processor's calls for "first": one per (re)start of the job
+        with rec.cv:
+            return sum(1 for call in rec.calls if call.job_id == "first")
+
     with queue_factory(tmp_path) as queues:
-        queue = queues.open(Recorder(hold_all=True))
+        queue = queues.open(rec)
         queue.submit(request(id="first"))
+        eventually(lambda: calls() == 1, "the first job running")
         fds, threads = -1, -1
         for i in range(101):
             assert queue.store is not None
@@ -213,6 +221,9 @@ def test_a_queue_reopened_after_100_store_failures_keeps_its_fds_flat(tmp_path: 
                 for n in range(100):  # a fuller page may take a few more
                     queue.submit(request("x" * 4000, id=f"late-{i}-{n}"))
             queue.reopen()
+            # the reopened queue resumes the job (its actor on a shard thread) before the
+            # next fault: what it starts is then counted every time, or never
+            eventually(lambda n=i + 2: calls() >= n, f"the job resumed after reopen {i + 1}")
             if i == 0:  # after the first reopen: everything lazily made is made
                 fds, threads = fd_count(), threading.active_count()
         assert fd_count() == fds, "a reopened queue kept file descriptors"
