@@ -12,6 +12,7 @@ Veo operation. The worker (worker.py) holds the message, its lease and its slot.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -26,11 +27,17 @@ from genqueue.cluster.starts import WorkerRun
 from genqueue.cluster.transport import Board
 from genqueue.errors import InvalidRequest, ProviderError
 from genqueue.models import Job
+from genqueue.retry import RetryPolicy
 
 __all__ = ["AttemptHost", "CancelledByCoordinator", "cancelled", "generate", "outcome", "reporter"]
 
 log = logging.getLogger("genqueue.worker")
-CHECKPOINT_RETRY_MAX_S = 5.0
+# a checkpoint not stored yet: tried again 0.2 s later, doubling up to 5 s, jittered by
+# half, for as long as the lease holds (the lease, not a count, ends it)
+CHECKPOINT_RETRY = RetryPolicy(
+    initial_interval_s=0.2, maximum_interval_s=5.0, maximum_attempts=2**31, jitter=0.5
+)
+_JITTER = random.Random()
 
 
 class CancelledByCoordinator(Exception):
@@ -140,8 +147,8 @@ async def _store_checkpoint(
         checkpoint=checkpoint,
         progress=progress,
     )
-    dedup, on_board, delay_s = uuid.uuid4().hex, False, 0.2
-    while True:
+    dedup, on_board = uuid.uuid4().hex, False
+    for tries in itertools.count(1):
         try:
             if not on_board:
                 await host.board.put_checkpoint(work.job.generation_id, work.attempt, checkpoint)
@@ -150,7 +157,7 @@ async def _store_checkpoint(
             await host.send(event, work.job.id, dedup)
             return
         except Exception as exc:
-            if time.monotonic() + delay_s >= run.lease_until:
+            if time.monotonic() + CHECKPOINT_RETRY.delay_s(tries) >= run.lease_until:
                 raise ProviderError(
                     f"the checkpoint could not be stored: {exc}",
                     retryable=True,
@@ -160,8 +167,7 @@ async def _store_checkpoint(
                 "checkpoint not stored yet, retrying while the lease holds",
                 extra={"job_id": work.job.id, "on_board": on_board, "error": repr(exc)},
             )
-            await asyncio.sleep(delay_s * random.uniform(0.5, 1.5))
-            delay_s = min(CHECKPOINT_RETRY_MAX_S, 2 * delay_s)
+            await asyncio.sleep(CHECKPOINT_RETRY.delay_s(tries, _JITTER))
 
 
 def outcome(host: AttemptHost, run: WorkerRun, **kw: Any) -> Outcome:

@@ -41,6 +41,7 @@ from genqueue.cluster.transport import Board, Queues
 from genqueue.config import Config
 from genqueue.errors import ProviderError
 from genqueue.models import Job, JobResult
+from genqueue.retry import RetryPolicy
 from genqueue.storage.videourls import stored_video_key
 
 __all__ = ["Coordinator", "RemoteRun", "WorkerSeen"]
@@ -49,6 +50,10 @@ log = logging.getLogger("genqueue.cluster")
 MAX_WORK_BYTES = 250_000  # SQS takes 256 KiB a message
 INLINE_WORK_BYTES = 64 * 1024  # a larger work message with images sends them through S3
 SEND_TRIES = 5
+# a failed send is retried after 0.5 s, then doubling, jittered by half: sends that failed
+# together do not all retry together
+_JITTER = random.Random()  # the retries' jitter (not the delays' rule: that is SEND_RETRY)
+SEND_RETRY = RetryPolicy(initial_interval_s=0.5, maximum_attempts=SEND_TRIES, jitter=0.5)
 NOTICE_LOOKS = 50  # a cancelled run's job leaves `processing` within 5 s (one actor turn)
 
 
@@ -179,8 +184,7 @@ class Coordinator:
                         code="sqs_error",
                     ) from exc
                 log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
-                # jittered: sends that failed together do not all retry together
-                await asyncio.sleep(0.5 * 2**attempt * random.uniform(0.5, 1.5))
+                await asyncio.sleep(SEND_RETRY.delay_s(attempt + 1, _JITTER))
 
     async def _work_body(self, job: Job, checkpoint: Any) -> str:
         """The work message; a job whose images make it too large for SQS sends its

@@ -41,11 +41,15 @@ from genqueue.cluster.starts import (
 )
 from genqueue.cluster.transport import Board, Queues, Received
 from genqueue.config import Config
+from genqueue.retry import RetryPolicy
 
 __all__ = ["SEND_TRIES", "Worker"]
 
 log = logging.getLogger("genqueue.worker")
 SEND_TRIES = 8
+# a failed event send: 0.2 s, doubling, at most 5 s, jittered by half
+_JITTER = random.Random()  # the retries' jitter (not the delays' rule: that is SEND_RETRY)
+SEND_RETRY = RetryPolicy(initial_interval_s=0.2, maximum_interval_s=5.0, jitter=0.5)
 
 
 class Worker:
@@ -171,7 +175,7 @@ class Worker:
                 if tries + 1 == SEND_TRIES:
                     raise
                 log.warning("SQS send failed, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(min(5.0, 0.2 * 2**tries) * random.uniform(0.5, 1.5))
+                await asyncio.sleep(SEND_RETRY.delay_s(tries + 1, _JITTER))
 
     # -- paid starts in flight, 429s, SIGTERM ----------------------------------------------
 
