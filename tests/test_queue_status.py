@@ -38,12 +38,12 @@ def test_a_status_asked_after_a_job_reads_completed_counts_it(tmp_path: Path) ->
         assert holding.wait(10)
         poll_until(lambda: q.get("j1").status == "completed", "j1 read as completed")
         seen: list[int] = []
-        groups = store._releasing  # white-box: groups of callbacks handed to the releaser
+        groups = store._releaser.pending  # white-box: groups handed to the releaser
         asking = threading.Thread(target=lambda: seen.append(q.status().completed))
         asking.start()
         # The status is now queued behind the held release (as an answer before, as a
         # question now): both hand the releaser one more group.
-        poll_until(lambda: store._releasing > groups, "the status waiting on the releaser")
+        poll_until(lambda: store._releaser.pending > groups, "the status waiting on the releaser")
         go_on.set()
         asking.join(10)
         assert seen == [1], "the status must count what a read already showed"

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 from helpers_kill import kill_after
+from helpers_sqlite import end_the_worker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -417,9 +418,7 @@ def test_a_read_fails_promptly_when_the_sqlite_worker_has_died(tmp_path: Path) -
     ns = store.namespace("reads")
     ns.put("k", 1)
     store.flush()
-    store._conn.reqs.put(None)  # a request the worker cannot unpack: its thread ends
-    store._conn.join(timeout=10)
-    assert not store._conn.is_alive()
+    end_the_worker(store._conn)  # as a read error met mid-result would
     outcome: list[BaseException | None] = []
     reader = threading.Thread(target=lambda: outcome.append(_read_error(ns)), daemon=True)
     reader.start()

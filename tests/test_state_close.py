@@ -10,7 +10,7 @@ The faults, each real, none needing root:
   `conn.commit()` on sqlitedict's worker, the same call a full disk fails in (the
   `disk_full` cases of test_faults_storage.py do it with a real full tmpfs, as root);
 - a statement refused: `max_page_count` makes SQLite answer SQLITE_FULL, as a full disk;
-- the worker ended by a request it cannot read;
+- the worker ended by a read whose error comes while its rows are stepped;
 - an open that fails in the worker's set-up (a file that is no database), or after the
   worker started (sqlitedict's CREATE TABLE refused by the schema).
 """
@@ -28,24 +28,15 @@ from pathlib import Path
 import pytest
 from conftest import eventually
 from helpers_queue import Recorder, queue_factory, request
+from helpers_sqlite import end_the_worker
 
 from genqueue.errors import StorageError
-from genqueue.storage.sqlite_file import Worker
+from genqueue.storage.sqlitedict_adapter import SqliteConnection
 from genqueue.storage.state import StateStore
 
 pytestmark = pytest.mark.usefixtures("sqlite_closed")
 
 BIG = b"\0" * 200_000  # more pages than a capped file has left
-
-
-def is_closed(conn: sqlite3.Connection | None) -> bool:
-    if conn is None:
-        return False
-    try:
-        conn.in_transaction  # noqa: B018 (raises once closed)
-    except sqlite3.ProgrammingError:
-        return True
-    return False
 
 
 def refuse_the_next_commit(store: StateStore) -> None:
@@ -66,16 +57,10 @@ def refuse_new_pages(store: StateStore) -> None:
     assert store._conn.select_one(f"PRAGMA max_page_count={pages}")[0] == pages
 
 
-def end_the_worker(store: StateStore) -> None:
-    store._conn.reqs.put(None)  # a request the worker cannot unpack
-    store._conn.join(timeout=10)
-    assert not store._conn.is_alive()
-
-
 FAULTS: dict[str, Callable[[StateStore], None]] = {
     "commit_refused": refuse_the_next_commit,
     "statement_refused": refuse_new_pages,
-    "worker_ended": end_the_worker,
+    "worker_ended": lambda store: end_the_worker(store._conn),
 }
 
 
@@ -91,7 +76,7 @@ def fail_once(path: Path, fault: str, i: int) -> None:
         assert store.failure is not None
     finally:
         store.close()
-    assert not store._conn.is_alive() and is_closed(store._conn.connection)
+    assert not store._conn.is_alive() and store._conn.closed
 
 
 def fd_count() -> int:
@@ -114,9 +99,9 @@ def test_a_closed_store_has_closed_its_connection(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     worker = store._conn
     store.flush(store.namespace("t").put("k", 1))
-    assert not is_closed(worker.connection)
+    assert not worker.closed
     store.close()
-    assert not worker.is_alive() and is_closed(worker.connection)
+    assert not worker.is_alive() and worker.closed
     store.close()  # twice is fine
 
 
@@ -132,7 +117,7 @@ def test_a_refused_commit_closes_the_connection_as_the_worker_ends(tmp_path: Pat
         worker = store._conn
         assert not worker.is_alive()
         assert isinstance(worker.death, sqlite3.IntegrityError)
-        assert is_closed(worker.connection)  # by the worker itself, before any close()
+        assert worker.closed  # by the worker itself, before any close()
     finally:
         store.close()
     reopened = StateStore(tmp_path / "state.db")
@@ -175,7 +160,7 @@ def test_an_open_that_fails_after_the_worker_started_closes_the_connection(
 def test_the_worker_sets_synchronous_as_it_opens(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db", synchronous="NORMAL")
     try:
-        assert isinstance(store._conn, Worker)
+        assert isinstance(store._conn, SqliteConnection)
         assert store._conn.select_one("PRAGMA synchronous") == (1,)
     finally:
         store.close()

@@ -1,11 +1,9 @@
-"""The state store: one SQLite file through sqlitedict, with group commit and an output gate.
+"""The state store: one SQLite file, with atomic turns, group commit and an output gate.
 
-One `SqliteDict` owns the file: one connection and one worker thread, so there is
-exactly one writer (two writers on one file lose writes, see measured-facts.md). It is a
-`SqliteFile` (sqlite_file.py), whose connection is closed however the store ends.
-Each namespace is its own table (`key TEXT PRIMARY KEY, value BLOB`, sqlitedict's
-schema) reached through that same connection, so a prefix listing is a range scan
-of the primary-key index: it costs what it returns, not the size of the table.
+One connection on one worker thread owns the file (sqlitedict's, reached only through
+sqlitedict_adapter.py), so there is exactly one writer (two writers on one file lose
+writes, see measured-facts.md); its connection is closed however the store ends. Each
+namespace is its own table of that file (namespace.py, tables.py).
 
 A turn's writes are atomic: between `begin_turn()` and `end_turn()` a thread's
 writes are buffered, then queued to the worker together under the store's lock, and
@@ -14,55 +12,29 @@ turn). Outside a turn each write is its own batch. A committer thread turns queu
 writes into transactions. While one commit is on disk the next writes pile up, and the next
 commit covers them all (group commit). `after_commit(seq, fn)` and `flush(seq)`
 release an actor's reply only once every write up to `seq` is durable (the
-Durable Objects output gate). Values are encoded with msgspec's MessagePack,
-never pickle.
+Durable Objects output gate; the callbacks run on the releaser, release.py). Values are
+encoded with msgspec's MessagePack (codec.py), never pickle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
-import logging
-import queue
-import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-
-import msgspec
+from typing import Any
 
 from genqueue.errors import StorageError
-from genqueue.storage.sqlite_file import SqliteFile, Worker, shut
+from genqueue.storage.namespace import Namespace, WriteCache
+from genqueue.storage.release import Releaser
+from genqueue.storage.sqlitedict_adapter import Reply, SqliteConnection, SyncLevel, WorkerEnded
+from genqueue.storage.tables import Writes, check_name, create_sql, write_statements
 
 __all__ = ["Namespace", "StateStore", "SyncLevel"]
 
-log = logging.getLogger("genqueue.state")
-
-T = TypeVar("T")
-SyncLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
-_SYNC_CODES = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
-_COMMIT = "--commit--"  # sqlitedict's commit request
-_NO_MORE = "--no more--"  # sqlitedict's end of a result
-_ROWS = 400  # rows per statement (SQLite allows 32,766 variables)
-_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
-
-
-def _decoder(type_: Any) -> msgspec.msgpack.Decoder[Any]:
-    dec = _DECODERS.get(type_)
-    if dec is None:
-        dec = _DECODERS[type_] = msgspec.msgpack.Decoder(type_)
-    return dec
-
-
-def _prefix_end(prefix: str) -> str:
-    """The smallest string greater than every string starting with `prefix`."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+_COMMIT_TIMEOUT_S = 120.0  # a statement group or a COMMIT that takes longer fails the store
 
 
 class StateStore:
@@ -72,22 +44,12 @@ class StateStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # The worker sets `synchronous` as it opens the connection (sqlitedict would set OFF).
-        self._db = SqliteFile(
-            str(path),
-            tablename="meta",
-            synchronous=synchronous,
-            encode=_ENCODER.encode,
-            decode=_decoder(Any).decode,
-        )
-        self._conn: Worker = self._db.conn
+        # Set as the connection opens (sqlitedict would set OFF), and read back.
+        self._conn = SqliteConnection(str(path), synchronous=synchronous)
         try:  # from here on, a failure closes the file before it is reported
-            row = self._conn.select_one("PRAGMA synchronous")  # check that it held
-            if row is None or row[0] != _SYNC_CODES[synchronous]:
-                raise StorageError(f"could not set PRAGMA synchronous={synchronous} (got {row})")
             self._start(synchronous)
         except BaseException:
-            shut(self._db)
+            self._conn.close()
             raise
 
     def _start(self, synchronous: SyncLevel) -> None:
@@ -103,18 +65,14 @@ class StateStore:
         self._local = threading.local()
         # Writes not yet handed to SQLite: table -> key -> value (None: deleted). Nested
         # string-keyed dicts, not (table, key) tuples: nothing for the cyclic GC to track.
-        self._pending: dict[str, dict[str, bytes | None]] = {}
+        self._pending: Writes = {}
         self._closing = False
         self._committer_idle = False
         self.commits = 0
         self._committer = threading.Thread(
             target=self._commit_loop, name="state-committer", daemon=True
         )
-        self._releasing = 0  # batches of callbacks handed over but not yet run
-        self._release_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
-        self._released: queue.Queue[list[Callable[[], None]] | None] = queue.Queue()
-        self._releaser = threading.Thread(target=self._release_loop, name="state-releaser")
-        self._releaser.daemon = True
+        self._releaser = Releaser(self._cv)
         self._committer.start()
         try:
             self._releaser.start()
@@ -133,21 +91,18 @@ class StateStore:
         ns = self._tables.get(name)
         if ns is not None:
             if cache and ns.cache is None:
-                ns.cache = _WriteCache(cache)
+                ns.cache = WriteCache(cache)
             return ns
-        if not _TABLE_NAME.match(name):
-            raise ValueError(f"namespace name {name!r} must be an identifier")
+        check_name(name)
         with self._cv:
             ns = self._tables.get(name)
             if ns is None:
-                self._conn.execute(
-                    f'CREATE TABLE IF NOT EXISTS "{name}" (key TEXT PRIMARY KEY, value BLOB)'
-                )
+                self._conn.execute(create_sql(name))
                 self._write_seq += 1
                 self._cv.notify_all()
                 ns = self._tables[name] = Namespace(self, name)
                 if cache:
-                    ns.cache = _WriteCache(cache)
+                    ns.cache = WriteCache(cache)
         # No flush: later statements queue behind the CREATE on the same worker thread.
         return ns
 
@@ -224,34 +179,12 @@ class StateStore:
                 return True, writes[key]
         return False, None
 
-    def _drain_pending(self, answers: queue.Queue[Any] | None = None) -> None:
-        """Hand every pending write to the SQLite worker (lock held). With `answers`, the
-        worker answers there once the last of them ran (at once if there are none).
-
-        Writes are coalesced: the last write of each key wins, which is the state applying
-        them one by one would reach. So a group of turns costs one multi-row REPLACE and
-        one DELETE per table, not a statement per write.
-        """
-        statements: list[tuple[str, list[Any]]] = []
-        puts: dict[str, list[Any]] = {}
-        dels: dict[str, list[str]] = {}
-        for table, writes in self._pending.items():
-            for key, value in writes.items():
-                if value is None:
-                    dels.setdefault(table, []).append(key)
-                else:
-                    puts.setdefault(table, []).extend((key, value))
+    def _drain_pending(self, answers: Reply | None = None) -> None:
+        """Hand every pending write to the SQLite worker (lock held), coalesced
+        (tables.write_statements). With `answers`, the worker answers there once the last of
+        them ran (at once if there are none)."""
+        statements = write_statements(self._pending)
         self._pending = {}
-        for table, flat in puts.items():
-            for i in range(0, len(flat), 2 * _ROWS):
-                part = flat[i : i + 2 * _ROWS]
-                rows = ",".join(["(?,?)"] * (len(part) // 2))
-                statements.append((f'REPLACE INTO "{table}" (key, value) VALUES {rows}', part))
-        for table, keys in dels.items():
-            for i in range(0, len(keys), _ROWS):
-                part = keys[i : i + _ROWS]
-                marks = ",".join(["?"] * len(part))
-                statements.append((f'DELETE FROM "{table}" WHERE key IN ({marks})', part))
         if answers is not None and not statements:
             statements.append(("SELECT 1", []))
         for n, (sql, args) in enumerate(statements, 1):
@@ -262,33 +195,24 @@ class StateStore:
         must see them), in the same locked step so the query is queued behind them.
 
         A commit refused by the disk kills sqlitedict's worker, and a query queued behind it
-        would wait forever: the answer is awaited in short steps, checking the worker lives.
+        would wait forever: `answer` checks the worker lives while it waits.
         """
         self._check()
-        rows: queue.Queue[Any] = queue.Queue()
+        rows = Reply()
         with self._cv:
             if drain:
                 self._drain_pending()
             self._on_worker(self._conn.execute, sql, args, rows)
-        out = []
-        while True:
-            try:
-                row = rows.get(timeout=0.1)
-            except queue.Empty:
-                if not self._conn.is_alive():
-                    self._check()
-                    died = StorageError(
-                        f"state store read failed: the SQLite worker died{self._death()}"
-                    )
-                    with self._cv:  # the store is failed: writes refused, close forced
-                        self._fail(died)
-                    raise died from None
-                continue
-            if row == _NO_MORE:
-                break
-            out.append(row)
+        try:
+            out = self._conn.answer(rows)
+        except WorkerEnded as ended:
+            self._check()
+            died = StorageError(f"state store read failed: the SQLite worker died{_why(ended)}")
+            with self._cv:  # the store is failed: writes refused, close forced
+                self._fail(died)
+            raise died from None
         with self._cv:
-            self._on_worker(self._conn.check_raise_error)
+            self._on_worker(self._conn.raise_error)
         return out
 
     def _on_worker(self, call: Callable[..., Any], *args: Any) -> None:
@@ -331,7 +255,7 @@ class StateStore:
         when nothing is waiting to be released): they must be quick.
         """
         with self._cv:
-            if self._failure is None and (seq > self._durable_seq or self._releasing):
+            if self._failure is None and (seq > self._durable_seq or self._releaser.pending):
                 heapq.heappush(self._callbacks, (seq, next(self._cb_order), callback))
                 if seq <= self._durable_seq:
                     self._hand_over(self._durable_seq)
@@ -373,9 +297,8 @@ class StateStore:
                         waiter.release()
                     self._waiters = []
                     due, self._callbacks = self._callbacks, []
-                    self._releasing += 1
+                    self._releaser.hand_over([cb for _, _, cb in due])
                     self._cv.notify_all()
-                self._released.put([cb for _, _, cb in due])
                 return
             self._complete(snap)
 
@@ -390,39 +313,33 @@ class StateStore:
         are known (`_on_worker`), before the COMMIT is sent. A failed statement leaves the
         transaction open and uncommitted, and the store failed: closing rolls it back.
         """
-        ran: queue.Queue[Any] = queue.Queue()
+        ran = Reply()
         with self._cv:
             self._drain_pending(ran)
-        self._answer(ran, "a write")
-        done: queue.Queue[Any] = queue.Queue()
+        self._answered(ran, "a write")
+        done = Reply()
         with self._cv:
-            self._on_worker(self._conn.check_raise_error)
+            self._on_worker(self._conn.raise_error)
             if self._failure is not None:  # a reader met this commit's error first
                 raise StorageError(f"state store failed: {self._failure}")
-            self._conn.execute(_COMMIT, None, done)
-        self._answer(done, "a commit")
+            self._conn.commit(done)
+        self._answered(done, "a commit")
         with self._cv:
-            self._on_worker(self._conn.check_raise_error)
+            self._on_worker(self._conn.raise_error)
 
-    def _answer(self, answers: queue.Queue[Any], what: str) -> None:
+    def _answered(self, reply: Reply, what: str) -> None:
         """Wait for the worker's end-of-answer. Its worker runs `conn.commit()` unguarded: a
         commit refused by the disk (full, read-only) kills it and no answer comes."""
-        for _ in range(1200):  # 120 s
-            try:
-                if answers.get(timeout=0.1) == _NO_MORE:
-                    return
-            except queue.Empty:
-                if not self._conn.is_alive():
-                    raise StorageError(
-                        f"the SQLite worker died during {what} (disk full or I/O error)"
-                        f"{self._death()}"
-                    ) from None
-        raise StorageError(f"the SQLite worker did not finish {what} in 120 s")
-
-    def _death(self) -> str:
-        """What ended the SQLite worker (its thread has ended), for a message."""
-        death = self._conn.death
-        return f": {death}" if death is not None else ""
+        try:
+            self._conn.answer(reply, timeout_s=_COMMIT_TIMEOUT_S)
+        except WorkerEnded as ended:
+            raise StorageError(
+                f"the SQLite worker died during {what} (disk full or I/O error){_why(ended)}"
+            ) from None
+        except TimeoutError:
+            raise StorageError(
+                f"the SQLite worker did not finish {what} in {_COMMIT_TIMEOUT_S:g} s"
+            ) from None
 
     def _complete(self, snap: int) -> None:
         with self._cv:
@@ -439,30 +356,12 @@ class StateStore:
         while self._callbacks and self._callbacks[0][0] <= durable:
             due.append(heapq.heappop(self._callbacks)[2])
         if due:
-            self._releasing += 1
-            self._released.put(due)
+            self._releaser.hand_over(due)
 
     def set_release_context(self, context: Callable[[], AbstractContextManager[Any]]) -> None:
         """Run each group of released callbacks inside `context()` (the actor system uses it
         to send what a group of turns sends together)."""
-        self._release_context = context
-
-    def _release_loop(self) -> None:
-        while True:
-            due = self._released.get()
-            if due is None:
-                return
-            try:
-                with self._release_context():
-                    for callback in due:
-                        try:
-                            callback()
-                        except Exception:
-                            log.exception("an after-commit callback failed")
-            except Exception:
-                log.exception("releasing after-commit callbacks failed")
-            with self._cv:
-                self._releasing -= 1
+        self._releaser.context = context
 
     @property
     def failure(self) -> BaseException | None:
@@ -478,81 +377,10 @@ class StateStore:
             self._closing = True
             self._cv.notify_all()
         self._committer.join(timeout=30)
-        self._released.put(None)
-        if self._releaser.is_alive():
-            self._releaser.join(timeout=30)
-        shut(self._db)  # returns once the connection is closed, whatever state it was in
+        self._releaser.stop()
+        self._conn.close()  # returns once the connection is closed, whatever state it was in
 
 
-class _WriteCache:
-    """The latest encoded value (None: deleted) of recently written keys, bounded LRU."""
-
-    def __init__(self, size: int):
-        self._size = size
-        self._values: OrderedDict[str, bytes | None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, key: str, value: bytes | None) -> None:
-        self.put_many({key: value})
-
-    def put_many(self, writes: dict[str, bytes | None]) -> None:
-        with self._lock:
-            values = self._values
-            for key, value in writes.items():
-                values[key] = value
-                values.move_to_end(key)
-            while len(values) > self._size:
-                values.popitem(last=False)
-
-    def get(self, key: str) -> tuple[bool, bytes | None]:
-        with self._lock:
-            if key in self._values:
-                return True, self._values[key]
-        return False, None
-
-
-class Namespace:
-    """One table: `get / put / delete / list(prefix)` on msgspec-encoded values."""
-
-    def __init__(self, store: StateStore, name: str):
-        self.store = store
-        self.name = name
-        self.cache: _WriteCache | None = None
-        self._get_sql = f'SELECT value FROM "{name}" WHERE key = ?'
-        self._list_sql = f'SELECT key, value FROM "{name}" WHERE key >= ? AND key < ? ORDER BY key'
-
-    def get(self, key: str, type: type[T] | Any = Any) -> T | None:
-        found, value = self.store._buffered(self.name, key)
-        if not found and self.cache is not None:
-            found, value = self.cache.get(key)
-        if not found:
-            found, value = self.store._pending_value(self.name, key)
-        if found:
-            return None if value is None else _decoder(type).decode(value)
-        rows = self.store._select(self._get_sql, (key,))
-        return _decoder(type).decode(rows[0][0]) if rows else None
-
-    def put(self, key: str, value: Any) -> int:
-        """Queue the write; returns its sequence number for the output gate."""
-        return self.store._write(self.name, key, _ENCODER.encode(value))
-
-    def delete(self, key: str) -> int:
-        return self.store._write(self.name, key, None)
-
-    def list(
-        self,
-        prefix: str = "",
-        type: Any = Any,
-        *,
-        start: str | None = None,
-        end: str | None = None,
-        limit: int | None = None,
-    ) -> list[tuple[str, Any]]:
-        """Entries whose key starts with `prefix` (and lies in [start, end)), in key order."""
-        lo = max(prefix, start) if start is not None else prefix
-        hi = _prefix_end(prefix) if prefix else "\U0010ffff"
-        if end is not None:
-            hi = min(hi, end)
-        sql = self._list_sql + (f" LIMIT {int(limit)}" if limit is not None else "")
-        dec = _decoder(type)
-        return [(k, dec.decode(v)) for k, v in self.store._select(sql, (lo, hi), drain=True)]
+def _why(ended: WorkerEnded) -> str:
+    """What ended the SQLite worker, for a message."""
+    return f": {ended.death}" if ended.death is not None else ""
