@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.bridge import Outcome
+from genqueue.actors.hosting import HostedActor
 from genqueue.actors.messages import (
     Accepted,
     Cancel,
@@ -32,7 +33,7 @@ from genqueue.actors.messages import (
     Start,
     TimedOut,
 )
-from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.runtime import AlarmInfo
 from genqueue.actors.services import QUEUE
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
@@ -55,9 +56,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
-class JobActor(DurableActor):
+class JobActor(HostedActor):
     kind = "job"
-    hosted = True  # one per job: turns on shared shard threads, not a thread each
     cache_keys = 100_000  # activation reads a recent job's record from memory, not SQLite
 
     def __init__(self, system: ActorSystem, key: str):
