@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from genqueue.actors.system import TASK_CANCELLED
+from genqueue.actors.tasks import TASK_CANCELLED
 from genqueue.clock import Clock, RealClock
 from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult, VideoOutput

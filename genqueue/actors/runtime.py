@@ -142,11 +142,11 @@ class Durable(pykka.Actor):
         method, the actor may passivate meanwhile: the outcome activates a new instance
         (a thousand coroutines in flight then cost no threads).
         """
-        token = self.system.next_token()
+        token = self.system.tasks.next_token()
         if not isinstance(on_done, str):
             self._tasks[token] = on_done
         cls, key, system = type(self), self.key, self.system
-        system.own_task(cls, key, token)
+        system.tasks.own(cls, key, token)
         loop = self.system.loop
         if loop is None:
             raise RuntimeError("the actor system has no I/O loop")
@@ -154,17 +154,17 @@ class Durable(pykka.Actor):
         # An external effect is output too: it starts once this turn's writes are durable
         # (a job is stored as processing before its processor calls the provider).
         start = functools.partial(
-            spawn, loop, coro, back, system.tasks, token, system.cancelled_early
+            spawn, loop, coro, back, system.tasks.running, token, system.tasks.cancelled_early
         )
         self.after_commit(CoroutineStart(coro, start))
         return token
 
     def cancel_async(self, token: int) -> None:
-        self.system.cancel_task(token)
+        self.system.tasks.cancel(self.system.loop, token)
 
     def async_tokens(self) -> set[int]:
         """Coroutines started by this id (by any instance) whose outcome has not arrived."""
-        return self.system.owned_tasks(type(self), self.key)
+        return self.system.tasks.owned(type(self), self.key)
 
     # -- pykka plumbing ------------------------------------------------------------------------
 
@@ -227,7 +227,7 @@ class Durable(pykka.Actor):
                 return None
             case _TaskDone(token=token, on_done=on_done, outcome=outcome):
                 self._tasks.pop(token, None)
-                self.system.disown_task(type(self), self.key, token)
+                self.system.tasks.disown(type(self), self.key, token)
                 handler = getattr(self, on_done) if isinstance(on_done, str) else on_done
                 return handler(outcome)
             case _:

@@ -26,13 +26,13 @@ from genqueue.actors.records import AlarmTable, _AlarmFire, _Batch, _Call, _Pass
 from genqueue.actors.runtime import Durable
 from genqueue.actors.scheduler import Scheduler
 from genqueue.actors.services import QueueServices
+from genqueue.actors.tasks import TASK_CANCELLED, Tasks
 from genqueue.clock import Clock, RealClock
 from genqueue.storage.state import StateStore
 
-__all__ = ["TASK_CANCELLED", "ActorSystem"]
+__all__ = ["TASK_CANCELLED", "ActorSystem"]  # TASK_CANCELLED: from tasks.py
 
 log = logging.getLogger("genqueue.runtime")
-TASK_CANCELLED = "job cancelled"  # the message of a job's coroutine cancelled on purpose
 A = TypeVar("A", bound=Durable)
 
 
@@ -73,15 +73,12 @@ class ActorSystem:
         self.alarms = AlarmTable(store.namespace("alarms"))
         self.scheduler = Scheduler(self.clock)
         self.lock = threading.RLock()
-        self.tasks: dict[int, asyncio.Task[Any]] = {}
-        self.cancelled_early: set[int] = set()  # touched on the I/O loop only
-        self._owned: dict[tuple[type[Durable], str], set[int]] = {}
+        self.tasks = Tasks(self.lock)  # the coroutines actors started (run_async)
         self._activating: dict[tuple[type[Durable], str], threading.Event] = {}
         self.shards = Shards(shards)
         self._live: dict[tuple[type[Durable], str], pykka.ActorRef[Any]] = {}
         self._actors: dict[tuple[type[Durable], str], Durable] = {}
         self._kinds: dict[str, type[Durable]] = {}
-        self._token = 0
         self._stopped = False
         # What the I/O loop's current iteration sends: it leaves together at its end.
         self._loop_tells: Coalescer[tuple[type[Durable], str, Any]] = Coalescer(
@@ -131,15 +128,7 @@ class ActorSystem:
                 stop.get(timeout=10)
         self.shards.stop(timeout_s=10)  # after the hosted actors' stops have run
         self.scheduler.stop()
-        self._cancel_all_tasks()
-
-    def _cancel_all_tasks(self) -> None:
-        """Stop the coroutines actors started: their work is resumable from storage."""
-        loop = self.loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self.tasks.values())])
+        self.tasks.cancel_all(self.loop)
 
     # -- activation ----------------------------------------------------------------------------
 
@@ -309,9 +298,7 @@ class ActorSystem:
         """Send `message`; `reply(ok, value)` is called once the answer is durable."""
         self.tell_internal(cls, key, _Call(message, reply))
 
-    def send_after_writes(
-        self, cls: type[Durable], key: str, message: Any, reply: Reply
-    ) -> None:
+    def send_after_writes(self, cls: type[Durable], key: str, message: Any, reply: Reply) -> None:
         """`send`, once every write queued so far is committed and the messages its turn
         sent have left: the answer then reflects every change another thread could have
         read. (A job read as completed has told the queue so in the same turn; a status
@@ -341,7 +328,7 @@ class ActorSystem:
         self.send_after_writes(cls, key, message, reply)
         return await fut
 
-    # -- alarms, tasks, passivation ---------------------------------------------------
+    # -- alarms and passivation ---------------------------------------------------
 
     def schedule_alarm(self, cls: type[Durable], key: str, at: float) -> int:
         return self.scheduler.call_at(at, lambda: self._deliver_alarm(cls, key, at))
@@ -349,43 +336,6 @@ class ActorSystem:
     def _deliver_alarm(self, cls: type[Durable], key: str, at: float) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # stopping: the alarm stays stored
             self.tell_internal(cls, key, _AlarmFire(at))
-
-    def next_token(self) -> int:
-        with self.lock:
-            self._token += 1
-            return self._token
-
-    def cancel_task(self, token: int) -> None:
-        loop = self.loop
-        if loop is None:
-            return
-
-        def cancel() -> None:
-            task = self.tasks.get(token)
-            if task is not None:
-                # the reason tells a provider's client to cancel its paid request too, which
-                # a shutdown (a plain cancel) must not: the job resumes after the restart
-                task.cancel(TASK_CANCELLED)
-            else:  # not started yet (it waits for its turn's commit): start it cancelled
-                self.cancelled_early.add(token)
-
-        loop.call_soon_threadsafe(cancel)
-
-    def own_task(self, cls: type[Durable], key: str, token: int) -> None:
-        with self.lock:
-            self._owned.setdefault((cls, key), set()).add(token)
-
-    def disown_task(self, cls: type[Durable], key: str, token: int) -> None:
-        with self.lock:
-            tokens = self._owned.get((cls, key))
-            if tokens is not None:
-                tokens.discard(token)
-                if not tokens:
-                    del self._owned[(cls, key)]
-
-    def owned_tasks(self, cls: type[Durable], key: str) -> set[int]:
-        with self.lock:
-            return set(self._owned.get((cls, key), ()))
 
     def _idle_timeout(self, cls: type[Durable]) -> float:
         return cls.idle_timeout_s if cls.idle_timeout_s is not None else self.idle_timeout_s
