@@ -53,6 +53,7 @@ from genqueue.actors.services import QUEUE
 from genqueue.actors.spend import SpendBook
 from genqueue.actors.stats import QueueStats
 from genqueue.actors.system import ActorSystem
+from genqueue.actors.watchdog import Watchdog
 from genqueue.errors import QueueFull
 from genqueue.models import Job, QueueStatus
 from genqueue.storage.jobindex import JobIndex
@@ -80,10 +81,7 @@ class QueueActor(DurableActor):
         self.cfg = self.svc.config
         self.line: FairLine[Pending] = FairLine()
         self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it
-        # In flight, told TimedOut (when), not finished yet: told again each job_timeout_s
-        # while it stays, in case the notice was lost (a crashed turn, a store failure).
-        self.timed_out: dict[str, float] = {}
-        self.activated_at = self.clock.now()
+        self.watchdog = Watchdog(self.cfg.job_timeout_s, self.clock.now())
         self.per_user: dict[str, int] = {}
         self.retry_wait = 0
         self.meta = QueueMeta()
@@ -94,7 +92,8 @@ class QueueActor(DurableActor):
     def activate(self) -> None:
         self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
         self.gates.load(self.meta)
-        self.activated_at = now = self.clock.now()
+        now = self.clock.now()
+        self.watchdog = Watchdog(self.cfg.job_timeout_s, now)
         self.line = FairLine(self.meta.turns)
         self.spend = SpendBook(self.meta.spend)
         for key, entry in self.storage.list("pending/", Pending):
@@ -218,7 +217,7 @@ class QueueActor(DurableActor):
         flight = self.in_flight.pop(msg.job_id, None)
         if flight is None:
             return  # already accounted (a repeated report after a restart)
-        self.timed_out.pop(msg.job_id, None)
+        self.watchdog.finished(msg.job_id)
         self.gates.ended(flight.provider)
         self._drop_user(msg.user_id)
         self.storage.delete(flight.key)
@@ -318,43 +317,11 @@ class QueueActor(DurableActor):
         at = self.meta.next_retention_at
         if dispatch_at is not None:
             at = min(at, dispatch_at)
-        deadline = self._next_deadline()
+        deadline = self.watchdog.next_deadline(self.in_flight)
         return at if deadline is None else min(at, deadline)
 
-    # -- the watchdog ---------------------------------------------------------------------------
-
-    def _deadline(self, flight: InFlight) -> float:
-        return max(flight.started_at, self.activated_at) + self.cfg.job_timeout_s
-
-    def _next_deadline(self) -> float | None:
-        """The deadline of the oldest job in flight not yet told (start order = deadline
-        order), or the time to tell a told one again, whichever comes first."""
-        first = None
-        for job_id, flight in self.in_flight.items():
-            if job_id not in self.timed_out:
-                first = self._deadline(flight)
-                break
-        again = min(self.timed_out.values(), default=None)
-        if again is not None:
-            again += self.cfg.job_timeout_s
-            first = again if first is None else min(first, again)
-        return first
-
     def _watchdog(self, now: float) -> None:
-        """Tell every job in flight past its deadline that it timed out; tell it again each
-        job_timeout_s while it stays in flight (a lost notice must not hold a slot)."""
-        timeout = self.cfg.job_timeout_s
-        for job_id, told in list(self.timed_out.items()):
-            if told + timeout <= now:
-                log.warning("job %s still in flight after its timeout notice", job_id)
-                self.timed_out[job_id] = now
-                self.tell_after_commit(JobActor, job_id, TimedOut())
-        for job_id, flight in self.in_flight.items():
-            if job_id in self.timed_out:
-                continue
-            if self._deadline(flight) > now:
-                break
-            self.timed_out[job_id] = now
+        for job_id in self.watchdog.due(self.in_flight, now):
             self.tell_after_commit(JobActor, job_id, TimedOut())
 
     def dispatch(self, now: float) -> float | None:
