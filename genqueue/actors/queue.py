@@ -16,10 +16,8 @@ between users within a priority, then FIFO per user; its turn pointers live in `
 A submission past `max_queued` (all users) or `max_queued_per_user` waiting jobs is
 refused with `QueueFull`, before anything is stored.
 
-The same alarm is the watchdog of every job in flight: in-flight jobs are kept in
-start order, so the oldest one's deadline (`job_timeout_s` after its start, or after
-this activation for jobs resumed at start-up) is the only one to wait for; a job past
-it is told `TimedOut`. One timer for all, not one per job.
+The same alarm is the watchdog of every job in flight (watchdog.py): one timer for all,
+not one per job. Provider pauses and their escalation to a quota pause are gates.py's.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.fairline import FairLine
-from genqueue.actors.gates import CLOSED, DEFAULT_PROVIDER, ProviderGates
+from genqueue.actors.gates import CLOSED, ProviderGates
 from genqueue.actors.job import RATE_LIMIT_PAUSE_S, JobActor
 from genqueue.actors.messages import (
     Accepted,
@@ -262,19 +260,17 @@ class QueueActor(DurableActor):
         self.storage.put(f"finished/{int(now * 1000):015d}/{job_id}", user_id)
 
     def _pause(self, until: float, reason: str = "rate_limit", provider: str = "veo3") -> None:
-        now, meta = self.clock.now(), self.meta
-        ended, was = self.gates.pause_of(meta, provider)
-        length = (meta.pause_s if provider == DEFAULT_PROVIDER else 0.0) or RATE_LIMIT_PAUSE_S
-        if reason == "rate_limit" and was and ended <= now <= ended + length:
-            # The limit is back right after its pause ended (within one pause length), with
-            # no start accepted or job completed between: a quota that does not lift in a
-            # minute (a daily one without a QuotaFailure).
-            reason, until = "quota", now + self.cfg.veo3_quota_pause_s
+        reason, until, changed = self.gates.pause(
+            self.meta,
+            provider,
+            until,
+            reason,
+            self.clock.now(),
+            rate_limit_pause_s=RATE_LIMIT_PAUSE_S,
+            quota_pause_s=self.cfg.veo3_quota_pause_s,
+        )
         self._count("rate_limit_hits" if reason == "rate_limit" else "quota_pauses")
-        if until > ended:
-            self.gates.set_pause(meta, provider, until, reason)
-            if provider == DEFAULT_PROVIDER:
-                meta.pause_s = until - now
+        if changed:
             self._save_meta()
             log.warning(
                 "dispatch paused by the provider",
@@ -282,14 +278,11 @@ class QueueActor(DurableActor):
             )
 
     def _accepted(self, job_id: str) -> None:
-        """A job dispatched after the last pause ended had its start accepted: the provider
-        works again, so the next 429 starts a plain rate-limit pause."""
+        """A job dispatched after the last pause ended had its start accepted."""
         flight = self.in_flight.get(job_id)
-        if flight is None:
-            return
-        ended, reason = self.gates.pause_of(self.meta, flight.provider)
-        if reason and flight.started_at >= ended:
-            self.gates.set_pause(self.meta, flight.provider, ended, "")
+        if flight is not None and self.gates.works_again(
+            self.meta, flight.provider, flight.started_at
+        ):
             self._save_meta()
 
     # -- dispatch ----------------------------------------------------------------------------------
