@@ -163,19 +163,21 @@ class HostedActor(Durable):
             envelope.reply_to.set(response)
 
     def _refuse(self, envelope: Envelope[Any]) -> None:
-        """Mail for an instance that failed to start or stopped: answer an ask with the
-        error (its caller must not wait forever); a tell is dropped, as one to a crashed
-        thread actor is."""
-        failure = self.system.store.failure
-        error: Exception = (
-            StorageError(f"state store failed: {failure}")
-            if failure is not None
-            else pykka.ActorDeadError(f"{self.kind}/{self.key} is unavailable")
-        )
+        """Mail for an instance that failed to start or stopped. A pykka ask (a stop) gets
+        ActorDeadError, as from pykka's own loop; one of our asks gets the error (its
+        caller must not wait forever); a tell is dropped, as one to a crashed thread
+        actor is."""
         message = envelope.message
         if envelope.reply_to is not None:
-            envelope.reply_to.set_exception((type(error), error, None))
+            dead = pykka.ActorDeadError(f"{self.kind}/{self.key} stopped before handling it")
+            envelope.reply_to.set_exception((type(dead), dead, None))
         elif isinstance(message, _Call):
+            failure = self.system.store.failure
+            error: Exception = (
+                StorageError(f"state store failed: {failure}")
+                if failure is not None
+                else pykka.ActorDeadError(f"{self.kind}/{self.key} is unavailable")
+            )
             message.reply(False, error)
         else:
             log.warning("message to %s/%s dropped: the instance stopped", self.kind, self.key)
