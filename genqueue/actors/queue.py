@@ -29,7 +29,8 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.fairline import FairLine
-from genqueue.actors.gates import CLOSED, ProviderGates
+from genqueue.actors.flights import Flights
+from genqueue.actors.gates import ProviderGates
 from genqueue.actors.job import RATE_LIMIT_PAUSE_S, JobActor
 from genqueue.actors.messages import (
     Accepted,
@@ -44,6 +45,7 @@ from genqueue.actors.messages import (
     SubmitMany,
     TimedOut,
 )
+from genqueue.actors.picking import pick_next
 from genqueue.actors.queue_records import InFlight, Pending, QueueMeta, pending_key
 from genqueue.actors.retention import remove_finished
 from genqueue.actors.runtime import AlarmInfo, DurableActor
@@ -61,14 +63,6 @@ __all__ = ["QueueActor"]
 log = logging.getLogger("genqueue.queue")
 
 
-def _open_for(shut: frozenset[str], paused: frozenset[str], entry: Pending) -> bool:
-    """May `entry` start now: its provider's gate is open, or that provider is paused and
-    one of the caller's fallback providers is open."""
-    if entry.provider not in shut:
-        return True
-    return entry.provider in paused and any(p not in shut for p in entry.fallback)
-
-
 class QueueActor(DurableActor):
     kind = QUEUE.kind
     passivate_when_idle = False
@@ -78,9 +72,8 @@ class QueueActor(DurableActor):
         self.svc = system.queue_services()
         self.cfg = self.svc.config
         self.line: FairLine[Pending] = FairLine()
-        self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it
+        self.in_flight = Flights()  # in start order: the watchdog relies on it
         self.watchdog = Watchdog(self.cfg.job_timeout_s, self.clock.now())
-        self.per_user: dict[str, int] = {}
         self.retry_wait = 0
         self.meta = QueueMeta()
         self.spend = SpendBook(self.meta.spend)
@@ -212,12 +205,11 @@ class QueueActor(DurableActor):
         return JobIndex(self.system.store).add(job)
 
     def _finished(self, msg: Finished) -> None:
-        flight = self.in_flight.pop(msg.job_id, None)
+        flight = self.in_flight.end(msg.job_id, msg.user_id)
         if flight is None:
             return  # already accounted (a repeated report after a restart)
         self.watchdog.finished(msg.job_id)
         self.gates.ended(flight.provider)
-        self._drop_user(msg.user_id)
         self.storage.delete(flight.key)
         if msg.status == "retry_wait":
             self.retry_wait += 1
@@ -323,32 +315,21 @@ class QueueActor(DurableActor):
         its own jobs."""
         blocked = self._at_cap if self.cfg.max_per_user else None
         while len(self.in_flight) < self.cfg.max_concurrency:
-            opens = {p: self.gates.opens_at(self.meta, p, now) for p in self.gates.rates}
-            shut = {p for p, at in opens.items() if at > now}
-            if shut and len(shut) == len(opens):  # every gate closed: nothing may start
-                wake = min(opens.values())
-                return None if wake == CLOSED else wake
-            paused = {p for p in shut if self.gates.pause_of(self.meta, p)[0] > now}
-            ok = functools.partial(_open_for, frozenset(shut), frozenset(paused)) if shut else None
-            entry = self.line.next(blocked, ok)
+            entry, wake, fell_back_from = pick_next(self.line, self.gates, self.meta, now, blocked)
             if entry is None:
-                wake = min((opens[p] for p in shut), default=CLOSED)
-                return None if wake == CLOSED else wake
-            self.line.served(entry)
-            if entry.provider in shut:  # its provider is paused: its first open fallback
-                chosen = next(p for p in entry.fallback if p not in shut)
+                return wake
+            if fell_back_from is not None:  # its provider is paused
                 log.info(
                     "job falls back to another provider",
-                    extra={"job_id": entry.job_id, "from": entry.provider, "to": chosen},
+                    extra={"job_id": entry.job_id, "from": fell_back_from, "to": entry.provider},
                 )
                 self._count("fallbacks")
-                entry = msgspec.structs.replace(entry, provider=chosen)
             self.gates.spend(entry.provider, now)
             self._start(entry, now)
         return None
 
     def _at_cap(self, user_id: str) -> bool:
-        return self.per_user.get(user_id, 0) >= self.cfg.max_per_user
+        return self.in_flight.of_user(user_id) >= self.cfg.max_per_user
 
     def _start(self, entry: Pending, now: float) -> None:
         """Dispatch a job taken off the waiting line: its entry is stored as in flight."""
@@ -381,16 +362,8 @@ class QueueActor(DurableActor):
             self.storage.delete(pending_key(priority, seq))
 
     def _add_flight(self, job_id: str, flight: InFlight) -> None:
-        self.in_flight[job_id] = flight
+        self.in_flight.add(job_id, flight)
         self.gates.added(flight.provider)
-        self.per_user[flight.user_id] = self.per_user.get(flight.user_id, 0) + 1
-
-    def _drop_user(self, user_id: str) -> None:
-        left = self.per_user.get(user_id, 1) - 1
-        if left > 0:
-            self.per_user[user_id] = left
-        else:
-            self.per_user.pop(user_id, None)
 
     def depth(self) -> int:
         return len(self.line)
