@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import zlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 import pykka
@@ -53,7 +54,7 @@ class HostedInbox:
     never blocks: it is called when `empty()` is false. While it holds mail, the actor
     waits in its shard's ready line exactly once (`scheduled`)."""
 
-    __slots__ = ("actor", "envelopes", "line", "lock", "scheduled")
+    __slots__ = ("actor", "envelopes", "line", "lock", "scheduled", "shards")
 
     def __init__(self) -> None:
         self.envelopes: collections.deque[Envelope[Any]] = collections.deque()
@@ -61,18 +62,19 @@ class HostedInbox:
         self.lock = threading.Lock()  # for `scheduled`: the deque itself is thread-safe
         self.actor: HostedActor | None = None
         self.line: Coalescer[HostedActor] | None = None
+        self.shards: Shards | None = None
 
-    def bind(self, actor: HostedActor, line: Coalescer[HostedActor]) -> None:
-        self.actor, self.line = actor, line
+    def bind(self, actor: HostedActor, shards: Shards) -> None:
+        self.actor, self.shards, self.line = actor, shards, shards.line_for(actor.key)
 
     def put(self, envelope: Envelope[Any], /) -> None:
-        assert self.line is not None and self.actor is not None
+        assert self.shards is not None and self.line is not None and self.actor is not None
         with self.lock:
             self.envelopes.append(envelope)
             if self.scheduled:
                 return
             self.scheduled = True
-        self.line.put(self.actor)
+        self.shards.schedule(self.line, self.actor)
 
     def get(self) -> Envelope[Any]:
         return self.envelopes.popleft()
@@ -112,7 +114,7 @@ class HostedActor(Durable):
         self._started = False
         self._visiting = False
         inbox: HostedInbox = self.actor_inbox  # type: ignore[assignment]
-        inbox.bind(self, self.system.shards.line_for(self.key))
+        inbox.bind(self, self.system.shards)
 
     def stop(self) -> None:
         """As pykka's: a stop message behind the mail already queued. From this actor's
@@ -210,6 +212,12 @@ class _Line:
         self.ref.tell(None)
 
 
+class _Held(threading.local):
+    """Per thread: the actors a batch of sends made ready, by line (`Shards.held`)."""
+
+    lines: dict[int, tuple[Coalescer[HostedActor], list[HostedActor]]] | None = None
+
+
 class Shards:
     """The shard threads of one actor system, started with its first hosted actor."""
 
@@ -217,6 +225,30 @@ class Shards:
         self.count = count
         self._lock = threading.Lock()
         self._lines: list[_Line] = []
+        self._held = _Held()
+
+    def schedule(self, line: Coalescer[HostedActor], actor: HostedActor) -> None:
+        """Put `actor` (it has mail) in `line`; inside `held`, at its end."""
+        held = self._held.lines
+        if held is None:
+            line.put(actor)
+        else:
+            held.setdefault(id(line), (line, []))[1].append(actor)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Around a batch of sends on this thread: the actors it makes ready join their
+        lines together at the end, one wake-up per shard (not one per first actor)."""
+        if self._held.lines is not None:  # nested: the outer batch hands them over
+            yield
+            return
+        held = self._held.lines = {}
+        try:
+            yield
+        finally:
+            self._held.lines = None
+            for line, actors in held.values():
+                line.put_many(actors)
 
     def line_for(self, key: str) -> Coalescer[HostedActor]:
         """The ready line of the shard that runs `key`'s turns."""

@@ -232,7 +232,9 @@ class ActorSystem:
             release.tells.extend(messages)
             return
         others: dict[tuple[type[Durable], str], list[Any]] = {}
-        with self.lock:  # the lock that passivation takes: no instance stops meanwhile
+        # the lock that passivation takes: no instance stops meanwhile; the shards are
+        # woken once, after the lock is released
+        with self.shards.held(), self.lock:
             for cls, key, message in messages:
                 if HostedActor in cls.__mro__:
                     self._get_hosted(cls, key).tell(message)
