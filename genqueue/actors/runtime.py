@@ -1,4 +1,4 @@
-"""Durable actors: pykka actors with storage, alarms, an output gate and passivation.
+"""Durable actors: actors with storage, alarms, an output gate and passivation.
 
 The Cloudflare Durable Objects model on pykka (the actor's side here; activation,
 messaging and the alarm scheduler are `ActorSystem`'s, in system.py):
@@ -11,9 +11,9 @@ messaging and the alarm scheduler are `ActorSystem`'s, in system.py):
 - One alarm per actor, persisted in the `alarms` table and delivered by the one
   `Scheduler` thread; `alarm()` that raises is retried 2 s, 4 s, 8 s ... 6 times.
 
-`Durable` holds the turn logic and is abstract on pykka's extension points; two kinds
-supply them: `DurableActor` (a `pykka.ThreadingActor`, a thread each) and `HostedActor`
-(hosting.py: turns on a shared shard thread).
+`Durable` holds the turn logic, once, for two kinds of actor that supply its mailbox:
+`DurableActor` (a `pykka.ThreadingActor`: a thread and pykka's inbox each) and
+`HostedActor` (hosting.py: not a pykka actor; its turns run on a shared shard thread).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import pykka
 
@@ -43,7 +43,7 @@ from genqueue.retry import RetryPolicy
 if TYPE_CHECKING:
     from genqueue.actors.system import ActorSystem
 
-__all__ = ["ActorStorage", "AlarmInfo", "AlarmRecord", "Durable", "DurableActor"]
+__all__ = ["ActorHandle", "ActorStorage", "AlarmInfo", "AlarmRecord", "Durable", "DurableActor"]
 
 log = logging.getLogger("genqueue.runtime")
 
@@ -52,20 +52,43 @@ ALARM_RETRY = RetryPolicy(initial_interval_s=2.0, backoff_coefficient=2.0, maxim
 ALARM_MAX_RETRIES = ALARM_RETRY.maximum_retries
 
 
-class Durable(pykka.Actor):
+class ActorHandle(Protocol):
+    """What `ActorSystem.get` returns: the part of `pykka.ActorRef` the system uses
+    (a `HostedActor`'s handle is a `HostedRef`)."""
+
+    @property
+    def actor_urn(self) -> str: ...
+
+    def tell(self, message: Any) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def stop(
+        self, *, block: Literal[False], timeout: float | None = None
+    ) -> pykka.Future[bool]: ...
+
+
+class Durable:
     """The turns of a durable actor: storage, alarms, the commit gate, crash and passivation.
 
-    Abstract: a concrete kind supplies pykka's extension points (`_create_actor_inbox`,
-    `_create_future`, `_start_actor_loop`). Subclass `DurableActor` (a thread of its own)
-    or `HostedActor` (turns on a shard thread), set `kind` and implement `receive`."""
+    A mixin, not an actor: a kind supplies the mailbox (`actor_urn`, `stop`, `_has_mail`,
+    `_take_mail`) and calls `on_start` then `on_receive` per message, one at a time.
+    Subclass `DurableActor` (a thread of its own) or `HostedActor` (turns on a shard
+    thread), set `kind` and implement `receive`."""
 
     kind: ClassVar[str] = "actor"
     passivate_when_idle: ClassVar[bool] = True
     cache_keys: ClassVar[int] = 0  # > 0: recent writes of this kind are read from memory
     idle_timeout_s: ClassVar[float | None] = None  # None: the system's idle_timeout_s
 
+    if TYPE_CHECKING:  # supplied by the kind (pykka's, for a DurableActor)
+        actor_urn: str
+
+        def stop(self) -> None:
+            """Stop once the messages already queued are handled (at once from a turn)."""
+
     def __init__(self, system: ActorSystem, key: str):
-        super().__init__()
+        super().__init__()  # the kind's (pykka.Actor's, or object's)
         self.system = system
         self.key = key
         self.clock = system.clock
@@ -77,6 +100,14 @@ class Durable(pykka.Actor):
         self.last_active = self.clock.now()
         self._passivate_after_turn = False
         system.adopt(self)
+
+    def _has_mail(self) -> bool:
+        """True if messages wait in this instance's mailbox."""
+        raise NotImplementedError
+
+    def _take_mail(self) -> list[Any]:
+        """Empty the mailbox (from this actor's own turn): the messages, in order."""
+        raise NotImplementedError
 
     # -- hooks for subclasses -------------------------------------------------------------
 
@@ -168,7 +199,7 @@ class Durable(pykka.Actor):
         """Coroutines started by this id (by any instance) whose outcome has not arrived."""
         return self.system.tasks.owned(type(self), self.key)
 
-    # -- pykka plumbing ------------------------------------------------------------------------
+    # -- turns -------------------------------------------------------------------------
 
     def on_start(self) -> None:
         store = self.system.store
@@ -280,9 +311,7 @@ class Durable(pykka.Actor):
         waiting = list(resend or [])
         with self.system.lock:  # no message reaches this instance after it is forgotten
             self.system.forget(type(self), self.key, self)
-            inbox = self.actor_inbox  # pykka's ActorInbox: only this actor's turns take from it
-            while not inbox.empty():
-                waiting.append(inbox.get().message)
+            waiting.extend(self._take_mail())
             with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
                 for message in waiting:
                     if not isinstance(message, _Passivate):
@@ -332,7 +361,7 @@ class Durable(pykka.Actor):
 
     def _maybe_passivate(self, idle_before: float | None) -> None:
         with self.system.lock:
-            if not self.actor_inbox.empty() or self.busy():
+            if self._has_mail() or self.busy():
                 return
             if idle_before is not None and self.last_active > idle_before:
                 return
@@ -346,4 +375,15 @@ class Durable(pykka.Actor):
 
 
 class DurableActor(Durable, pykka.ThreadingActor):
-    """A durable actor with a thread of its own (singletons: the queue, the webhook outbox)."""
+    """A durable actor with a thread of its own (singletons: the queue, the webhook outbox):
+    a pykka actor, its mailbox pykka's inbox, its turns pykka's `on_start`/`on_receive`."""
+
+    def _has_mail(self) -> bool:
+        return not self.actor_inbox.empty()
+
+    def _take_mail(self) -> list[Any]:
+        inbox = self.actor_inbox  # pykka's ActorInbox: only this actor's turns take from it
+        messages = []
+        while not inbox.empty():
+            messages.append(inbox.get().message)
+        return messages

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, cast
 
 import pykka
 
@@ -23,7 +23,7 @@ from genqueue.actors.bridge import Reply, SyncWaiter, future_reply
 from genqueue.actors.coalesce import Coalescer
 from genqueue.actors.hosting import HostedActor, Shards
 from genqueue.actors.records import AlarmTable, _AlarmFire, _Batch, _Call, _Passivate
-from genqueue.actors.runtime import Durable
+from genqueue.actors.runtime import ActorHandle, Durable, DurableActor
 from genqueue.actors.scheduler import Scheduler
 from genqueue.actors.services import QueueServices
 from genqueue.actors.tasks import TASK_CANCELLED, Tasks
@@ -33,7 +33,6 @@ from genqueue.storage.state import StateStore
 __all__ = ["TASK_CANCELLED", "ActorSystem"]  # TASK_CANCELLED: from tasks.py
 
 log = logging.getLogger("genqueue.runtime")
-A = TypeVar("A", bound=Durable)
 
 
 class _Release:
@@ -76,7 +75,7 @@ class ActorSystem:
         self.tasks = Tasks(self.lock)  # the coroutines actors started (run_async)
         self._activating: dict[tuple[type[Durable], str], threading.Event] = {}
         self.shards = Shards(shards)
-        self._live: dict[tuple[type[Durable], str], pykka.ActorRef[Any]] = {}
+        self._live: dict[tuple[type[Durable], str], ActorHandle] = {}
         self._actors: dict[tuple[type[Durable], str], Durable] = {}
         self._kinds: dict[str, type[Durable]] = {}
         self._stopped = False
@@ -132,7 +131,7 @@ class ActorSystem:
 
     # -- activation ----------------------------------------------------------------------------
 
-    def get(self, cls: type[A], key: str) -> pykka.ActorRef[A]:
+    def get(self, cls: type[Durable], key: str) -> ActorHandle:
         """The one live instance for `key`, activated from storage if needed.
 
         The thread that finds no instance starts one outside the system lock (a thread start
@@ -140,7 +139,7 @@ class ActorSystem:
         """
         if "/" in key:
             raise ValueError(f"actor key {key!r} may not contain '/'")
-        if HostedActor in cls.__mro__:  # issubclass, without ABCMeta's hook (a message's cost)
+        if issubclass(cls, HostedActor):  # the kind decides how it is activated
             return self._get_hosted(cls, key)
         while True:
             with self.lock:
@@ -158,7 +157,7 @@ class ActorSystem:
                 continue
             ref = None
             try:
-                ref = cls.start(self, key)
+                ref = cast("type[DurableActor]", cls).start(self, key)  # a pykka actor
             finally:
                 with self.lock:
                     del self._activating[(cls, key)]
@@ -167,7 +166,7 @@ class ActorSystem:
                 pending.set()
             return ref
 
-    def _get_hosted(self, cls: type[A], key: str) -> pykka.ActorRef[A]:
+    def _get_hosted(self, cls: type[HostedActor], key: str) -> ActorHandle:
         """Activation of a hosted actor: no thread to start, so under the lock (its shard
         runs on_start before its first message)."""
         with self.lock:
@@ -236,7 +235,7 @@ class ActorSystem:
         # woken once, after the lock is released
         with self.shards.held(), self.lock:
             for cls, key, message in messages:
-                if HostedActor in cls.__mro__:
+                if issubclass(cls, HostedActor):
                     self._get_hosted(cls, key).tell(message)
                 else:
                     others.setdefault((cls, key), []).append(message)
