@@ -149,8 +149,8 @@ class HostedActor(Durable):
             self._visiting = False
         line = self._line
         with line.lock:
-            self._scheduled = bool(mail)
-        if self._scheduled:  # mail left: back of the line, behind the shard's other actors
+            self._scheduled = again = bool(mail)
+        if again:  # mail left: back of the line, behind the shard's other actors
             line.ready.put(self)
 
     def _turn(self, message: Any) -> None:
