@@ -16,24 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
 
-from genqueue.actors.bridge import LoopThread
 from genqueue.actors.job import JobActor
 from genqueue.actors.messages import Cancel, GetJob, Status, Submit
 from genqueue.actors.queue import QueueActor
 from genqueue.actors.services import QUEUE, QueueServices
 from genqueue.actors.system import ActorSystem
-from genqueue.actors.webhook import WebhookOutbox
 from genqueue.changes import JobChanges, result_of
 from genqueue.clock import Clock, RealClock
 from genqueue.config import Config
-from genqueue.errors import JobNotFound, StorageError
+from genqueue.errors import JobNotFound
+from genqueue.lifecycle import Lifecycle
 from genqueue.models import (
     Job,
     JobPage,
@@ -42,12 +40,10 @@ from genqueue.models import (
     QueueStatus,
     Submission,
 )
-from genqueue.opening import open_actors
 from genqueue.outbox import Webhooks
 from genqueue.processor import Processor
 from genqueue.providers.registry import ProviderList
 from genqueue.requests import RequestLike, Routing, new_job, parse_request
-from genqueue.storage.dirlock import DataDirLock
 from genqueue.storage.jobindex import JobIndex, check_user_id
 from genqueue.storage.state import StateStore
 from genqueue.storage.videourls import VideoUrls
@@ -74,85 +70,24 @@ class JobQueue:
         self.config = config
         self.processor = processor
         self.clock: Clock = clock or RealClock()
-        self._loop = loop
-        self._loop_thread: LoopThread | None = None
         self._changes = JobChanges(self._present)
         self._errors: list[BaseException] = []
         self._submissions = Submissions(self._sys)
-        self.store: StateStore | None = None
-        self.system: ActorSystem | None = None
-        self._webhooks: WebhookOutbox | None = None
+        self._life = Lifecycle(config, self.clock, loop, self._services, self._changes)
         # The webhook outbox: counters, dead letters, replay.
-        self.webhooks = Webhooks(lambda: self._webhooks)
-        self._unavailable = False  # closed by a failed store, until `reopen` succeeds
-        self._lifecycle = threading.Lock()  # reopen and close, one at a time
-        self._closed = False
-        self._dir_lock: DataDirLock | None = None  # held from open to close, across reopen
-        # Signs the URLs of local videos whenever a job is read (set by the first open).
-        self.video_urls: VideoUrls | None = None
+        self.webhooks = Webhooks(lambda: self._life.webhooks)
         self._routes = Routing(config)  # the providers and models a request's job runs on
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle (lifecycle.py) ------------------------------------------------------------
 
     def open(self) -> JobQueue:
         """Take the data directory (DataDirInUse if another open queue has it), then read
         it and start the actors. A failed open gives the directory back."""
-        took_lock = self._dir_lock is None
-        if took_lock:
-            self._closed = False
-            self._dir_lock = DataDirLock.acquire(self.config.data_dir)
-        try:
-            return self._open()
-        except BaseException:
-            if took_lock:
-                self._release_dir()
-            raise
-
-    def _open(self) -> JobQueue:
-        cfg = self.config
-        if self.video_urls is None:  # the data directory is ours: its secret may be made
-            self.video_urls = VideoUrls.load(
-                cfg.data_dir, ttl_s=cfg.video_url_ttl_s, clock=self.clock, storage=cfg.storage
-            )
-        if self._loop is None:
-            self._loop_thread = LoopThread()
-            self._loop = self._loop_thread.start()
-        services = QueueServices(
-            config=cfg,
-            processor=self.processor,
-            publish=self._publish,
-            on_unexpected=self._record_error,
-            on_idle=self._changes.changed_now,
-            on_retained=self._forget_videos,
-        )
-        self.store, system = open_actors(cfg, services, self.clock, self._loop, self.video_urls)
-        self._webhooks = services.webhooks
-        self.system = system
-        self._changes.start()
-        system.start()
-        system.get(QueueActor, QUEUE_KEY)  # activation recovers in-flight jobs
-        if self._webhooks is not None:
-            self._webhooks.start()  # sends what a previous run left pending
+        self._life.open()
         return self
 
     def close(self) -> None:
-        with self._lifecycle:  # after a reopen in progress, never beside it
-            self._closed = True
-            try:
-                self._shut(keep_loop=False)
-            finally:
-                self._release_dir()
-
-    def _release_dir(self) -> None:
-        lock, self._dir_lock = self._dir_lock, None
-        if lock is not None:
-            lock.release()
-
-    @property
-    def unavailable(self) -> bool:
-        """True while the state store has failed (a full or read-only disk): requests get
-        StorageError until `reopen` succeeds."""
-        return self._unavailable or (self.store is not None and self.store.failure is not None)
+        self._life.close()
 
     def reopen(self) -> None:
         """Start again from disk after the state store failed, once the disk takes writes
@@ -161,45 +96,41 @@ class JobQueue:
         resume from their checkpoints). Nothing the failed store refused was acknowledged,
         so nothing acknowledged is lost. Raises if the store still cannot write; the queue
         then stays unavailable, and `reopen` may be tried again."""
-        with self._lifecycle:
-            if self._closed:
-                return
-            self._unavailable = True
-            self._shut(keep_loop=True)
-            try:
-                self.open()
-                assert self.store is not None
-                probe = self.store.namespace("health").put("reopened", self.clock.now())
-                self.store.flush(probe, timeout_s=10)
-            except BaseException:
-                self._shut(keep_loop=True)
-                raise
-            self._unavailable = False
+        self._life.reopen()
+
+    @property
+    def unavailable(self) -> bool:
+        """True while the state store has failed (a full or read-only disk): requests get
+        StorageError until `reopen` succeeds."""
+        return self._life.unavailable
+
+    @property
+    def store(self) -> StateStore | None:
+        return self._life.store
+
+    @property
+    def system(self) -> ActorSystem | None:
+        return self._life.system
+
+    @property
+    def video_urls(self) -> VideoUrls | None:
+        """Signs the URLs of local videos whenever a job is read (set by the first open)."""
+        return self._life.video_urls
 
     def parts(self) -> tuple[ActorSystem, StateStore]:
         """(Internal, for genqueue.cluster's consumer.) The open actor system and store,
         read together once (`reopen` replaces them): StorageError while unavailable."""
-        system, store = self.system, self.store
-        if system is None or store is None:
-            self._sys()  # raises: StorageError while unavailable, else "not open"
-            raise RuntimeError("the JobQueue is not open")
-        return system, store
+        return self._life.parts()
 
-    def _shut(self, *, keep_loop: bool) -> None:
-        if self.system is not None:
-            self.system.stop()
-        if self._webhooks is not None and self._loop is not None:
-            self._webhooks.close_on(self._loop)
-            self._webhooks = None
-        if self.store is not None:
-            self.store.close()
-        self._changes.stop()
-        self.system = None
-        if keep_loop:
-            self.store = None
-        elif self._loop_thread is not None:
-            self._loop_thread.stop()
-            self._loop_thread = self._loop = None  # a later open() starts a new one
+    def _services(self) -> QueueServices:
+        return QueueServices(
+            config=self.config,
+            processor=self.processor,
+            publish=self._publish,
+            on_unexpected=self._record_error,
+            on_idle=self._changes.changed_now,
+            on_retained=self._forget_videos,
+        )
 
     def __enter__(self) -> JobQueue:
         return self.open()
@@ -395,15 +326,12 @@ class JobQueue:
         return status
 
     def _sys(self) -> ActorSystem:
-        if self.system is None:
-            if self._unavailable:
-                raise StorageError("the state store is unavailable until the disk takes writes")
-            raise RuntimeError("the JobQueue is not open")
-        return self.system
+        return self._life.running_system()
 
     def _publish(self, job: Job) -> None:
-        if self._webhooks is not None:
-            self._webhooks.published(job)
+        outbox = self._life.webhooks
+        if outbox is not None:
+            outbox.published(job)
         self._changes.publish(job)
 
     def _forget_videos(self, jobs: list[Job]) -> None:
@@ -412,9 +340,10 @@ class JobQueue:
         between the commit and the deletion leaves the file (its name is unguessable, and
         no URL for it is signed again)."""
         delete = getattr(self.processor, "delete_videos", None)
-        if callable(delete) and jobs and self._loop is not None and not self._loop.is_closed():
+        loop = self._life.loop
+        if callable(delete) and jobs and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-                asyncio.run_coroutine_threadsafe(delete(jobs), self._loop)
+                asyncio.run_coroutine_threadsafe(delete(jobs), loop)
 
     def _record_error(self, job_id: str, exc: BaseException) -> None:
         self._errors.append(exc)

@@ -44,8 +44,8 @@ def test_a_job_back_from_a_quota_pause_is_sent_to_the_workers_again(tmp_path: Pa
             "daily quota", retryable=True, status=429, retry_after_s=3600, code="quota_exhausted"
         )
         run: Any = co.runs["a"]
-        assert q._loop is not None
-        q._loop.call_soon_threadsafe(run.future.set_exception, quota)  # the worker's outcome
+        loop = run.future.get_loop()  # the worker's outcome, set on the loop that awaits it
+        loop.call_soon_threadsafe(run.future.set_exception, quota)
         w.wait_status("a", "retry_wait")
         clock.advance(3600)  # the pause is over: dispatched again, as attempt 1 again
         poll_until(lambda: len(queues.sent) >= 2, "the work message sent again")

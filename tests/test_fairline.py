@@ -71,4 +71,4 @@ def test_order_is_priority_then_round_robin_and_positions_bound_it(
 
 
 def _entries(line: FairLine[Entry]) -> list[Entry]:
-    return [e for lane in line._lanes.values() for q in lane.by_user.values() for e in q]
+    return list(line)

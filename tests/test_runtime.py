@@ -21,6 +21,7 @@ from conftest import eventually
 from helpers_kill import kill_after
 
 from genqueue.actors.bridge import LoopThread, Outcome
+from genqueue.actors.hosting import HostedActor
 from genqueue.actors.runtime import (
     ALARM_MAX_RETRIES,
     AlarmInfo,
@@ -425,11 +426,10 @@ def test_after_commit_sends_leave_after_the_turns_writes(make_system: MakeSystem
     assert seen[0][1] >= seen[0][0]
 
 
-class Hosted(DurableActor):
+class Hosted(HostedActor):
     """A hosted actor that records each message and asks to passivate after every turn."""
 
     kind = "hosted"
-    hosted = True
 
     def receive(self, message: Any) -> Any:
         self.system.probe.add("got", self.key, message, self.actor_urn)  # type: ignore[attr-defined]

@@ -153,6 +153,12 @@ class FairLine(Generic[E]):
     def __len__(self) -> int:
         return self._total
 
+    def __iter__(self) -> Iterator[E]:
+        """Every waiting entry, by priority lane and user (not in dispatch order)."""
+        for lane in self._lanes.values():
+            for entries in lane.by_user.values():
+                yield from entries
+
     def of_user(self, user_id: str) -> int:
         """How many jobs of this user wait (all priorities)."""
         return self._per_user.get(user_id, 0)

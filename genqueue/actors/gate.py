@@ -11,7 +11,7 @@ from genqueue.actors.bridge import Outcome, Reply
 from genqueue.actors.records import _TaskDone
 
 if TYPE_CHECKING:
-    from genqueue.actors.runtime import DurableActor
+    from genqueue.actors.runtime import Durable
     from genqueue.actors.system import ActorSystem
 
 __all__ = ["CoroutineStart", "drop_deferred", "release_turn", "task_back"]
@@ -50,7 +50,7 @@ def drop_deferred(deferred: list[Callable[[], None]]) -> None:
 
 
 def release_turn(
-    actor: DurableActor,
+    actor: Durable,
     seq: int,
     deferred: list[Callable[[], None]],
     reply: Reply | None,
@@ -79,7 +79,7 @@ def release_turn(
 
 def task_back(
     system: ActorSystem,
-    cls: type[DurableActor],
+    cls: type[Durable],
     key: str,
     token: int,
     on_done: Callable[[Outcome], None] | str,

@@ -25,6 +25,7 @@ CLOSED = math.inf  # at its concurrency cap: opens when one of its jobs ends
 class _Meta(Protocol):
     paused_until: float
     pause_reason: str
+    pause_s: float
     spent_tokens: list[float]
     pauses: dict[str, list[Any]]
     provider_tokens: dict[str, list[float]]
@@ -72,6 +73,46 @@ class ProviderGates:
             meta.paused_until, meta.pause_reason = until, reason
         else:
             meta.pauses[provider] = [until, reason]
+
+    def pause(
+        self,
+        meta: _Meta,
+        provider: str,
+        until: float,
+        reason: str,
+        now: float,
+        *,
+        rate_limit_pause_s: float,
+        quota_pause_s: float,
+        promote: bool = True,
+    ) -> tuple[str, float, bool]:
+        """A provider asked to back off until `until`: `(reason, until, changed)`, where
+        `changed` says the stored pause was extended.
+
+        A rate limit back right after its pause ended (within one pause length), with no
+        start accepted or job completed between, is a quota that does not lift in a
+        minute (a daily one without a QuotaFailure): it pauses for `quota_pause_s`, unless
+        `promote` is False (a worker's notice: only a job's end may decide that)."""
+        ended, was = self.pause_of(meta, provider)
+        length = (meta.pause_s if provider == DEFAULT_PROVIDER else 0.0) or rate_limit_pause_s
+        if promote and reason == "rate_limit" and was and ended <= now <= ended + length:
+            reason, until = "quota", now + quota_pause_s
+        if until <= ended:
+            return reason, until, False
+        self.set_pause(meta, provider, until, reason)
+        if provider == DEFAULT_PROVIDER:
+            meta.pause_s = until - now
+        return reason, until, True
+
+    def works_again(self, meta: _Meta, provider: str, since: float) -> bool:
+        """A start made at `since` was accepted: if it was made after the provider's last
+        pause ended, that pause is news (the next 429 starts a plain rate-limit pause).
+        True if the stored pause changed."""
+        ended, reason = self.pause_of(meta, provider)
+        if not reason or since < ended:
+            return False
+        self.set_pause(meta, provider, ended, "")
+        return True
 
     def opens_at(self, meta: _Meta, provider: str, now: float) -> float:
         """When a job of `provider` may start: `now` or earlier if at once, CLOSED while at

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.provider_calls import ProviderCalls
-from genqueue.actors.system import TASK_CANCELLED
+from genqueue.actors.tasks import TASK_CANCELLED
 from genqueue.clock import Clock, RealClock
 from genqueue.errors import ProviderError, StorageError
 from genqueue.models import Job, JobResult, VideoOutput

@@ -6,7 +6,7 @@
 
 Illegal transitions raise IllegalTransition and change nothing. In retry_wait the
 alarm is the backoff (`Config.job_retry`). The watchdog (`job_watchdog_s`, TOML
-`job_timeout_s`) is the QueueActor's: one alarm for
+`job_watchdog_s`) is the QueueActor's: one alarm for
 every job in flight, which sends `TimedOut` to a job processing past its time.
 A job that reaches a terminal state passivates at once: live threads follow work.
 """
@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.bridge import Outcome
+from genqueue.actors.hosting import HostedActor
 from genqueue.actors.messages import (
     Accepted,
     Cancel,
@@ -33,7 +34,7 @@ from genqueue.actors.messages import (
     Start,
     TimedOut,
 )
-from genqueue.actors.runtime import AlarmInfo, DurableActor
+from genqueue.actors.runtime import AlarmInfo
 from genqueue.actors.services import QUEUE
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
@@ -56,9 +57,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
-class JobActor(DurableActor):
+class JobActor(HostedActor):
     kind = "job"
-    hosted = True  # one per job: turns on shared shard threads, not a thread each
     cache_keys = 100_000  # activation reads a recent job's record from memory, not SQLite
 
     def __init__(self, system: ActorSystem, key: str):

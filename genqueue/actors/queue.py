@@ -16,10 +16,8 @@ between users within a priority, then FIFO per user; its turn pointers live in `
 A submission past `max_queued` (all users) or `max_queued_per_user` waiting jobs is
 refused with `QueueFull`, before anything is stored.
 
-The same alarm is the watchdog of every job in flight: in-flight jobs are kept in
-start order, so the oldest one's deadline (`job_watchdog_s` after its start, or after
-this activation for jobs resumed at start-up) is the only one to wait for; a job past
-it is told `TimedOut`. One timer for all, not one per job.
+The same alarm is the watchdog of every job in flight (watchdog.py): one timer for all,
+not one per job. Provider pauses and their escalation to a quota pause are gates.py's.
 """
 
 from __future__ import annotations
@@ -31,7 +29,8 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.fairline import FairLine
-from genqueue.actors.gates import CLOSED, DEFAULT_PROVIDER, ProviderGates
+from genqueue.actors.flights import Flights
+from genqueue.actors.gates import ProviderGates
 from genqueue.actors.job import RATE_LIMIT_PAUSE_S, JobActor
 from genqueue.actors.messages import (
     Accepted,
@@ -46,6 +45,7 @@ from genqueue.actors.messages import (
     SubmitMany,
     TimedOut,
 )
+from genqueue.actors.picking import pick_next
 from genqueue.actors.queue_records import InFlight, Pending, QueueMeta, pending_key
 from genqueue.actors.retention import remove_finished
 from genqueue.actors.runtime import AlarmInfo, DurableActor
@@ -53,6 +53,7 @@ from genqueue.actors.services import QUEUE
 from genqueue.actors.spend import SpendBook
 from genqueue.actors.stats import QueueStats
 from genqueue.actors.system import ActorSystem
+from genqueue.actors.watchdog import Watchdog
 from genqueue.errors import QueueFull
 from genqueue.models import Job, QueueStatus
 from genqueue.storage.jobindex import JobIndex
@@ -60,14 +61,6 @@ from genqueue.storage.jobindex import JobIndex
 __all__ = ["QueueActor"]
 
 log = logging.getLogger("genqueue.queue")
-
-
-def _open_for(shut: frozenset[str], paused: frozenset[str], entry: Pending) -> bool:
-    """May `entry` start now: its provider's gate is open, or that provider is paused and
-    one of the caller's fallback providers is open."""
-    if entry.provider not in shut:
-        return True
-    return entry.provider in paused and any(p not in shut for p in entry.fallback)
 
 
 class QueueActor(DurableActor):
@@ -79,12 +72,8 @@ class QueueActor(DurableActor):
         self.svc = system.queue_services()
         self.cfg = self.svc.config
         self.line: FairLine[Pending] = FairLine()
-        self.in_flight: dict[str, InFlight] = {}  # in start order: the watchdog relies on it
-        # In flight, told TimedOut (when), not finished yet: told again each job_watchdog_s
-        # while it stays, in case the notice was lost (a crashed turn, a store failure).
-        self.timed_out: dict[str, float] = {}
-        self.activated_at = self.clock.now()
-        self.per_user: dict[str, int] = {}
+        self.in_flight = Flights()  # in start order: the watchdog relies on it
+        self.watchdog = Watchdog(self.cfg.job_watchdog_s, self.clock.now())
         self.retry_wait = 0
         self.meta = QueueMeta()
         self.spend = SpendBook(self.meta.spend)
@@ -94,7 +83,8 @@ class QueueActor(DurableActor):
     def activate(self) -> None:
         self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
         self.gates.load(self.meta)
-        self.activated_at = now = self.clock.now()
+        now = self.clock.now()
+        self.watchdog = Watchdog(self.cfg.job_watchdog_s, now)
         self.line = FairLine(self.meta.turns)
         self.spend = SpendBook(self.meta.spend)
         for key, entry in self.storage.list("pending/", Pending):
@@ -215,12 +205,11 @@ class QueueActor(DurableActor):
         return JobIndex(self.system.store).add(job)
 
     def _finished(self, msg: Finished) -> None:
-        flight = self.in_flight.pop(msg.job_id, None)
+        flight = self.in_flight.end(msg.job_id, msg.user_id)
         if flight is None:
             return  # already accounted (a repeated report after a restart)
-        self.timed_out.pop(msg.job_id, None)
+        self.watchdog.finished(msg.job_id)
         self.gates.ended(flight.provider)
-        self._drop_user(msg.user_id)
         self.storage.delete(flight.key)
         if msg.status == "retry_wait":
             self.retry_wait += 1
@@ -265,19 +254,18 @@ class QueueActor(DurableActor):
     def _pause(
         self, until: float, reason: str = "rate_limit", provider: str = "veo3", promote: bool = True
     ) -> None:
-        now, meta = self.clock.now(), self.meta
-        ended, was = self.gates.pause_of(meta, provider)
-        length = (meta.pause_s if provider == DEFAULT_PROVIDER else 0.0) or RATE_LIMIT_PAUSE_S
-        if promote and reason == "rate_limit" and was and ended <= now <= ended + length:
-            # The limit is back right after its pause ended (within one pause length), with
-            # no start accepted or job completed between: a quota that does not lift in a
-            # minute (a daily one without a QuotaFailure).
-            reason, until = "quota", now + self.cfg.veo3_quota_pause_s
+        reason, until, changed = self.gates.pause(
+            self.meta,
+            provider,
+            until,
+            reason,
+            self.clock.now(),
+            rate_limit_pause_s=RATE_LIMIT_PAUSE_S,
+            quota_pause_s=self.cfg.veo3_quota_pause_s,
+            promote=promote,
+        )
         self._count("rate_limit_hits" if reason == "rate_limit" else "quota_pauses")
-        if until > ended:
-            self.gates.set_pause(meta, provider, until, reason)
-            if provider == DEFAULT_PROVIDER:
-                meta.pause_s = until - now
+        if changed:
             self._save_meta()
             log.warning(
                 "dispatch paused by the provider",
@@ -285,14 +273,11 @@ class QueueActor(DurableActor):
             )
 
     def _accepted(self, job_id: str) -> None:
-        """A job dispatched after the last pause ended had its start accepted: the provider
-        works again, so the next 429 starts a plain rate-limit pause."""
+        """A job dispatched after the last pause ended had its start accepted."""
         flight = self.in_flight.get(job_id)
-        if flight is None:
-            return
-        ended, reason = self.gates.pause_of(self.meta, flight.provider)
-        if reason and flight.started_at >= ended:
-            self.gates.set_pause(self.meta, flight.provider, ended, "")
+        if flight is not None and self.gates.works_again(
+            self.meta, flight.provider, flight.started_at
+        ):
             self._save_meta()
 
     # -- dispatch ----------------------------------------------------------------------------------
@@ -320,43 +305,11 @@ class QueueActor(DurableActor):
         at = self.meta.next_retention_at
         if dispatch_at is not None:
             at = min(at, dispatch_at)
-        deadline = self._next_deadline()
+        deadline = self.watchdog.next_deadline(self.in_flight)
         return at if deadline is None else min(at, deadline)
 
-    # -- the watchdog ---------------------------------------------------------------------------
-
-    def _deadline(self, flight: InFlight) -> float:
-        return max(flight.started_at, self.activated_at) + self.cfg.job_watchdog_s
-
-    def _next_deadline(self) -> float | None:
-        """The deadline of the oldest job in flight not yet told (start order = deadline
-        order), or the time to tell a told one again, whichever comes first."""
-        first = None
-        for job_id, flight in self.in_flight.items():
-            if job_id not in self.timed_out:
-                first = self._deadline(flight)
-                break
-        again = min(self.timed_out.values(), default=None)
-        if again is not None:
-            again += self.cfg.job_watchdog_s
-            first = again if first is None else min(first, again)
-        return first
-
     def _watchdog(self, now: float) -> None:
-        """Tell every job in flight past its deadline that it timed out; tell it again each
-        job_watchdog_s while it stays in flight (a lost notice must not hold a slot)."""
-        timeout = self.cfg.job_watchdog_s
-        for job_id, told in list(self.timed_out.items()):
-            if told + timeout <= now:
-                log.warning("job %s still in flight after its timeout notice", job_id)
-                self.timed_out[job_id] = now
-                self.tell_after_commit(JobActor, job_id, TimedOut())
-        for job_id, flight in self.in_flight.items():
-            if job_id in self.timed_out:
-                continue
-            if self._deadline(flight) > now:
-                break
-            self.timed_out[job_id] = now
+        for job_id in self.watchdog.due(self.in_flight, now):
             self.tell_after_commit(JobActor, job_id, TimedOut())
 
     def dispatch(self, now: float) -> float | None:
@@ -365,32 +318,21 @@ class QueueActor(DurableActor):
         its own jobs."""
         blocked = self._at_cap if self.cfg.max_per_user else None
         while len(self.in_flight) < self.cfg.max_concurrency:
-            opens = {p: self.gates.opens_at(self.meta, p, now) for p in self.gates.rates}
-            shut = {p for p, at in opens.items() if at > now}
-            if shut and len(shut) == len(opens):  # every gate closed: nothing may start
-                wake = min(opens.values())
-                return None if wake == CLOSED else wake
-            paused = {p for p in shut if self.gates.pause_of(self.meta, p)[0] > now}
-            ok = functools.partial(_open_for, frozenset(shut), frozenset(paused)) if shut else None
-            entry = self.line.next(blocked, ok)
+            entry, wake, fell_back_from = pick_next(self.line, self.gates, self.meta, now, blocked)
             if entry is None:
-                wake = min((opens[p] for p in shut), default=CLOSED)
-                return None if wake == CLOSED else wake
-            self.line.served(entry)
-            if entry.provider in shut:  # its provider is paused: its first open fallback
-                chosen = next(p for p in entry.fallback if p not in shut)
+                return wake
+            if fell_back_from is not None:  # its provider is paused
                 log.info(
                     "job falls back to another provider",
-                    extra={"job_id": entry.job_id, "from": entry.provider, "to": chosen},
+                    extra={"job_id": entry.job_id, "from": fell_back_from, "to": entry.provider},
                 )
                 self._count("fallbacks")
-                entry = msgspec.structs.replace(entry, provider=chosen)
             self.gates.spend(entry.provider, now)
             self._start(entry, now)
         return None
 
     def _at_cap(self, user_id: str) -> bool:
-        return self.per_user.get(user_id, 0) >= self.cfg.max_per_user
+        return self.in_flight.of_user(user_id) >= self.cfg.max_per_user
 
     def _start(self, entry: Pending, now: float) -> None:
         """Dispatch a job taken off the waiting line: its entry is stored as in flight."""
@@ -423,16 +365,8 @@ class QueueActor(DurableActor):
             self.storage.delete(pending_key(priority, seq))
 
     def _add_flight(self, job_id: str, flight: InFlight) -> None:
-        self.in_flight[job_id] = flight
+        self.in_flight.add(job_id, flight)
         self.gates.added(flight.provider)
-        self.per_user[flight.user_id] = self.per_user.get(flight.user_id, 0) + 1
-
-    def _drop_user(self, user_id: str) -> None:
-        left = self.per_user.get(user_id, 1) - 1
-        if left > 0:
-            self.per_user[user_id] = left
-        else:
-            self.per_user.pop(user_id, None)
 
     def depth(self) -> int:
         return len(self.line)

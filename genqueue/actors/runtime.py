@@ -1,4 +1,4 @@
-"""Durable actors: pykka threads with storage, alarms, an output gate and passivation.
+"""Durable actors: actors with storage, alarms, an output gate and passivation.
 
 The Cloudflare Durable Objects model on pykka (the actor's side here; activation,
 messaging and the alarm scheduler are `ActorSystem`'s, in system.py):
@@ -10,17 +10,19 @@ messaging and the alarm scheduler are `ActorSystem`'s, in system.py):
   (`StateStore.after_commit`): what a caller was told survives `kill -9`.
 - One alarm per actor, persisted in the `alarms` table and delivered by the one
   `Scheduler` thread; `alarm()` that raises is retried 2 s, 4 s, 8 s ... 6 times.
+
+`Durable` holds the turn logic, once, for two kinds of actor that supply its mailbox:
+`DurableActor` (a `pykka.ThreadingActor`: a thread and pykka's inbox each) and
+`HostedActor` (hosting.py: not a pykka actor; its turns run on a shared shard thread).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
-import queue
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import pykka
 
@@ -36,38 +38,57 @@ from genqueue.actors.records import (
     _Passivate,
     _TaskDone,
 )
-from genqueue.errors import StorageError
 from genqueue.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from genqueue.actors.system import ActorSystem
 
-__all__ = ["ActorStorage", "AlarmInfo", "AlarmRecord", "DurableActor"]
+__all__ = ["ActorHandle", "ActorStorage", "AlarmInfo", "AlarmRecord", "Durable", "DurableActor"]
 
 log = logging.getLogger("genqueue.runtime")
-
-_hosted_ids = itertools.count(1)
 
 # A failing alarm is retried: 2 s after, then doubling, 6 times at most (DESIGN.md).
 ALARM_RETRY = RetryPolicy(initial_interval_s=2.0, backoff_coefficient=2.0, maximum_attempts=7)
 ALARM_MAX_RETRIES = ALARM_RETRY.maximum_retries
 
 
-class DurableActor(pykka.ThreadingActor):
-    """Base of every genqueue actor. Subclasses set `kind` and implement `receive`."""
+class ActorHandle(Protocol):
+    """What `ActorSystem.get` returns: the part of `pykka.ActorRef` the system uses
+    (a `HostedActor`'s handle is a `HostedRef`)."""
+
+    @property
+    def actor_urn(self) -> str: ...
+
+    def tell(self, message: Any) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def stop(
+        self, *, block: Literal[False], timeout: float | None = None
+    ) -> pykka.Future[bool]: ...
+
+
+class Durable:
+    """The turns of a durable actor: storage, alarms, the commit gate, crash and passivation.
+
+    A mixin, not an actor: a kind supplies the mailbox (`actor_urn`, `stop`, `_has_mail`,
+    `_take_mail`) and calls `on_start` then `on_receive` per message, one at a time.
+    Subclass `DurableActor` (a thread of its own) or `HostedActor` (turns on a shard
+    thread), set `kind` and implement `receive`."""
 
     kind: ClassVar[str] = "actor"
     passivate_when_idle: ClassVar[bool] = True
-    hosted: ClassVar[bool] = False  # True: turns run on a shared shard thread (hosting.py)
     cache_keys: ClassVar[int] = 0  # > 0: recent writes of this kind are read from memory
     idle_timeout_s: ClassVar[float | None] = None  # None: the system's idle_timeout_s
 
+    if TYPE_CHECKING:  # supplied by the kind (pykka's, for a DurableActor)
+        actor_urn: str
+
+        def stop(self) -> None:
+            """Stop once the messages already queued are handled (at once from a turn)."""
+
     def __init__(self, system: ActorSystem, key: str):
-        if self.hosted:  # no thread, so no pykka inbox or stop event: a plain object
-            self.actor_urn = f"hosted:{next(_hosted_ids)}"
-            self.hosted_started = False
-        else:
-            super().__init__()
+        super().__init__()  # the kind's (pykka.Actor's, or object's)
         self.system = system
         self.key = key
         self.clock = system.clock
@@ -77,10 +98,16 @@ class DurableActor(pykka.ThreadingActor):
         self._deferred: list[Callable[[], None]] = []
         self._tasks: dict[int, Callable[[Outcome], None]] = {}
         self.last_active = self.clock.now()
-        self.hosted_alive = True
         self._passivate_after_turn = False
-        self.hosted_pending = 0  # messages queued at its shard (changed under system.lock)
-        system._actors[(type(self), key)] = self
+        system.adopt(self)
+
+    def _has_mail(self) -> bool:
+        """True if messages wait in this instance's mailbox."""
+        raise NotImplementedError
+
+    def _take_mail(self) -> list[Any]:
+        """Empty the mailbox (from this actor's own turn): the messages, in order."""
+        raise NotImplementedError
 
     # -- hooks for subclasses -------------------------------------------------------------
 
@@ -134,7 +161,7 @@ class DurableActor(pykka.ThreadingActor):
         """Run `fn` once this turn's writes are durable (for messages that depend on them)."""
         self._deferred.append(fn)
 
-    def tell_after_commit(self, cls: type[DurableActor], key: str, message: Any) -> None:
+    def tell_after_commit(self, cls: type[Durable], key: str, message: Any) -> None:
         """Send `message` once this turn's writes are durable. On the releaser thread the
         sends of every turn a commit covers leave together (`ActorSystem.tell_many`)."""
         self._deferred.append(functools.partial(self.system.tell, cls, key, message))
@@ -148,11 +175,11 @@ class DurableActor(pykka.ThreadingActor):
         method, the actor may passivate meanwhile: the outcome activates a new instance
         (a thousand coroutines in flight then cost no threads).
         """
-        token = self.system.next_token()
+        token = self.system.tasks.next_token()
         if not isinstance(on_done, str):
             self._tasks[token] = on_done
         cls, key, system = type(self), self.key, self.system
-        system.own_task(cls, key, token)
+        system.tasks.own(cls, key, token)
         loop = self.system.loop
         if loop is None:
             raise RuntimeError("the actor system has no I/O loop")
@@ -160,19 +187,19 @@ class DurableActor(pykka.ThreadingActor):
         # An external effect is output too: it starts once this turn's writes are durable
         # (a job is stored as processing before its processor calls the provider).
         start = functools.partial(
-            spawn, loop, coro, back, system.tasks, token, system.cancelled_early
+            spawn, loop, coro, back, system.tasks.running, token, system.tasks.cancelled_early
         )
         self.after_commit(CoroutineStart(coro, start))
         return token
 
     def cancel_async(self, token: int) -> None:
-        self.system.cancel_task(token)
+        self.system.tasks.cancel(self.system.loop, token)
 
     def async_tokens(self) -> set[int]:
         """Coroutines started by this id (by any instance) whose outcome has not arrived."""
-        return self.system.owned_tasks(type(self), self.key)
+        return self.system.tasks.owned(type(self), self.key)
 
-    # -- pykka plumbing ------------------------------------------------------------------------
+    # -- turns -------------------------------------------------------------------------
 
     def on_start(self) -> None:
         store = self.system.store
@@ -233,7 +260,7 @@ class DurableActor(pykka.ThreadingActor):
                 return None
             case _TaskDone(token=token, on_done=on_done, outcome=outcome):
                 self._tasks.pop(token, None)
-                self.system.disown_task(type(self), self.key, token)
+                self.system.tasks.disown(type(self), self.key, token)
                 handler = getattr(self, on_done) if isinstance(on_done, str) else on_done
                 return handler(outcome)
             case _:
@@ -284,48 +311,12 @@ class DurableActor(pykka.ThreadingActor):
         waiting = list(resend or [])
         with self.system.lock:  # no message reaches this instance after it is forgotten
             self.system.forget(type(self), self.key, self)
-            if not self.hosted:
-                inbox: queue.Queue[Any] = self.actor_inbox  # type: ignore[assignment]
-                while True:  # a ThreadingActor's inbox is a queue.Queue of envelopes
-                    try:
-                        envelope = inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    waiting.append(envelope.message)
+            waiting.extend(self._take_mail())
             with contextlib.suppress(pykka.ActorDeadError):  # the system stopped meanwhile
                 for message in waiting:
                     if not isinstance(message, _Passivate):
                         self.system.tell_internal(type(self), self.key, message)
-        self._deactivate()
-
-    def _deactivate(self) -> None:
-        if self.hosted:
-            self.hosted_alive = False
-        else:
-            self.stop()
-
-    def refuse(self, message: Any) -> None:
-        """A message that reached a hosted instance which failed to start or crashed: answer
-        an ask with the error (its caller must not wait forever); a tell is dropped, as one
-        to a crashed thread actor is."""
-        failure = self.system.store.failure
-        if isinstance(message, _Call):
-            error: Exception = (
-                StorageError(f"state store failed: {failure}")
-                if failure is not None
-                else pykka.ActorDeadError(f"{self.kind}/{self.key} is unavailable")
-            )
-            message.reply(False, error)
-        else:
-            log.warning("message to %s/%s dropped: the instance stopped", self.kind, self.key)
-
-    def hosted_start(self) -> None:
-        """A hosted actor's on_start, run on its shard thread before its first message."""
-        self.hosted_started = True
-        try:
-            self.on_start()
-        except Exception:
-            self.hosted_alive = False
+        self.stop()  # after the messages above: nothing reaches it any more
 
     def _fire_alarm(self, at: float) -> None:
         current = self._alarm
@@ -370,15 +361,29 @@ class DurableActor(pykka.ThreadingActor):
 
     def _maybe_passivate(self, idle_before: float | None) -> None:
         with self.system.lock:
-            queued = self.hosted_pending if self.hosted else not self.actor_inbox.empty()
-            if queued or self.busy():
+            if self._has_mail() or self.busy():
                 return
             if idle_before is not None and self.last_active > idle_before:
                 return
             self.system.forget(type(self), self.key, self)
         # A pending alarm stays stored and scheduled by address: it wakes a new instance.
-        self._deactivate()
+        self.stop()
 
     def passivate(self) -> None:
         """Stop this actor at the end of the turn if nothing else is queued for it."""
         self._passivate_after_turn = True
+
+
+class DurableActor(Durable, pykka.ThreadingActor):
+    """A durable actor with a thread of its own (singletons: the queue, the webhook outbox):
+    a pykka actor, its mailbox pykka's inbox, its turns pykka's `on_start`/`on_receive`."""
+
+    def _has_mail(self) -> bool:
+        return not self.actor_inbox.empty()
+
+    def _take_mail(self) -> list[Any]:
+        inbox = self.actor_inbox  # pykka's ActorInbox: only this actor's turns take from it
+        messages = []
+        while not inbox.empty():
+            messages.append(inbox.get().message)
+        return messages

@@ -1,7 +1,7 @@
 """ActorSystem: activation, messaging, alarms and passivation of durable actors.
 
 - `get(cls, key)` activates the one live instance of an id from storage (thread-safe);
-  hosted kinds run on shard threads (hosting.py).
+  a `HostedActor` runs its turns on a shard thread (hosting.py), a `DurableActor` on its own.
 - Every message goes through the system (`tell`, `tell_many`, `ask`, `ask_async`, `send`),
   under the lock that passivation also takes: no message reaches an actor that decided to
   stop. What a group of committed turns sends leaves together, before their replies.
@@ -15,25 +15,24 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, cast
 
 import pykka
 
 from genqueue.actors.bridge import Reply, SyncWaiter, future_reply
 from genqueue.actors.coalesce import Coalescer
-from genqueue.actors.hosting import Envelope, Envelopes, HostedRef, Shard, shard_of
+from genqueue.actors.hosting import HostedActor, Shards
 from genqueue.actors.records import AlarmTable, _AlarmFire, _Batch, _Call, _Passivate
-from genqueue.actors.runtime import DurableActor
+from genqueue.actors.runtime import ActorHandle, Durable, DurableActor
 from genqueue.actors.scheduler import Scheduler
 from genqueue.actors.services import QueueServices
+from genqueue.actors.tasks import TASK_CANCELLED, Tasks
 from genqueue.clock import Clock, RealClock
 from genqueue.storage.state import StateStore
 
-__all__ = ["TASK_CANCELLED", "ActorSystem"]
+__all__ = ["TASK_CANCELLED", "ActorSystem"]  # TASK_CANCELLED: from tasks.py
 
 log = logging.getLogger("genqueue.runtime")
-TASK_CANCELLED = "job cancelled"  # the message of a job's coroutine cancelled on purpose
-A = TypeVar("A", bound=DurableActor)
 
 
 class _Release:
@@ -42,7 +41,7 @@ class _Release:
     __slots__ = ("replies", "tells")
 
     def __init__(self) -> None:
-        self.tells: list[tuple[type[DurableActor], str, Any]] = []
+        self.tells: list[tuple[type[Durable], str, Any]] = []
         self.replies: list[tuple[Reply, bool, Any]] = []
 
 
@@ -73,19 +72,15 @@ class ActorSystem:
         self.alarms = AlarmTable(store.namespace("alarms"))
         self.scheduler = Scheduler(self.clock)
         self.lock = threading.RLock()
-        self.tasks: dict[int, asyncio.Task[Any]] = {}
-        self.cancelled_early: set[int] = set()  # touched on the I/O loop only
-        self._owned: dict[tuple[type[DurableActor], str], set[int]] = {}
-        self._activating: dict[tuple[type[DurableActor], str], threading.Event] = {}
-        self.shards = shards
-        self._shards: list[pykka.ActorRef[Shard]] = []
-        self._live: dict[tuple[type[DurableActor], str], pykka.ActorRef[Any]] = {}
-        self._actors: dict[tuple[type[DurableActor], str], DurableActor] = {}
-        self._kinds: dict[str, type[DurableActor]] = {}
-        self._token = 0
+        self.tasks = Tasks(self.lock)  # the coroutines actors started (run_async)
+        self._activating: dict[tuple[type[Durable], str], threading.Event] = {}
+        self.shards = Shards(shards)
+        self._live: dict[tuple[type[Durable], str], ActorHandle] = {}
+        self._actors: dict[tuple[type[Durable], str], Durable] = {}
+        self._kinds: dict[str, type[Durable]] = {}
         self._stopped = False
         # What the I/O loop's current iteration sends: it leaves together at its end.
-        self._loop_tells: Coalescer[tuple[type[DurableActor], str, Any]] = Coalescer(
+        self._loop_tells: Coalescer[tuple[type[Durable], str, Any]] = Coalescer(
             self._wake_loop_tells
         )
         self._local = _ReleaserLocal()
@@ -93,7 +88,7 @@ class ActorSystem:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def register(self, *classes: type[DurableActor]) -> None:
+    def register(self, *classes: type[Durable]) -> None:
         for cls in classes:
             self._kinds[cls.kind] = cls
 
@@ -103,7 +98,7 @@ class ActorSystem:
             raise RuntimeError("this actor system was built without queue services")
         return self.services
 
-    def kind_of(self, kind: str) -> type[DurableActor]:
+    def kind_of(self, kind: str) -> type[Durable]:
         """The registered class of actor `kind` (an Address's kind)."""
         return self._kinds[kind]
 
@@ -126,23 +121,17 @@ class ActorSystem:
             refs = list(self._live.values())
             self._live.clear()
             self._actors.clear()
-        for ref in [*refs, *self._shards]:
+        stops = [ref.stop(block=False) for ref in refs]  # all at once, then wait for each
+        for stop in stops:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                ref.stop(block=True, timeout=10)
+                stop.get(timeout=10)
+        self.shards.stop(timeout_s=10)  # after the hosted actors' stops have run
         self.scheduler.stop()
-        self._cancel_all_tasks()
-
-    def _cancel_all_tasks(self) -> None:
-        """Stop the coroutines actors started: their work is resumable from storage."""
-        loop = self.loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self.tasks.values())])
+        self.tasks.cancel_all(self.loop)
 
     # -- activation ----------------------------------------------------------------------------
 
-    def get(self, cls: type[A], key: str) -> pykka.ActorRef[A]:
+    def get(self, cls: type[Durable], key: str) -> ActorHandle:
         """The one live instance for `key`, activated from storage if needed.
 
         The thread that finds no instance starts one outside the system lock (a thread start
@@ -150,8 +139,8 @@ class ActorSystem:
         """
         if "/" in key:
             raise ValueError(f"actor key {key!r} may not contain '/'")
-        if cls.hosted:
-            return self._get_hosted(cls, key)  # type: ignore[return-value]
+        if issubclass(cls, HostedActor):  # the kind decides how it is activated
+            return self._get_hosted(cls, key)
         while True:
             with self.lock:
                 ref = self._live.get((cls, key))
@@ -168,7 +157,7 @@ class ActorSystem:
                 continue
             ref = None
             try:
-                ref = cls.start(self, key)
+                ref = cast("type[DurableActor]", cls).start(self, key)  # a pykka actor
             finally:
                 with self.lock:
                     del self._activating[(cls, key)]
@@ -177,23 +166,23 @@ class ActorSystem:
                 pending.set()
             return ref
 
-    def _get_hosted(self, cls: type[DurableActor], key: str) -> HostedRef:
-        """Activation of a hosted actor: build the object, let its shard run on_start first."""
+    def _get_hosted(self, cls: type[HostedActor], key: str) -> ActorHandle:
+        """Activation of a hosted actor: no thread to start, so under the lock (its shard
+        runs on_start before its first message)."""
         with self.lock:
             ref = self._live.get((cls, key))
             if ref is not None and ref.is_alive():
-                return ref  # type: ignore[return-value]
+                return ref
             if self._stopped:
                 raise pykka.ActorDeadError("the actor system is stopped")
-            if not self._shards:
-                self._shards = [Shard.start(self) for _ in range(self.shards)]
-            shard = self._shards[shard_of(key, self.shards)]
-            actor = cls(self, key)  # activated by its shard before its first message
-            hosted = HostedRef(shard, actor)
-            self._live[(cls, key)] = hosted  # type: ignore[assignment]
-            return hosted
+            ref = self._live[(cls, key)] = cls.start(self, key)
+            return ref
 
-    def forget(self, cls: type[DurableActor], key: str, actor: DurableActor) -> None:
+    def adopt(self, actor: Durable) -> None:
+        """Called by a new instance: the sweep reads its `last_active`."""
+        self._actors[(type(actor), actor.key)] = actor
+
+    def forget(self, cls: type[Durable], key: str, actor: Durable) -> None:
         with self.lock:
             ref = self._live.get((cls, key))
             if ref is not None and ref.actor_urn == actor.actor_urn:
@@ -206,7 +195,7 @@ class ActorSystem:
 
     # -- messaging -------------------------------------------------------------------------------
 
-    def tell(self, cls: type[DurableActor], key: str, message: Any) -> None:
+    def tell(self, cls: type[Durable], key: str, message: Any) -> None:
         release = self._local.release
         if release is not None:  # keep the order of the group's sends (see tell_many)
             release.tells.append((cls, key, message))
@@ -214,7 +203,7 @@ class ActorSystem:
             self.tell_internal(cls, key, message)
 
     def tell_internal(
-        self, cls: type[DurableActor], key: str, message: Any, *, activate: bool = True
+        self, cls: type[Durable], key: str, message: Any, *, activate: bool = True
     ) -> None:
         while True:
             if activate:
@@ -230,10 +219,10 @@ class ActorSystem:
                     ref.tell(message)
                     return
 
-    def tell_many(self, messages: list[tuple[type[DurableActor], str, Any]]) -> None:
-        """Send each `(cls, key, message)`, in order. Messages to hosted actors go to their
-        shard as one batch per shard, the others to each actor as one batch (one turn):
-        one queue hand-off (and wake-up) for many messages.
+    def tell_many(self, messages: list[tuple[type[Durable], str, Any]]) -> None:
+        """Send each `(cls, key, message)`, in order. A hosted actor gets each in its inbox
+        (its shard is woken once for all of them); a thread actor gets its messages as one
+        batch (one turn): one queue hand-off (and wake-up) for many messages.
 
         On the releaser thread, while it runs a group of after-commit callbacks, sends are
         gathered and leave together at the end of the group, before its replies."""
@@ -241,20 +230,15 @@ class ActorSystem:
         if release is not None:
             release.tells.extend(messages)
             return
-        batches: dict[int, tuple[pykka.ActorRef[Shard], list[Envelope]]] = {}
-        others: dict[tuple[type[DurableActor], str], list[Any]] = {}
-        with self.lock:
+        others: dict[tuple[type[Durable], str], list[Any]] = {}
+        # the lock that passivation takes: no instance stops meanwhile; the shards are
+        # woken once, after the lock is released
+        with self.shards.held(), self.lock:
             for cls, key, message in messages:
-                if not cls.hosted:
+                if issubclass(cls, HostedActor):
+                    self._get_hosted(cls, key).tell(message)
+                else:
                     others.setdefault((cls, key), []).append(message)
-                    continue
-                ref = self._get_hosted(cls, key)
-                # Counted under the lock that passivation takes: it will not stop meanwhile.
-                ref.actor.hosted_pending += 1
-                batch = batches.setdefault(id(ref.shard), (ref.shard, []))
-                batch[1].append(Envelope(ref.actor, message))
-        for shard, envelopes in batches.values():
-            shard.tell(Envelopes(envelopes))
         for (cls, key), bodies in others.items():
             self.tell_internal(cls, key, bodies[0] if len(bodies) == 1 else _Batch(bodies))
 
@@ -286,7 +270,7 @@ class ActorSystem:
                     except Exception:
                         log.exception("a reply failed")
 
-    def tell_from_loop(self, cls: type[DurableActor], key: str, message: Any) -> None:
+    def tell_from_loop(self, cls: type[Durable], key: str, message: Any) -> None:
         """`tell`, from the I/O loop's thread: what this loop iteration sends leaves together
         at its end (`tell_many`)."""
         self._loop_tells.put((cls, key, message))
@@ -309,25 +293,23 @@ class ActorSystem:
                     except Exception:
                         log.exception("a tell to %s/%s failed", cls.kind, key)
 
-    def ask(self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0) -> Any:
+    def ask(self, cls: type[Durable], key: str, message: Any, timeout_s: float = 30.0) -> Any:
         """Send `message` and wait (in a plain thread) for the gated reply."""
         waiter = SyncWaiter()
         self.tell_internal(cls, key, _Call(message, waiter))
         return waiter.wait(timeout_s)
 
-    async def ask_async(self, cls: type[DurableActor], key: str, message: Any) -> Any:
+    async def ask_async(self, cls: type[Durable], key: str, message: Any) -> Any:
         """Send `message` and await the reply without blocking the loop."""
         fut, reply = future_reply(asyncio.get_running_loop())
         self.tell_internal(cls, key, _Call(message, reply))
         return await fut
 
-    def send(self, cls: type[DurableActor], key: str, message: Any, reply: Reply) -> None:
+    def send(self, cls: type[Durable], key: str, message: Any, reply: Reply) -> None:
         """Send `message`; `reply(ok, value)` is called once the answer is durable."""
         self.tell_internal(cls, key, _Call(message, reply))
 
-    def send_after_writes(
-        self, cls: type[DurableActor], key: str, message: Any, reply: Reply
-    ) -> None:
+    def send_after_writes(self, cls: type[Durable], key: str, message: Any, reply: Reply) -> None:
         """`send`, once every write queued so far is committed and the messages its turn
         sent have left: the answer then reflects every change another thread could have
         read. (A job read as completed has told the queue so in the same turn; a status
@@ -344,66 +326,29 @@ class ActorSystem:
         store.after_commit(store.write_seq, release)
 
     def ask_after_writes(
-        self, cls: type[DurableActor], key: str, message: Any, timeout_s: float = 30.0
+        self, cls: type[Durable], key: str, message: Any, timeout_s: float = 30.0
     ) -> Any:
         """`ask`, sent as `send_after_writes` sends."""
         waiter = SyncWaiter()
         self.send_after_writes(cls, key, message, waiter)
         return waiter.wait(timeout_s)
 
-    async def ask_async_after_writes(self, cls: type[DurableActor], key: str, message: Any) -> Any:
+    async def ask_async_after_writes(self, cls: type[Durable], key: str, message: Any) -> Any:
         """`ask_async`, sent as `send_after_writes` sends."""
         fut, reply = future_reply(asyncio.get_running_loop())
         self.send_after_writes(cls, key, message, reply)
         return await fut
 
-    # -- alarms, tasks, passivation ---------------------------------------------------
+    # -- alarms and passivation ---------------------------------------------------
 
-    def schedule_alarm(self, cls: type[DurableActor], key: str, at: float) -> int:
+    def schedule_alarm(self, cls: type[Durable], key: str, at: float) -> int:
         return self.scheduler.call_at(at, lambda: self._deliver_alarm(cls, key, at))
 
-    def _deliver_alarm(self, cls: type[DurableActor], key: str, at: float) -> None:
+    def _deliver_alarm(self, cls: type[Durable], key: str, at: float) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # stopping: the alarm stays stored
             self.tell_internal(cls, key, _AlarmFire(at))
 
-    def next_token(self) -> int:
-        with self.lock:
-            self._token += 1
-            return self._token
-
-    def cancel_task(self, token: int) -> None:
-        loop = self.loop
-        if loop is None:
-            return
-
-        def cancel() -> None:
-            task = self.tasks.get(token)
-            if task is not None:
-                # the reason tells a provider's client to cancel its paid request too, which
-                # a shutdown (a plain cancel) must not: the job resumes after the restart
-                task.cancel(TASK_CANCELLED)
-            else:  # not started yet (it waits for its turn's commit): start it cancelled
-                self.cancelled_early.add(token)
-
-        loop.call_soon_threadsafe(cancel)
-
-    def own_task(self, cls: type[DurableActor], key: str, token: int) -> None:
-        with self.lock:
-            self._owned.setdefault((cls, key), set()).add(token)
-
-    def disown_task(self, cls: type[DurableActor], key: str, token: int) -> None:
-        with self.lock:
-            tokens = self._owned.get((cls, key))
-            if tokens is not None:
-                tokens.discard(token)
-                if not tokens:
-                    del self._owned[(cls, key)]
-
-    def owned_tasks(self, cls: type[DurableActor], key: str) -> set[int]:
-        with self.lock:
-            return set(self._owned.get((cls, key), ()))
-
-    def _idle_timeout(self, cls: type[DurableActor]) -> float:
+    def _idle_timeout(self, cls: type[Durable]) -> float:
         return cls.idle_timeout_s if cls.idle_timeout_s is not None else self.idle_timeout_s
 
     def _schedule_sweep(self) -> None:
