@@ -94,7 +94,9 @@ def _apply_all(tmp_path: Path, steps: list[tuple[float, RateLimited]]) -> list[A
             return seen
 
         # on the queue's own loop, as in `serve` (the consumer shares the server's loop)
-        return asyncio.run_coroutine_threadsafe(main(), q._loop).result(30)
+        system, _ = q.parts()
+        assert system.loop is not None
+        return asyncio.run_coroutine_threadsafe(main(), system.loop).result(30)
 
 
 def test_a_pause_runs_from_when_the_worker_saw_the_429(tmp_path: Path) -> None:
