@@ -18,9 +18,11 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["FairLine", "Waiting"]
+from genqueue.errors import QueueFull
+
+__all__ = ["FairLine", "Waiting", "check_room"]
 
 
 class Waiting(Protocol):
@@ -251,4 +253,17 @@ class FairLine(Generic[E]):
         return min(
             (q[0].enqueued_at for lane in self._lanes.values() for q in lane.by_user.values()),
             default=None,
+        )
+
+
+def check_room(line: FairLine[Any], user_id: str, total: int, per_user: int) -> None:
+    """QueueFull if one more waiting job would pass the queue's cap (`total`, 0: none) or
+    its user's (`per_user`)."""
+    if total and len(line) >= total:
+        raise QueueFull(f"the queue holds {total} waiting jobs, its limit", limit=total)
+    if per_user and line.of_user(user_id) >= per_user:
+        raise QueueFull(
+            f"user {user_id} has {per_user} waiting jobs, the limit per user",
+            limit=per_user,
+            user=True,
         )

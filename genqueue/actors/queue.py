@@ -1,12 +1,6 @@
 """QueueActor: the singleton that orders pending jobs and dispatches them by alarm.
 
-Stored keys (its own instance, "main"):
-    pending/{10-priority:02}/{seq:016}  -> Pending      (by priority, then submission)
-    finished/{finished_ms:015}/{job_id} -> user id      (the retention index)
-    meta                                -> QueueMeta    (sequence, counters, rate window)
-A job's `pending/` entry lives from its submission to its end: waiting while its
-`started_at` is None, in flight once dispatched (one put at dispatch, no move to
-another key). Start-up reads only these entries: finished history costs nothing.
+What it stores, and under which keys: queue_records.py.
 
 Dispatch ("alarm" mode): the alarm pops jobs while `in_flight < max_concurrency`,
 the user's cap allows and the rate limit has a token; an empty bucket sets the
@@ -28,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from genqueue.actors.fairline import FairLine
+from genqueue.actors.fairline import FairLine, check_room
 from genqueue.actors.flights import Flights
 from genqueue.actors.gates import ProviderGates
 from genqueue.actors.job import RATE_LIMIT_PAUSE_S, JobActor
@@ -148,7 +142,8 @@ class QueueActor(DurableActor):
         existing = JobActor.read(self.system, job.id) if client_id else None
         if existing is not None:
             return existing, False
-        self._check_room(job.user_id)
+        # QueueFull past a cap, checked before any change
+        check_room(self.line, job.user_id, self.cfg.max_queued, self.cfg.max_queued_per_user)
         now = self.clock.now()
         # held while it waits: the dearest of the providers it may run on
         cost = max([job.estimated_cost, *(r.cost for r in job.routes or [])])
@@ -178,16 +173,6 @@ class QueueActor(DurableActor):
         if self.cfg.dispatch == "immediate":
             self._start(self._take_pending(job.priority, seq, job.user_id), now)
         return job, True
-
-    def _check_room(self, user_id: str) -> None:
-        """QueueFull if one more waiting job would pass a cap (checked before any change)."""
-        total, mine = self.cfg.max_queued, self.cfg.max_queued_per_user
-        if total and len(self.line) >= total:
-            raise QueueFull(f"the queue holds {total} waiting jobs, its limit", limit=total)
-        if mine and self.line.of_user(user_id) >= mine:
-            raise QueueFull(
-                f"user {user_id} has {mine} waiting jobs, the limit per user", limit=mine, user=True
-            )
 
     def _arrived(self) -> None:
         """Jobs joined the line. Alarm mode dispatches in this turn (what an alarm set to now
@@ -396,6 +381,7 @@ class QueueActor(DurableActor):
         by_priority = self.line.by_priority()
         oldest = self.line.oldest_enqueued_at()
         now = self.clock.now()
+        paused = self.meta.paused_until > now
         return self.stats.status(
             dispatch=self.cfg.dispatch,
             queued=self.depth(),
@@ -405,10 +391,8 @@ class QueueActor(DurableActor):
             max_concurrency=self.cfg.max_concurrency,
             oldest_wait_s=None if oldest is None else now - oldest,
             counters=self.meta.counters,
-            paused_until=self.meta.paused_until if self.meta.paused_until > now else None,
-            paused_reason=(self.meta.pause_reason or None)
-            if self.meta.paused_until > now
-            else None,
+            paused_until=self.meta.paused_until if paused else None,
+            paused_reason=(self.meta.pause_reason or None) if paused else None,
             quota_pauses=self.meta.counters.get("quota_pauses", 0),
             spend=self.spend.as_status(now),
             providers=self.gates.status(self.meta, now),

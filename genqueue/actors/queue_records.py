@@ -1,5 +1,13 @@
-"""What the QueueActor stores (see queue.py for the keys): pending entries, in-flight
-bookkeeping and its meta record. Stored records evolve by adding fields with defaults."""
+"""What the QueueActor stores: pending entries, in-flight bookkeeping and its meta record.
+Stored records evolve by adding fields with defaults.
+
+Keys (the QueueActor's own instance, "main"):
+    pending/{10-priority:02}/{seq:016}  -> Pending      (by priority, then submission)
+    finished/{finished_ms:015}/{job_id} -> user id      (the retention index)
+    meta                                -> QueueMeta    (sequence, counters, rate window)
+A job's `pending/` entry lives from its submission to its end: waiting while its
+`started_at` is None, in flight once dispatched (one put at dispatch, no move to
+another key). Start-up reads only these entries: finished history costs nothing."""
 
 from __future__ import annotations
 
