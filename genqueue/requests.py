@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import json
 import uuid
 from typing import Any
 
@@ -64,10 +65,24 @@ def _from_json(raw: bytes) -> GenerationRequest:
     except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds a str
         raise _not_json(exc) from None
     try:
-        data = _JSON.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        try:
+            data = _JSON.decode(raw)
+        except msgspec.DecodeError as exc:  # malformed after all, or an integer of
+            try:  # thousands of digits (valid JSON that plain msgspec values cannot hold)
+                data = json.loads(raw, parse_float=_json_number, parse_int=_bounded_int)
+            except ValueError:
+                raise _not_json(exc) from None
+        return _typed(data)
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds a str
         raise _not_json(exc) from None
-    return _typed(data)
+    except RecursionError:  # valid JSON, arrays or objects nested a thousand deep
+        raise InvalidRequest("the body is nested too deeply for any field") from None
+
+
+def _bounded_int(literal: str) -> int | float:
+    """An integer literal as a value: one longer than any field takes reads as a float
+    (an integer field then refuses it, by name), never a number of thousands of digits."""
+    return int(literal) if len(literal) <= 40 else float(literal)
 
 
 def _typed(data: Any) -> GenerationRequest:

@@ -509,6 +509,31 @@ def test_each_bad_body_is_a_400_naming_its_field_and_stores_nothing(tmp_path: Pa
     run(body())
 
 
+def test_valid_json_no_field_can_hold_is_a_400_not_a_500(tmp_path: Path) -> None:
+    """JSON the typed decoder reads but plain values cannot hold: arrays nested far past
+    Python's recursion limit (was a 500 with a RecursionError), an integer of 5,000 digits
+    (was `invalid_json` naming no field)."""
+    deep_unknown = b'{"prompt":"a","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep_params = b'{"prompt":"a","parameters":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    huge_seed = b'{"prompt":"a","parameters":{"seed":' + b"9" * 5000 + b"}}"
+
+    async def body() -> None:
+        async with serve(tmp_path) as api:
+            for raw in (deep_unknown, deep_params):
+                status, err, _ = await api.call(
+                    "POST", "/api/generations", data=raw, headers=JSON_TYPE
+                )
+                assert_error(status, err, 400, "invalid_request")
+            status, err, _ = await api.call(
+                "POST", "/api/generations", data=huge_seed, headers=JSON_TYPE
+            )
+            assert assert_error(status, err, 400, "invalid_request")["field"] == "parameters.seed"
+            _, st, _ = await api.call("GET", "/api/queue/status")
+            assert st["submitted"] == 0
+
+    run(body())
+
+
 def test_only_json_bodies_are_read_and_a_missing_type_is_taken_as_json(tmp_path: Path) -> None:
     async def body() -> None:
         async with serve(tmp_path) as api:
