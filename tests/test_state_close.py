@@ -214,3 +214,38 @@ def test_a_queue_reopened_after_100_store_failures_keeps_its_fds_flat(tmp_path: 
         assert fd_count() == fds, "a reopened queue kept file descriptors"
         assert settled_threads(threads) == threads, "a reopened queue kept threads"
         assert queue.get("first").status in ("queued", "processing")
+
+
+def test_a_listing_that_meets_a_writes_error_fails_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlitedict keeps one error slot: a listing hands the pending writes to the worker
+    and may be the one that meets an earlier statement's error (here a new table's CREATE
+    refused by a full disk). It fails the store, so the committer never reports the
+    pending writes durable (it did: their error was taken by the listing, then COMMIT)."""
+    store = StateStore(tmp_path / "state.db", synchronous="FULL")
+    jobs = store.namespace("jobs")
+    store.flush()
+    hold = threading.Event()
+    commit = store._commit
+    monkeypatch.setattr(store, "_commit", lambda: (hold.wait(10), commit())[1])
+    try:
+        refuse_new_pages(store)
+        seq = jobs.put("job-1", {"status": "queued"})
+        store.namespace("another")  # its CREATE TABLE is refused: the error waits
+        eventually(lambda: store._conn.pending_error(), "the CREATE's error in the slot")
+        with pytest.raises(StorageError):  # the listing meets it, handing job-1 over
+            jobs.list("")
+        assert store.failure is not None
+        hold.set()
+        with pytest.raises(StorageError):
+            store.flush(seq)  # never reported durable
+        assert store.durable_seq < seq
+    finally:
+        hold.set()
+        store.close()
+    again = StateStore(tmp_path / "state.db")
+    try:
+        assert again.namespace("jobs").get("job-1") is None  # and indeed not stored
+    finally:
+        again.close()

@@ -104,6 +104,10 @@ class SqliteConnection:
         """Queue a COMMIT of every statement sent before it; `reply` ends once it is done."""
         self._worker.execute(_REQUEST_COMMIT, None, reply._rows)
 
+    def pending_error(self) -> bool:
+        """Whether an earlier statement's error waits in the slot (`raise_error` takes it)."""
+        return self._worker.exception is not None
+
     def raise_error(self) -> None:
         """Raise the error of an earlier statement, if one failed (only once: whichever
         thread calls first takes it)."""

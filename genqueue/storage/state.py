@@ -97,7 +97,7 @@ class StateStore:
         with self._cv:
             ns = self._tables.get(name)
             if ns is None:
-                self._conn.execute(create_sql(name))
+                self._on_worker(self._conn.execute, create_sql(name))
                 self._write_seq += 1
                 self._cv.notify_all()
                 ns = self._tables[name] = Namespace(self, name)
@@ -184,11 +184,13 @@ class StateStore:
         (tables.write_statements). With `answers`, the worker answers there once the last of
         them ran (at once if there are none)."""
         statements = write_statements(self._pending)
-        self._pending = {}
         if answers is not None and not statements:
             statements.append(("SELECT 1", []))
-        for n, (sql, args) in enumerate(statements, 1):
-            self._conn.execute(sql, args, answers if n == len(statements) else None)
+        for n, (sql, args) in enumerate(statements, 1):  # an earlier error fails the store
+            self._on_worker(
+                self._conn.execute, sql, args, answers if n == len(statements) else None
+            )
+        self._pending = {}  # only once every write was handed over
 
     def _select(self, sql: str, args: tuple[Any, ...], *, drain: bool = False) -> list[Any]:
         """Run a query on the worker; `drain` first hands it the pending writes (a listing
