@@ -348,6 +348,7 @@ def test_10000_actors_leave_a_bounded_number_of_threads(
         system.ask(Idle, f"a{i}", "work")  # activate, and finish one turn
         if i % 50 == 49:
             clock.advance(2)  # everyone activated so far is now idle: the sweep passivates
+            probe_of(system).wait_count("idle-stopped", i + 1)  # (under load, not at once)
             peak = max(peak, threading.active_count())
     assert peak - baseline < 200, peak - baseline
     clock.advance(2)
