@@ -95,15 +95,10 @@ class GenerationService:
             log.warning(
                 "no VEO3_API_KEY: using the built-in fake Veo server", extra={"base_url": base_url}
             )
-        return Veo3Client(
+        return Veo3Client.for_settings(
             session,
+            veo,
             base_url=base_url,
-            api_key=veo.api_key,
-            dialect=veo.dialect,
-            access_token=veo.access_token,
-            project=veo.project,
-            location=veo.location,
-            model=veo.model,
             auth=await self._adc(veo),
             output_gcs_uri=veo.output_gcs_uri,
             gcs_base_url=cfg.gcs_base_url,

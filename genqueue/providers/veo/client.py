@@ -9,7 +9,7 @@ credentials and the failures on the way, transport.py.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 
@@ -23,7 +23,11 @@ from genqueue.providers.veo.operations import (
     operation_of,
     started_name,
 )
-from genqueue.providers.veo.settings import GEMINI_DEFAULT_MODEL, VERTEX_DEFAULT_MODEL
+from genqueue.providers.veo.settings import (
+    GEMINI_DEFAULT_MODEL,
+    VERTEX_DEFAULT_MODEL,
+    VeoSettings,
+)
 from genqueue.providers.veo.shapes import Operation, VideoParams, VideoRef
 from genqueue.providers.veo.transport import MAX_REDIRECTS, VeoHttp
 from genqueue.providers.veo.validation import validate_params
@@ -82,6 +86,31 @@ class Veo3Client:
         # A Vertex poll may carry the videos inline: base64 of 1080p MP4s (tens of MB).
         self._result_timeout = aiohttp.ClientTimeout(
             total=max(result_timeout_s, request_timeout_s), sock_read=request_timeout_s
+        )
+
+    @classmethod
+    def for_settings(
+        cls,
+        session: aiohttp.ClientSession,
+        veo: VeoSettings,
+        *,
+        auth: Auth | None,
+        base_url: str | None = None,
+        **options: Any,
+    ) -> Veo3Client:
+        """The client the resolved settings describe (`base_url` replaces theirs, e.g. the
+        built-in fake's); `options` are the other keywords (timeouts, GCS, hosts)."""
+        return cls(
+            session,
+            base_url=base_url or veo.base_url,
+            api_key=veo.api_key,
+            dialect=veo.dialect,
+            access_token=veo.access_token,
+            project=veo.project,
+            location=veo.location,
+            model=veo.model,
+            auth=auth,
+            **options,
         )
 
     def __repr__(self) -> str:  # never shows the key or the token

@@ -47,15 +47,9 @@ async def check_models(cfg: Config, *, clock: Clock | None = None) -> ModelCheck
     checking = veo.model
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
-            client = Veo3Client(
+            client = Veo3Client.for_settings(
                 session,
-                base_url=veo.base_url,
-                api_key=veo.api_key,
-                dialect=veo.dialect,
-                access_token=veo.access_token,
-                project=veo.project,
-                location=veo.location,
-                model=veo.model,
+                veo,
                 auth=await _auth(veo, clock),
                 request_timeout_s=CHECK_TIMEOUT_S,
             )
