@@ -113,6 +113,16 @@ class FakeFal:
             {"request_id": req.request_id, **self._urls(request, req), "queue_position": 0}
         )
 
+    def _allowed_request(self, request: web.Request) -> FalRequest | web.Response:
+        """The path's request, or the answer fal gives instead (401 bad key, 404 unknown)."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        req = self._find(request)
+        if req is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        return req
+
     def _find(self, request: web.Request) -> FalRequest | None:
         req = self.requests.get(request.match_info["rid"])
         app = f"{request.match_info['owner']}/{request.match_info['alias']}"
@@ -134,12 +144,9 @@ class FakeFal:
         return "IN_QUEUE" if 0 < n <= queued else "IN_PROGRESS"
 
     async def _status(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
-        if denied is not None:
-            return denied
-        req = self._find(request)
-        if req is None:
-            return web.json_response({"detail": "Request not found"}, status=404)
+        req = self._allowed_request(request)
+        if isinstance(req, web.Response):
+            return req
         req.status_reads += 1
         state = self._state(req)
         body: dict[str, Any] = {"status": state, "request_id": req.request_id}
@@ -166,12 +173,9 @@ class FakeFal:
         return None
 
     async def _result(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
-        if denied is not None:
-            return denied
-        req = self._find(request)
-        if req is None:
-            return web.json_response({"detail": "Request not found"}, status=404)
+        req = self._allowed_request(request)
+        if isinstance(req, web.Response):
+            return req
         if self._state(req) != "COMPLETED":
             return web.json_response({"detail": "Request is still in progress"}, status=400)
         req.result_reads += 1
@@ -190,12 +194,9 @@ class FakeFal:
         )
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
-        if denied is not None:
-            return denied
-        req = self._find(request)
-        if req is None:
-            return web.json_response({"detail": "Request not found"}, status=404)
+        req = self._allowed_request(request)
+        if isinstance(req, web.Response):
+            return req
         if self._state(req) == "COMPLETED":
             return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
         req.cancelled = True
