@@ -13,17 +13,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from helpers_queue import QueueFactory, Recorder, queue_factory, request
+from helpers_server import KEY, http_server
 
 from genqueue import (
     TERMINAL,
-    Config,
     IllegalTransition,
     InvalidRequest,
     Job,
@@ -34,34 +32,6 @@ from genqueue import (
     Unauthorized,
 )
 from genqueue.client import AsyncClient, Client
-from genqueue.http import JsonErrorRunner, create_app
-
-KEY = "k-default"
-
-
-@contextmanager
-def http_server(data_dir: Path, processor: Any, **settings: Any) -> Iterator[str]:
-    """`create_app` run as `main.py serve` runs it, on its own loop thread; its base URL."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
-    thread.start()
-    settings.setdefault("api_keys", f"{KEY}=default:admin")
-    cfg = Config(data_dir=str(data_dir), synchronous="NORMAL", **settings)
-
-    async def start() -> web.AppRunner:
-        runner = JsonErrorRunner(create_app(cfg, processor=processor))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner
-
-    runner = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 class Opener:
