@@ -405,3 +405,28 @@ def test_a_stream_that_does_not_begin_with_a_snapshot_is_refused() -> None:
 
     with pytest.raises(GenqueueError, match="not a snapshot"):
         run(main())
+
+
+def test_a_raising_callback_on_the_loop_does_not_end_the_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    got: list[str] = []
+
+    def fragile(job: Job) -> None:
+        got.append(job.status)
+        if job.status == "queued":
+            raise RuntimeError("a subscriber's bug")
+
+    async def main() -> None:
+        script = Script(
+            [_snapshot(), _change(_job("a", "queued", 2.0)), _change(_job("a", "failed", 3.0))]
+        )
+        sub = Subscription(script.events, script.read, fragile, RECONNECT)
+        await sub.start()
+        await asyncio.wait_for(script.played.wait(), WAIT_S)
+        await sub.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="genqueue.client"):
+        run(main())
+    assert got == ["queued", "failed"]
+    assert [r.getMessage() for r in caplog.records] == ["job event subscriber failed"]

@@ -137,6 +137,36 @@ def test_wait_times_out_on_a_job_that_does_not_end(api: Opener) -> None:
     assert q.wait("held", timeout_s=20).status == "completed"
 
 
+def test_subscribe_follows_each_job_to_its_end_and_unsubscribe_stops_it(api: Opener) -> None:
+    rec = Recorder(hold_all=True)
+    q = api.open(rec)
+    seen: list[tuple[str, str]] = []
+    changed = threading.Condition()
+
+    def callback(job: Job) -> None:
+        with changed:
+            seen.append((job.id, job.status))
+            changed.notify_all()
+
+    def wait_seen(*wanted: tuple[str, str]) -> None:
+        with changed:
+            assert changed.wait_for(lambda: all(w in seen for w in wanted), 20), seen
+
+    unsubscribe = q.subscribe(callback)
+    q.submit(request(id="followed"))
+    rec.wait_running("followed")
+    wait_seen(("followed", "processing"))
+    rec.release_all()
+    wait_seen(("followed", "completed"))
+    statuses = [status for job_id, status in seen if job_id == "followed"]
+    assert statuses[-2:] == ["processing", "completed"]
+    assert set(statuses) <= {"queued", "processing", "completed"}
+    unsubscribe()
+    q.submit(request(id="unheard"))
+    assert q.wait("unheard", timeout_s=20).status == "completed"
+    assert [s for job_id, s in seen if job_id == "unheard"] == []
+
+
 def test_healthy_and_no_webhook_target_means_no_dead_letters(api: Opener) -> None:
     q = api.open(Recorder())
     assert q.healthy()
@@ -191,6 +221,11 @@ def test_the_async_twins_give_the_same_answers(queues: QueueFactory, tmp_path: P
         assert (await api.astatus()).max_concurrency == 4
         assert (await api.webhooks.astats()).sent == 0
         assert (await api.webhooks.adead()).deliveries == []
+        ended = threading.Event()  # the embedded queue calls back on its own thread
+        unsubscribe = await api.asubscribe(lambda job: job.terminal and ended.set())
+        await api.asubmit(request(prompt="followed"))
+        assert await asyncio.to_thread(ended.wait, 20)
+        unsubscribe()
 
     async def remote(url: str) -> None:
         async with AsyncClient(url, KEY) as client:

@@ -10,8 +10,8 @@ They take and return the same models (`Job`, `JobPage`, `Submission`, `JobResult
 same errors (`InvalidRequest`, `JobNotFound`, `IllegalTransition`, `JobFailed`, `StorageError`,
 `DeliveryNotFound`, `DeliveryNotDead`), plus `Unauthorized` for a refused key and
 `Unreachable` when no server answers (and `StreamsFull` from `subscribe` past the key's
-event streams). The API key decides the user, so `submit`
-takes no `user_id`, and `list_jobs` shows the key's jobs (an admin key's: everyone's).
+event streams). The API key decides the user, so `submit` takes no `user_id`, and
+`list_jobs` shows the key's jobs (an admin key's: everyone's).
 What the API does not show of a job (its checkpoint, generation id, sequence number)
 keeps its default in the `Job` a client returns.
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 from collections.abc import Awaitable, Callable, Collection
 from typing import TypeVar
 
+from genqueue.actors.coalesce import Coalescer
 from genqueue.client.aio import AsyncClient
 from genqueue.client.feed import RECONNECT, Subscription
 from genqueue.models import Job, JobPage, JobResult, JobStatus, QueueStatus, Submission
@@ -158,13 +158,14 @@ class _Subscriber:
 
 
 class _Calls:
-    """A subscriber's callback, called in order on its own thread: one that blocks, or calls
-    the client (whose loop hands it the jobs), would otherwise stall the loop. A callback
-    that raises is logged, and the next job is delivered."""
+    """A subscriber's callback, called in order on its own thread (fed by a Coalescer: one
+    wake a batch): one that blocks, or calls the client (whose loop hands it the jobs),
+    would otherwise stall the loop. A callback that raises is logged; the next job goes on."""
 
     def __init__(self, callback: Callable[[Job], None]):
         self._callback = callback
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._woken = threading.Event()
+        self._jobs: Coalescer[Job] = Coalescer(self._woken.set)
         self._stopped = False
         self._thread = threading.Thread(target=self._deliver, name="genqueue-client-events")
         self._thread.daemon = True
@@ -176,16 +177,21 @@ class _Calls:
     def stop(self) -> None:
         """No call after this returns (unless it is called by the callback itself)."""
         self._stopped = True
-        self._jobs.put(None)
+        self._woken.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(10)
 
     def _deliver(self) -> None:
-        while (job := self._jobs.get()) is not None and not self._stopped:
-            try:
-                self._callback(job)
-            except Exception:
-                log.exception("job event subscriber failed")
+        while not self._stopped:
+            self._woken.wait()
+            self._woken.clear()
+            for job in self._jobs.take():
+                if self._stopped:
+                    return
+                try:
+                    self._callback(job)
+                except Exception:
+                    log.exception("job event subscriber failed")
 
 
 async def _awaited(coro: Awaitable[T]) -> T:
