@@ -430,3 +430,13 @@ def test_a_raising_callback_on_the_loop_does_not_end_the_stream(
         run(main())
     assert got == ["queued", "failed"]
     assert [r.getMessage() for r in caplog.records] == ["job event subscriber failed"]
+
+
+def test_a_stream_that_ends_before_its_snapshot_is_refused_by_subscribe() -> None:
+    async def main() -> None:
+        empty = Script([])
+        sub = Subscription(empty.events, empty.read, lambda job: None, RECONNECT)
+        await sub.start()
+
+    with pytest.raises(GenqueueError, match="ended at once"):
+        run(main(), timeout_s=WAIT_S)

@@ -226,7 +226,7 @@ class AsyncClient:
                     elif not line and data:
                         yield event, b"\n".join(data)
                         event, data = "message", []
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> Unreachable:

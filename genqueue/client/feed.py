@@ -124,13 +124,14 @@ class Subscription:
         self._events, self._read, self._callback, self._retry = events, read, callback, retry
         self._seen = _Seen()
         self._closed = False
-        self._failures = 0  # reopens failed since a stream last opened
+        self._failures = 0  # streams in a row that ended or failed to open
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Subscription:
         """Open the stream (raising what refused it), then follow it in a task."""
         opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.ensure_future(self._run(opened))
+        self._task.add_done_callback(lambda _: opened.done() or opened.cancel())
         try:
             await asyncio.shield(opened)
         except BaseException:
@@ -165,21 +166,22 @@ class Subscription:
                 await self._follow(opened)
                 reason: BaseException | str = "the stream ended"
             except GenqueueError as exc:
-                if not opened.done():
-                    opened.set_exception(exc)
-                    return
-                if not _passing(exc):
-                    log.error("job subscription ended: %s", exc)
-                    return
+                if not _passing(exc) or not opened.done():
+                    return _ended(opened, exc)
                 reason = exc
+            except Exception as exc:  # a bug here: end it, loudly, rather than loop on it
+                log.exception("job subscription failed")
+                return _ended(opened, exc)
+            if not opened.done():
+                return _ended(opened, GenqueueError("the job event stream ended at once"))
             self._failures += 1
             if self._retry.gives_up(self._failures):
-                log.error(
-                    "job subscription ended: the stream failed %d times in a row (last: %s)",
-                    self._failures,
-                    reason,
+                return _ended(
+                    opened,
+                    GenqueueError(
+                        f"the stream failed {self._failures} times in a row (last: {reason})"
+                    ),
                 )
-                return
             log.warning("job event stream lost (%s); reopening", reason)
             await asyncio.sleep(self._retry.delay_s(self._failures))
 
@@ -241,3 +243,12 @@ def _passing(exc: GenqueueError) -> bool:
     if isinstance(exc, StreamsFull | Unreachable | StorageError):
         return True
     return exc.status is not None and exc.status >= 500
+
+
+def _ended(opened: asyncio.Future[None], why: BaseException) -> None:
+    """The subscription ends: `start` raises `why` if the first stream never opened; once
+    it has, the end is logged (no caller is waiting to be told)."""
+    if opened.done():
+        log.error("job subscription ended: %s", why)
+    else:
+        opened.set_exception(why)
