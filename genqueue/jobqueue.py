@@ -6,9 +6,10 @@
         print(q.result(job.id, timeout_s=60).video_url)
 
 Usable from plain threads (`submit`, `get`, `cancel`, `list_jobs`, `status`, `wait`,
-`result`, `healthy`, `webhooks.stats/dead/replay`) and from asyncio code (`asubmit`,
-`aget`, ..., `await_job`, `aresult`: they never block the loop). Every acknowledged
-submit is durable. Jobs read through it carry a local video's URL signed afresh.
+`result`, `subscribe`, `healthy`, `webhooks.stats/dead/replay`) and from asyncio code
+(`asubmit`, `aget`, ..., `await_job`, `aresult`, `asubscribe`: they never block the loop).
+Every acknowledged submit is durable. Jobs read through it carry a local video's URL
+signed afresh.
 """
 
 from __future__ import annotations
@@ -286,6 +287,10 @@ class JobQueue:
         """`result` for asyncio code: the job's result once it completes, like arq's
         `Job.result()` or a Temporal handle's; JobFailed if it failed or was cancelled."""
         return result_of(await self.await_job(job_id, timeout_s))
+
+    async def asubscribe(self, callback: Callable[[Job], None]) -> Callable[[], None]:
+        """`subscribe` for asyncio code (`callback` still runs on the `job-events` thread)."""
+        return self.subscribe(callback)
 
     async def ahealthy(self) -> bool:
         return self.healthy()

@@ -13,17 +13,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from helpers_queue import QueueFactory, Recorder, queue_factory, request
+from helpers_server import KEY, http_server
 
 from genqueue import (
     TERMINAL,
-    Config,
     IllegalTransition,
     InvalidRequest,
     Job,
@@ -34,34 +32,6 @@ from genqueue import (
     Unauthorized,
 )
 from genqueue.client import AsyncClient, Client
-from genqueue.http import JsonErrorRunner, create_app
-
-KEY = "k-default"
-
-
-@contextmanager
-def http_server(data_dir: Path, processor: Any, **settings: Any) -> Iterator[str]:
-    """`create_app` run as `main.py serve` runs it, on its own loop thread; its base URL."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
-    thread.start()
-    settings.setdefault("api_keys", f"{KEY}=default:admin")
-    cfg = Config(data_dir=str(data_dir), synchronous="NORMAL", **settings)
-
-    async def start() -> web.AppRunner:
-        runner = JsonErrorRunner(create_app(cfg, processor=processor))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner
-
-    runner = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 class Opener:
@@ -167,6 +137,36 @@ def test_wait_times_out_on_a_job_that_does_not_end(api: Opener) -> None:
     assert q.wait("held", timeout_s=20).status == "completed"
 
 
+def test_subscribe_follows_each_job_to_its_end_and_unsubscribe_stops_it(api: Opener) -> None:
+    rec = Recorder(hold_all=True)
+    q = api.open(rec)
+    seen: list[tuple[str, str]] = []
+    changed = threading.Condition()
+
+    def callback(job: Job) -> None:
+        with changed:
+            seen.append((job.id, job.status))
+            changed.notify_all()
+
+    def wait_seen(*wanted: tuple[str, str]) -> None:
+        with changed:
+            assert changed.wait_for(lambda: all(w in seen for w in wanted), 20), seen
+
+    unsubscribe = q.subscribe(callback)
+    q.submit(request(id="followed"))
+    rec.wait_running("followed")
+    wait_seen(("followed", "processing"))
+    rec.release_all()
+    wait_seen(("followed", "completed"))
+    statuses = [status for job_id, status in seen if job_id == "followed"]
+    assert statuses[-2:] == ["processing", "completed"]
+    assert set(statuses) <= {"queued", "processing", "completed"}
+    unsubscribe()
+    q.submit(request(id="unheard"))
+    assert q.wait("unheard", timeout_s=20).status == "completed"
+    assert [s for job_id, s in seen if job_id == "unheard"] == []
+
+
 def test_healthy_and_no_webhook_target_means_no_dead_letters(api: Opener) -> None:
     q = api.open(Recorder())
     assert q.healthy()
@@ -221,6 +221,11 @@ def test_the_async_twins_give_the_same_answers(queues: QueueFactory, tmp_path: P
         assert (await api.astatus()).max_concurrency == 4
         assert (await api.webhooks.astats()).sent == 0
         assert (await api.webhooks.adead()).deliveries == []
+        ended = threading.Event()  # the embedded queue calls back on its own thread
+        unsubscribe = await api.asubscribe(lambda job: job.terminal and ended.set())
+        await api.asubmit(request(prompt="followed"))
+        assert await asyncio.to_thread(ended.wait, 20)
+        unsubscribe()
 
     async def remote(url: str) -> None:
         async with AsyncClient(url, KEY) as client:

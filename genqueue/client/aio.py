@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Callable, Collection
 from urllib.parse import quote
 
 import aiohttp
 import msgspec
 
 from genqueue.client import answers
+from genqueue.client.feed import RECONNECT, StreamsFull, Subscription
 from genqueue.errors import GenqueueError, InvalidRequest, JobFailed, StorageError, Unreachable
 from genqueue.models import Job, JobPage, JobResult, JobStatus, QueueStatus, Submission
 from genqueue.providers.registry import ProviderList
 from genqueue.requests import RequestLike, parse_request
+from genqueue.retry import RetryPolicy
 from genqueue.webhooks import DeadLetters, Delivery, WebhookStats
 from genqueue.wire import DeliveryPage, PublicDelivery, PublicJob
 from genqueue.wire import JobPage as PublicJobPage
@@ -29,10 +31,9 @@ _PROVIDERS = msgspec.json.Decoder(ProviderList)
 _DEAD = msgspec.json.Decoder(DeliveryPage)
 _DELIVERY = msgspec.json.Decoder(PublicDelivery)
 _ENCODER = msgspec.json.Encoder()
-
-
-class _StreamsFull(Exception):
-    """The server refused one more event stream for this key (429 too_many_streams)."""
+# `GET /api/events` sends the queue's figures every 2 s: this long without a byte, the
+# stream is taken for dropped (a peer gone without closing it) and reopened.
+_FEED_QUIET_S = 30.0
 
 
 def _job_path(job_id: str) -> str:
@@ -48,6 +49,7 @@ class AsyncClient:
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._subscriptions: set[Subscription] = set()
         self.webhooks = AsyncWebhooks(self)
 
     async def __aenter__(self) -> AsyncClient:
@@ -57,6 +59,9 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Unsubscribe every subscription, then close the session."""
+        while self._subscriptions:
+            await self._subscriptions.pop().aclose()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -128,15 +133,31 @@ class AsyncClient:
             raise JobFailed(job)
         return job.result
 
+    async def asubscribe(
+        self, callback: Callable[[Job], None], *, retry: RetryPolicy = RECONNECT
+    ) -> Subscription:
+        """Call `callback(job)` (on this loop) on each change of a job the key may see, from
+        `GET /api/events`; returns once the stream is open (raising what refused it:
+        StreamsFull past the key's GENQUEUE_MAX_STREAMS_PER_KEY). A dropped stream is reopened
+        after `retry`'s waits. Calling the returned subscription unsubscribes; what is
+        delivered, and what JobQueue.subscribe delivers that this does not: feed.py."""
+        subscription = Subscription(
+            lambda: self._events("/api/events", feed=True), self.aget, callback, retry
+        )
+        await subscription.start()
+        self._subscriptions.add(subscription)
+        subscription.on_close(self._subscriptions.discard)
+        return subscription
+
     async def _follow(self, job_id: str) -> Job:
         stream = self._events(_job_path(job_id) + "/events")
         try:
             async with contextlib.aclosing(stream) as events:
-                async for data in events:
+                async for _, data in events:
                     job = answers.job(answers.decode(_JOB, data))
                     if job.terminal:
                         return job
-        except _StreamsFull:  # the key holds all the streams it may: read the job instead
+        except StreamsFull:  # the key holds all the streams it may: read the job instead
             return await self._poll(job_id)
         raise GenqueueError(f"the event stream of job {job_id} ended before the job did")
 
@@ -176,26 +197,36 @@ class AsyncClient:
             raise answers.error_for(resp.status, raw, path)
         return resp.status, raw
 
-    async def _events(self, path: str) -> AsyncGenerator[bytes, None]:
-        """The `data` of each Server-Sent Event at `path` (no overall timeout)."""
+    async def _events(
+        self, path: str, *, feed: bool = False
+    ) -> AsyncGenerator[tuple[str, bytes], None]:
+        """Each Server-Sent Event at `path`, `(event, data)` (no overall timeout); `feed`:
+        the dashboard's feed, asked for as a stream, dropped after `_FEED_QUIET_S` silent."""
         url = self.base_url + path
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout.total, sock_read=_FEED_QUIET_S if feed else None
+        )
+        headers = {"Accept": "text/event-stream"} if feed else None
         try:
-            async with self._open().get(url, timeout=timeout) as resp:
+            async with self._open().get(url, timeout=timeout, headers=headers) as resp:
                 if resp.status >= 400:
                     raw = await resp.read()
+                    error = answers.error_for(resp.status, raw, path)
                     if answers.code_of(raw) == "too_many_streams":
-                        raise _StreamsFull()
-                    raise answers.error_for(resp.status, raw, path)
-                data: list[bytes] = []
+                        error = StreamsFull(f"cannot open an event stream: {error}")
+                        error.status = resp.status
+                    raise error
+                event, data = "message", list[bytes]()
                 async for line in resp.content:
                     line = line.rstrip(b"\r\n")
                     if line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))
+                    elif line.startswith(b"event:"):
+                        event = line[6:].strip().decode("utf-8", "replace")
                     elif not line and data:
-                        yield b"\n".join(data)
-                        data = []
-        except (TimeoutError, aiohttp.ClientError) as exc:
+                        yield event, b"\n".join(data)
+                        event, data = "message", []
+        except (TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> Unreachable:
