@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import decimal
 import json
-import uuid
 from typing import Any
 
 import msgspec
@@ -12,6 +11,7 @@ import msgspec
 from genqueue.config import Config
 from genqueue.convert import Refused, convert
 from genqueue.errors import InvalidRequest
+from genqueue.ids import new_id
 from genqueue.models import (
     GenerationRequest,
     Job,
@@ -102,12 +102,12 @@ def _not_json(exc: Exception) -> InvalidRequest:
 def new_job(req: GenerationRequest, user_id: str, *, now_s: float, routes: list[Route]) -> Job:
     """The job a request makes; `routes`: the providers and models it may run on, in order
     (checked against each model's capability row), each with one paid start's price."""
-    job_id = req.id or uuid.uuid4().hex
+    job_id = req.id or new_id()
     return Job(
         id=job_id,
         # Unique per job record, whatever the id: a client id reused after retention
         # gets a new generation (and so new webhook-ids). A server-chosen id is unique.
-        generation_id=job_id if req.id is None else uuid.uuid4().hex,
+        generation_id=job_id if req.id is None else new_id(),
         user_id=user_id,
         prompt=req.prompt,
         parameters=req.parameters,

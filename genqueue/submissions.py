@@ -37,22 +37,32 @@ class Submissions:
             asyncio.AbstractEventLoop, Coalescer[tuple[Submit, _Waiter]]
         ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        # the last loop's batch (a weak-keyed lookup makes a weakref each time)
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], Coalescer[Any]] | None = None
 
     def put(self, submission: Submit) -> _Waiter:
         """From the loop: the future of `(job, created)`."""
         loop = asyncio.get_running_loop()
-        batch = self._batches.get(loop)
-        if batch is None:
-            with self._lock:
-                batch = self._batches.get(loop)
-                if batch is None:
-                    batch = self._batches[loop] = Coalescer(functools.partial(self._wake, loop))
+        last = self._last
+        batch = last[1] if last is not None and last[0]() is loop else self._batch_of(loop)
         fut: _Waiter = loop.create_future()
         batch.put((submission, fut))
         return fut
 
-    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.call_soon(self._send, loop)  # on that loop's own thread: its first put
+    def _batch_of(self, loop: asyncio.AbstractEventLoop) -> Coalescer[tuple[Submit, _Waiter]]:
+        with self._lock:
+            batch = self._batches.get(loop)
+            if batch is None:
+                # the loop held weakly: a batch (the dict's value) must not keep its key alive
+                wake = functools.partial(self._wake, weakref.ref(loop))
+                batch = self._batches[loop] = Coalescer(wake)
+            self._last = (weakref.ref(loop), batch)
+            return batch
+
+    def _wake(self, loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+        loop = loop_ref()
+        if loop is not None:  # on that loop's own thread: its first put
+            loop.call_soon(self._send, loop)
 
     def _send(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._batches[loop].take()

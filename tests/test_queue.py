@@ -8,8 +8,10 @@ processor calls and job events (see helpers_queue.py), never on fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,15 @@ from helpers_queue import (
     request,
 )
 
-from genqueue import IllegalTransition, InvalidRequest, JobNotFound, JobQueue, ProviderError
+from genqueue import (
+    IllegalTransition,
+    InvalidRequest,
+    JobNotFound,
+    JobQueue,
+    JobResult,
+    ProviderError,
+)
+from genqueue.actors.job import JobActor
 from genqueue.actors.runtime import AlarmRecord
 from genqueue.clock import ManualClock
 
@@ -124,6 +134,29 @@ def test_rate_limit_holds_over_a_manual_clock_minute(queues):
     for t in times:  # a sliding window: never more than 5 starts in any 60 s
         assert sum(1 for u in times if t <= u < t + 60) <= 5
     assert sorted(c.job_id for c in rec.calls) == sorted(ids)
+
+
+def test_the_rate_window_survives_a_restart(queues):
+    """Tokens spent before a restart still count after it (they are stored with the
+    queue's meta): a restarted queue does not start a fresh minute's worth at once."""
+    clock = ManualClock()
+    t0 = clock.now()
+    rec = Recorder(clock)
+    q = queues.open(rec, clock=clock, rate_limit_per_minute=3)
+    for i in range(3):
+        q.submit(request(prompt=f"before {i}"))
+    q.join(timeout_s=20)
+    queues.close(q)
+
+    clock.advance(20)
+    rec2 = Recorder(clock)
+    q2 = queues.open(rec2, clock=clock, rate_limit_per_minute=3)
+    q2.submit(request(prompt="after"))
+    poll_until(lambda: queue_alarm_at(q2) == t0 + 60, "the queue to wait for a token")
+    assert rec2.calls == []
+    clock.advance(40)
+    rec2.wait_calls(1)
+    assert rec2.calls[0].at == t0 + 60
 
 
 def test_a_429_pauses_dispatch_for_every_job_until_retry_after(queues):
@@ -336,6 +369,78 @@ def test_immediate_mode_starts_on_submit_without_a_cap(queues):
     rec.release(*ids)
     q.join(timeout_s=20)
     assert rec.max_running == 3
+
+
+@pytest.mark.parametrize("mode", ["alarm", "immediate"])
+def test_a_job_dispatched_in_its_submitting_turn_starts_after_that_one_commit(queues, mode):
+    """The queue stores a job it dispatches as it is submitted as processing in the same
+    turn, so the processor (the provider's start call) waits for one commit, not two."""
+    seen: list[tuple[int, str, int]] = []
+
+    async def processor(job, report):
+        assert q.store is not None
+        seen.append((q.store.commits, job.status, job.attempts))
+        return JobResult(video_url="memory://x")
+
+    q = queues.open(processor, dispatch=mode)
+    assert q.store is not None
+    q.submit(request())  # the queue is active and idle once this one has ended
+    q.join(timeout_s=20)
+    q.store.flush()
+    before = q.store.commits
+    job = q.submit(request()).job
+    q.join(timeout_s=20)
+    assert seen[1:] == [(before + 1, "processing", 1)]
+    assert q.get(job.id).status == "completed"
+    assert q.get(job.id).attempts == 1
+
+
+def test_a_submission_batch_that_fails_starts_none_of_its_jobs(queues, monkeypatch):
+    """A batch's turn that fails (here: storing its second job) stores nothing, and none of
+    its jobs runs or holds a slot: the queue comes back from storage (review finding: the
+    first job, kept in memory, was started and paid for)."""
+    real_create = JobActor.create
+
+    def create(system, job):
+        if job.prompt == "boom":
+            raise RuntimeError("injected: storing a job failed")
+        return real_create(system, job)
+
+    monkeypatch.setattr(JobActor, "create", staticmethod(create))
+    rec = Recorder()
+    q = queues.open(rec)
+
+    async def one_batch() -> list[object]:  # submitted in one turn of the loop: one batch
+        return await asyncio.gather(
+            q.asubmit(request("ghost", id="ghost-1")),
+            q.asubmit(request("boom", id="boom-2")),
+            return_exceptions=True,
+        )
+
+    assert [type(r) for r in asyncio.run(one_batch())] == [RuntimeError, RuntimeError]
+    q.submit(request("normal", id="normal-3"))
+    q.join(timeout_s=20)
+    assert [c.job_id for c in rec.calls] == ["normal-3"]
+    for job_id in ("ghost-1", "boom-2"):
+        with pytest.raises(JobNotFound):
+            q.get(job_id)
+    assert q.status().in_flight == 0
+
+
+def test_submitting_from_short_lived_loops_keeps_none_of_them_alive(queues):
+    """`asyncio.run(q.asubmit(...))` per call: each loop is collected after it closes."""
+    q = queues.open(Recorder())
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def submit(i: int) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await q.asubmit(request(f"from loop {i}"))
+
+    for i in range(5):
+        asyncio.run(submit(i))
+    q.join(timeout_s=20)
+    gc.collect()
+    assert [ref() for ref in loops] == [None] * 5
 
 
 # -- retention ----------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from helpers_queue import Recorder, poll_until, queue_factory, request
 
+from genqueue.actors.stats import QueueStats
+from genqueue.clock import ManualClock
+
 
 def test_a_status_asked_after_a_job_reads_completed_counts_it(tmp_path: Path) -> None:
     rec = Recorder(hold_all=True)
@@ -48,3 +51,34 @@ def test_a_status_asked_after_a_job_reads_completed_counts_it(tmp_path: Path) ->
         asking.join(10)
         assert seen == [1], "the status must count what a read already showed"
         assert q.get("j1").status == "completed"
+
+
+def test_per_minute_figures_count_the_last_60_seconds_only() -> None:
+    """processed_per_minute / failed_per_minute: ends in the last 60 s of the injected clock."""
+    clock = ManualClock()
+    stats = QueueStats(clock)
+
+    def per_minute() -> tuple[int, int]:
+        status = stats.status(
+            counters={},
+            by_priority={},
+            dispatch="alarm",
+            queued=0,
+            in_flight=0,
+            retry_wait=0,
+            max_concurrency=1,
+            oldest_wait_s=None,
+            paused_until=None,
+        )
+        return status.processed_per_minute, status.failed_per_minute
+
+    for status in ("completed", "completed", "failed", "cancelled"):
+        stats.finished(status, 0.0, 1.0)  # type: ignore[arg-type]
+    assert per_minute() == (2, 1)
+    clock.advance(30)
+    stats.finished("completed", 0.0, 1.0)
+    assert per_minute() == (3, 1)
+    clock.advance(31)  # the first four are over a minute old
+    assert per_minute() == (1, 0)
+    clock.advance(60)
+    assert per_minute() == (0, 0)

@@ -30,6 +30,7 @@ from genqueue.actors.runtime import (
 )
 from genqueue.actors.system import ActorSystem
 from genqueue.clock import ManualClock
+from genqueue.errors import IllegalTransition
 from genqueue.storage.state import StateStore
 
 T0 = 1_800_000_000.0
@@ -104,6 +105,8 @@ class Probed(DurableActor):
                 raise ValueError("the turn failed after starting a coroutine")
             case "boom":
                 raise ValueError("boom")
+            case "refuse":
+                raise IllegalTransition("refused, nothing changed")
         return None
 
     def _outcome(self, outcome: Outcome) -> None:
@@ -356,17 +359,24 @@ def test_10000_actors_leave_a_bounded_number_of_threads(
     assert system.live_count() == 0
 
 
-def test_a_crashed_tell_restarts_from_storage(make_system: MakeSystem) -> None:
+def test_a_crashed_turn_restarts_from_storage_and_a_refusal_does_not(
+    make_system: MakeSystem,
+) -> None:
     system = make_system()
     probe = probe_of(system)
     first = system.ask(Probed, "c", "ping")
     system.ask(Probed, "c", ("put", "n", 7))
-    with pytest.raises(ValueError, match="boom"):  # an ask gets the error; the actor lives
-        system.ask(Probed, "c", "boom")
+    with pytest.raises(IllegalTransition):  # a refusal is the ask's answer: the actor lives
+        system.ask(Probed, "c", "refuse")
     assert system.ask(Probed, "c", "ping") == first
     system.tell(Probed, "c", "boom")  # a tell that raises: stop, come back on the next message
     probe.wait("stop", "c")
-    assert system.ask(Probed, "c", "ping") != first
+    second = system.ask(Probed, "c", "ping")
+    assert second != first
+    with pytest.raises(ValueError, match="boom"):  # an ask gets the error, and the instance
+        system.ask(Probed, "c", "boom")  # whose memory it may have half-changed stops too
+    probe.wait("stop", "c", count=2)
+    assert system.ask(Probed, "c", "ping") not in (first, second)
     assert system.store.namespace("probed").get("c/n") == 7
 
 

@@ -49,7 +49,7 @@ class _LoopInbox:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        self.loop_ref = weakref.ref(loop)  # weak: the registry below must not keep it alive
         self._calls: Coalescer[tuple[Callable[..., Any], tuple[Any, ...]]] = Coalescer(self._wake)
 
     def post(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -57,32 +57,51 @@ class _LoopInbox:
         self._calls.put((fn, args))
 
     def _wake(self) -> None:
-        self._loop.call_soon_threadsafe(self._run)
+        loop = self.loop_ref()
+        if loop is None:
+            raise RuntimeError("the event loop is gone")
+        loop.call_soon_threadsafe(self._run)
 
     def _run(self) -> None:
         for fn, args in self._calls.take():
             try:
                 fn(*args)
             except Exception as exc:
-                self._loop.call_exception_handler(
+                asyncio.get_running_loop().call_exception_handler(
                     {"message": f"posted call {fn!r} failed", "exception": exc}
                 )
 
 
-_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopInbox] = (
-    weakref.WeakKeyDictionary()
-)
+# id(loop) -> its inbox, dropped when the loop is collected (a plain dict: a weak-keyed
+# one makes a weakref for every lookup, and every reply and task start looks one up)
+_inboxes: dict[int, _LoopInbox] = {}
 _inboxes_lock = threading.Lock()
 
 
 def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
     """`loop.call_soon_threadsafe(fn, *args)`, batched: calls posted from any thread run in
     the order posted, many per wake-up. RuntimeError if the loop is closed."""
-    inbox = _inboxes.get(loop)
-    if inbox is None:
-        with _inboxes_lock:
-            inbox = _inboxes.setdefault(loop, _LoopInbox(loop))
+    inbox = _inboxes.get(id(loop))
+    if inbox is None or inbox.loop_ref() is not loop:
+        inbox = _inbox_of(loop)
     inbox.post(fn, args)
+
+
+def _inbox_of(loop: asyncio.AbstractEventLoop) -> _LoopInbox:
+    with _inboxes_lock:
+        inbox = _inboxes.get(id(loop))
+        if inbox is None or inbox.loop_ref() is not loop:
+            inbox = _inboxes[id(loop)] = _LoopInbox(loop)
+            weakref.finalize(loop, _forget_inbox, id(loop), inbox)
+        return inbox
+
+
+def _forget_inbox(key: int, inbox: _LoopInbox) -> None:
+    """The loop was collected. No lock: a collection (and so this finalizer) may run on a
+    thread inside `_inbox_of`, holding `_inboxes_lock`. The id is not reused before this
+    runs, so the entry is this inbox or a later loop's, which stays."""
+    if _inboxes.get(key) is inbox:
+        _inboxes.pop(key, None)
 
 
 def future_reply(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Reply]:

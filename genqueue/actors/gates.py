@@ -40,6 +40,7 @@ class ProviderGates:
         self.caps = {DEFAULT_PROVIDER: 0, "fal": cfg.fal_max_concurrency}
         self.rates = {p: RateWindow(limit) for p, limit in self.limits.items()}
         self.in_flight: dict[str, int] = {}
+        self._spent = False  # a token was spent since the last save
 
     def rate(self, provider: str) -> RateWindow:
         window = self.rates.get(provider)
@@ -53,6 +54,10 @@ class ProviderGates:
             self.rate(provider).load(spent)
 
     def save(self, meta: _Meta) -> None:
+        """Store the rate windows in `meta` (only if a token was spent since the last save)."""
+        if not self._spent:
+            return
+        self._spent = False
         meta.spent_tokens = self.rate(DEFAULT_PROVIDER).snapshot()
         meta.provider_tokens = {
             p: w.snapshot()
@@ -127,7 +132,26 @@ class ProviderGates:
 
     def spend(self, provider: str, now: float) -> None:
         """A token of the provider's bucket (a dispatch)."""
-        self.rate(provider).spend(now)
+        window = self.rate(provider)
+        if window.per_minute:
+            window.spend(now)
+            self._spent = True
+
+    def closed(self, meta: _Meta, now: float) -> dict[str, float]:
+        """The providers whose gate is shut at `now`, each with `opens_at` (of all those
+        in `rates`): one pass, no work for a provider with no pause, rate limit or cap."""
+        shut: dict[str, float] = {}
+        for provider, window in self.rates.items():
+            if provider == DEFAULT_PROVIDER:
+                paused = meta.paused_until > now
+            else:
+                pause = meta.pauses.get(provider)
+                paused = pause is not None and bool(pause) and float(pause[0]) > now
+            if paused or window.per_minute or self.caps.get(provider):
+                at = self.opens_at(meta, provider, now)
+                if at > now:
+                    shut[provider] = at
+        return shut
 
     def added(self, provider: str) -> None:
         """A job of `provider` is in flight (dispatched, or found so at activation)."""

@@ -77,8 +77,8 @@ class JobActor(HostedActor):
         match message:
             case GetJob():
                 return self.job
-            case Start(wait_s=wait_s, provider=provider):
-                return self._start(wait_s, provider)
+            case Start(wait_s=wait_s, provider=provider, started_at=started_at):
+                return self._start(wait_s, provider, started_at)
             case Recover():
                 return self._recover()
             case Report(progress=progress, checkpoint=checkpoint):
@@ -89,22 +89,21 @@ class JobActor(HostedActor):
                 return self._timed_out()
         raise TypeError(f"JobActor cannot handle {message!r}")
 
-    def _start(self, wait_s: float | None, provider: str = "") -> Job:
+    def _start(
+        self, wait_s: float | None, provider: str = "", started_at: float | None = None
+    ) -> Job:
         job = self._job()
+        if started_at is not None and job.status == "processing" and job.started_at == started_at:
+            # stored as started by the queue's turn that created it (create_started)
+            if not self.async_tokens():
+                self._run()
+            return job
         if job.status != "queued":
             # Cancelled while the queue dispatched it: give the slot back.
             self._tell_queue(Finished(job.id, job.user_id, job.status))
             return job
         job = _routed(job, provider)
-        now = self.clock.now()
-        self._save(
-            job,
-            status="processing",
-            attempts=job.attempts + 1,
-            started_at=now,
-            queue_position=None,
-            progress=job.progress,
-        )
+        self._save(job, status="processing", **_dispatched(job, self.clock.now()))
         self._run()
         return self._job()
 
@@ -325,6 +324,25 @@ class JobActor(HostedActor):
         return JobActor.table(system).put(f"{job.id}/record", job)
 
     @staticmethod
+    def create_started(system: ActorSystem, job: Job, provider: str, now: float) -> Job:
+        """Store a job created in this queue turn as already dispatched (on `provider`, at
+        `now`), as its own Start turn would (see `_start`), then the queue tells it
+        `Start(started_at=now)`. Its actor has never run, so no instance holds its record;
+        one commit, not two, comes before the provider's start call. A cancel that reaches
+        it before its Start (only a client-chosen id can be known that early) finds it
+        processing, attempt 1, its processor not run: as a cancel between a start's commit
+        and its coroutine always could."""
+        job = _routed(job, provider)
+        new = msgspec.structs.replace(
+            job, status="processing", updated_at=now, **_dispatched(job, now)
+        )
+        JobActor.table(system).put(f"{job.id}/record", new)
+        webhooks = system.queue_services().webhooks
+        if webhooks is not None:  # same turn, same commit, as `_save` stores it
+            webhooks.on_event(new, False)
+        return new
+
+    @staticmethod
     def read(system: ActorSystem, job_id: str) -> Job | None:
         """A job's stored record, without activating its actor."""
         return JobActor.table(system).get(f"{job_id}/record", Job)
@@ -366,6 +384,11 @@ def _routed(job: Job, provider: str) -> Job:
     return msgspec.structs.replace(
         job, provider=route.provider, model=route.model, estimated_cost=route.cost
     )
+
+
+def _dispatched(job: Job, now: float) -> dict[str, Any]:
+    """What a dispatch changes in a job's record (its Start turn's, or the queue's)."""
+    return {"attempts": job.attempts + 1, "started_at": now, "queue_position": None}
 
 
 def _as_result(value: Any) -> JobResult:

@@ -47,16 +47,23 @@ def pick_next(
     blocked: Callable[[str], bool] | None,
 ) -> Pick:
     """The next job that may start now (`blocked(user_id)`: that user is at their cap)."""
-    opens = {p: gates.opens_at(meta, p, now) for p in gates.rates}
-    shut = {p for p, at in opens.items() if at > now}
-    if shut and len(shut) == len(opens):  # every gate closed: nothing may start
-        wake = min(opens.values())
+    if not line:
+        return Pick(None)  # an arrival dispatches again
+    shut = gates.closed(meta, now)  # provider -> when it opens
+    if not shut:  # every gate open: the line's next job, at once
+        entry = line.next(blocked)
+        if entry is None:
+            return Pick(None)
+        line.served(entry)
+        return Pick(entry)
+    if len(shut) == len(gates.rates):  # every gate closed: nothing may start
+        wake = min(shut.values())
         return Pick(None, None if wake == CLOSED else wake)
     paused = {p for p in shut if gates.pause_of(meta, p)[0] > now}
-    ok = functools.partial(_open_for, frozenset(shut), frozenset(paused)) if shut else None
+    ok = functools.partial(_open_for, frozenset(shut), frozenset(paused))
     entry = line.next(blocked, ok)
     if entry is None:
-        wake = min((opens[p] for p in shut), default=CLOSED)
+        wake = min(shut.values())
         return Pick(None, None if wake == CLOSED else wake)
     line.served(entry)
     if entry.provider not in shut:

@@ -45,7 +45,7 @@ from genqueue.actors.retention import remove_finished
 from genqueue.actors.runtime import AlarmInfo, DurableActor
 from genqueue.actors.services import QUEUE
 from genqueue.actors.spend import SpendBook
-from genqueue.actors.stats import QueueStats
+from genqueue.actors.stats import QueueStats, queue_status
 from genqueue.actors.system import ActorSystem
 from genqueue.actors.watchdog import Watchdog
 from genqueue.errors import QueueFull
@@ -73,6 +73,9 @@ class QueueActor(DurableActor):
         self.spend = SpendBook(self.meta.spend)
         self.gates = ProviderGates(self.cfg)
         self.stats = QueueStats(self.clock)
+        self._dispatch_due = False  # a dispatch pass at the end of this turn
+        self._meta_dirty = False  # meta is stored at the end of this turn
+        self._fresh: dict[str, Job] = {}  # jobs created in this turn (their actor never ran)
 
     def activate(self) -> None:
         self.meta = self.storage.get("meta", QueueMeta) or QueueMeta()
@@ -100,6 +103,7 @@ class QueueActor(DurableActor):
     # -- messages --------------------------------------------------------------------------------
 
     def receive(self, message: Any) -> Any:
+        self._fresh.clear()  # a failed turn's (an ask's failure does not restart this actor)
         match message:
             case Submit(job=job, client_id=client_id):
                 submitted = self._submit(job, client_id)
@@ -166,7 +170,9 @@ class QueueActor(DurableActor):
             job, seq=seq, status="queued", queued_at=now, queue_position=self.line.position(entry)
         )
         JobActor.create(self.system, job)
-        self.storage.last_seq = self._index(job)
+        self._fresh[job.id] = job
+        # list order for `list_jobs`: per user and for all users, newest first
+        self.storage.last_seq = JobIndex(self.system.store).add(job)
         self._count("submitted")
         self._save_meta()
         self.after_commit(functools.partial(self.svc.publish, job))
@@ -179,15 +185,11 @@ class QueueActor(DurableActor):
         would do, without the round trip through the scheduler: the dispatch is committed
         with the submission); every mode keeps the alarm the watchdog needs."""
         if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
-            self._dispatch_here()
+            self._dispatch_due = True
             return
         at, due = self._next_alarm(None), self.get_alarm()
         if due is None or due > at:
             self.set_alarm(at)
-
-    def _index(self, job: Job) -> int:
-        """List order for `list_jobs`: per user and for all users, newest first."""
-        return JobIndex(self.system.store).add(job)
 
     def _finished(self, msg: Finished) -> None:
         flight = self.in_flight.end(msg.job_id, msg.user_id)
@@ -211,7 +213,7 @@ class QueueActor(DurableActor):
             self.stats.finished(msg.status, msg.wait_s, msg.processing_s)
         self._save_meta()
         if self.cfg.dispatch in ("alarm", "sqs"):  # sqs: the coordinator dispatches as alarm
-            self._dispatch_here()  # what an alarm set to now would do, without the round trip
+            self._dispatch_due = True  # what an alarm set to now would do, without the round trip
         self._tell_if_idle()
 
     def _removed(self, msg: Remove) -> None:
@@ -268,6 +270,7 @@ class QueueActor(DurableActor):
     # -- dispatch ----------------------------------------------------------------------------------
 
     def alarm(self, info: AlarmInfo) -> None:
+        self._fresh.clear()
         now = self.clock.now()
         if now >= self.meta.next_retention_at:
             self._retention(now)
@@ -328,6 +331,11 @@ class QueueActor(DurableActor):
         self._save_meta()
         self.stats.started(now - entry.enqueued_at)
         start = Start(now - entry.enqueued_at, provider=entry.provider)
+        fresh = self._fresh.pop(entry.job_id, None)
+        if fresh is not None:  # created in this turn: stored as started here, in one commit
+            job = JobActor.create_started(self.system, fresh, entry.provider, now)
+            self.after_commit(functools.partial(self.svc.publish, job))
+            start = msgspec.structs.replace(start, started_at=now)
         self.tell_after_commit(JobActor, entry.job_id, start)
 
     # -- pending bookkeeping ---------------------------------------------------------------------
@@ -375,25 +383,18 @@ class QueueActor(DurableActor):
         self.meta.counters[name] = self.meta.counters.get(name, 0) + n
 
     def _save_meta(self) -> None:
-        self.storage.put("meta", self.meta)
+        self._meta_dirty = True
+
+    def before_commit(self) -> None:
+        """Once per turn, however many messages it handled (a batch of tells is one turn):
+        one dispatch pass for every arrival and end, then meta stored once."""
+        if self._dispatch_due:
+            self._dispatch_due = False
+            self._dispatch_here()
+        self._fresh.clear()  # (and at every turn's start: receive, alarm)
+        if self._meta_dirty:
+            self._meta_dirty = False
+            self.storage.put("meta", self.meta)
 
     def status(self) -> QueueStatus:
-        by_priority = self.line.by_priority()
-        oldest = self.line.oldest_enqueued_at()
-        now = self.clock.now()
-        paused = self.meta.paused_until > now
-        return self.stats.status(
-            dispatch=self.cfg.dispatch,
-            queued=self.depth(),
-            by_priority=by_priority,
-            in_flight=len(self.in_flight),
-            retry_wait=self.retry_wait,
-            max_concurrency=self.cfg.max_concurrency,
-            oldest_wait_s=None if oldest is None else now - oldest,
-            counters=self.meta.counters,
-            paused_until=self.meta.paused_until if paused else None,
-            paused_reason=(self.meta.pause_reason or None) if paused else None,
-            quota_pauses=self.meta.counters.get("quota_pauses", 0),
-            spend=self.spend.as_status(now),
-            providers=self.gates.status(self.meta, now),
-        )
+        return queue_status(self, self.clock.now())

@@ -38,6 +38,7 @@ from genqueue.actors.records import (
     _Passivate,
     _TaskDone,
 )
+from genqueue.errors import GenqueueError
 from genqueue.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -124,6 +125,11 @@ class Durable:
     def busy(self) -> bool:
         """True while the actor must not be passivated (work in flight)."""
         return bool(self._tasks)
+
+    def before_commit(self) -> None:
+        """The turn's messages are handled, its writes not yet queued: the place for work
+        done once per turn rather than once per message (a batch of tells is one turn).
+        What it writes or sends is part of the turn; if it raises, the turn fails."""
 
     # -- Durable Objects alarm API ----------------------------------------------------------
 
@@ -219,6 +225,7 @@ class Durable:
 
     def _commit_turn(self) -> None:
         """Queue this turn's writes as one atomic batch (the reply waits for its commit)."""
+        self.before_commit()
         seq = self.system.store.end_turn()
         if seq:
             self.storage.last_seq = seq
@@ -237,12 +244,15 @@ class Durable:
             result = self._handle(message)
             self._commit_turn()  # raises once the store has failed: the turn failed too
         except Exception as exc:
-            # A failed turn stores nothing; a failed tell restarts the actor from storage.
+            # A failed turn stores nothing; a failed tell (or an unexpected error in an ask)
+            # restarts the actor from storage.
             self.system.store.discard_turn()
             drop_deferred(self._deferred)
             self._passivate_after_turn = False
             self._end_turn(reply, False, exc)
-            if reply is None:
+            if reply is None or not isinstance(exc, GenqueueError):
+                # A refusal (a GenqueueError) is an ask's answer, raised before any change;
+                # anything else may have left this instance's memory half-changed.
                 self._crash(exc)
             return None
         self._end_turn(reply, True, result)
@@ -300,7 +310,8 @@ class Durable:
         self.system.store.after_commit(seq, release)
 
     def _crash(self, exc: BaseException, resend: list[Any] | None = None) -> None:
-        """An unexpected error in a tell: stop, and come back from storage on the next message.
+        """An unexpected error (a tell's, or an ask's that is no GenqueueError): stop, and come
+        back from storage on the next message.
 
         The failed message is dropped. `resend`, then whatever was already waiting in this
         instance's inbox, go in that order to the new instance (activated from storage), so

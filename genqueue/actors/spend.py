@@ -11,6 +11,7 @@ each waiting or running job's price of one start, rebuilt at activation from the
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -20,7 +21,13 @@ __all__ = ["SpendBook", "day_of"]
 
 
 def day_of(now: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(now))
+    """The UTC day of `now`, as "YYYY-MM-DD"."""
+    return _day(int(now // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day(days: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(days * 86400))
 
 
 class SpendBook:
@@ -43,13 +50,16 @@ class SpendBook:
     def charge(self, user_id: str, provider: str, cost: float, now: float) -> None:
         if cost <= 0:
             return
-        for key in ("total", f"provider/{provider}", f"user/{user_id}/{day_of(now)}"):
+        today = day_of(now)
+        mine = f"user/{user_id}/{today}"
+        fresh = mine not in self.committed  # the user's first charge today
+        for key in ("total", f"provider/{provider}", mine):
             self.committed[key] = round(self.committed.get(key, 0.0) + cost, 6)
-        # keep only today's and yesterday's per-user figures (a budget is per day)
-        keep = {day_of(now), day_of(now - 86400)}
-        for key in [k for k in self.committed if k.startswith("user/")]:
-            if key.rsplit("/", 1)[1] not in keep:
-                del self.committed[key]
+        if fresh:  # keep only today's and yesterday's per-user figures (a budget is per day)
+            keep = {today, day_of(now - 86400)}
+            for key in [k for k in self.committed if k.startswith("user/")]:
+                if key.rsplit("/", 1)[1] not in keep:
+                    del self.committed[key]
 
     def in_flight(self, user_id: str) -> float:
         return sum(cost for user, cost in self.reserved.values() if user == user_id)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genqueue.clock import Clock
 from genqueue.models import JobStatus, QueueStatus
 
-__all__ = ["QueueStats"]
+if TYPE_CHECKING:
+    from genqueue.actors.queue import QueueActor
+
+__all__ = ["QueueStats", "queue_status"]
 
 SAMPLES = 1000
 
@@ -31,7 +34,8 @@ class QueueStats:
         self._clock = clock
         self.waits: deque[float] = deque(maxlen=SAMPLES)
         self.processing: deque[float] = deque(maxlen=SAMPLES)
-        self._ended: deque[tuple[float, str]] = deque()
+        self._ended: deque[tuple[float, str]] = deque()  # the last minute's ends
+        self._ended_count: dict[str, int] = {}  # status -> how many of them
 
     def started(self, wait_s: float) -> None:
         self.waits.append(max(0.0, wait_s))
@@ -40,14 +44,14 @@ class QueueStats:
         if processing_s is not None and status == "completed":
             self.processing.append(max(0.0, processing_s))
         self._ended.append((self._clock.now(), status))
+        self._ended_count[status] = self._ended_count.get(status, 0) + 1
 
     def _last_minute(self) -> tuple[int, int]:
         cutoff = self._clock.now() - 60
-        while self._ended and self._ended[0][0] < cutoff:
-            self._ended.popleft()
-        done = sum(1 for _, s in self._ended if s == "completed")
-        failed = sum(1 for _, s in self._ended if s == "failed")
-        return done, failed
+        ended, count = self._ended, self._ended_count
+        while ended and ended[0][0] < cutoff:
+            count[ended.popleft()[1]] -= 1
+        return count.get("completed", 0), count.get("failed", 0)
 
     def status(
         self, *, counters: dict[str, int], by_priority: dict[str, int], **kw: Any
@@ -76,3 +80,24 @@ class QueueStats:
             rate_limit_hits=counters.get("rate_limit_hits", 0),
             **kw,
         )
+
+
+def queue_status(q: QueueActor, now: float) -> QueueStatus:
+    """The QueueActor's figures as `GET /api/queue/status` shows them."""
+    oldest = q.line.oldest_enqueued_at()
+    paused = q.meta.paused_until > now
+    return q.stats.status(
+        dispatch=q.cfg.dispatch,
+        queued=q.depth(),
+        by_priority=q.line.by_priority(),
+        in_flight=len(q.in_flight),
+        retry_wait=q.retry_wait,
+        max_concurrency=q.cfg.max_concurrency,
+        oldest_wait_s=None if oldest is None else now - oldest,
+        counters=q.meta.counters,
+        paused_until=q.meta.paused_until if paused else None,
+        paused_reason=(q.meta.pause_reason or None) if paused else None,
+        quota_pauses=q.meta.counters.get("quota_pauses", 0),
+        spend=q.spend.as_status(now),
+        providers=q.gates.status(q.meta, now),
+    )

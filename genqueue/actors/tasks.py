@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +31,10 @@ class Tasks:
         self.running: dict[int, asyncio.Task[Any]] = {}  # touched on the I/O loop only
         self.cancelled_early: set[int] = set()  # touched on the I/O loop only
         self._owned: dict[Owner, set[int]] = {}
-        self._token = 0
+        self._tokens = itertools.count(1)  # `next` on it is atomic: no lock
 
     def next_token(self) -> int:
-        with self._lock:
-            self._token += 1
-            return self._token
+        return next(self._tokens)
 
     def own(self, cls: type[Durable], key: str, token: int) -> None:
         with self._lock:

@@ -122,6 +122,8 @@ class Registry:
         self.providers: dict[str, ProviderInfo] = {"veo3": _veo(cfg, self.veo)}
         if cfg.fal_key or self.veo.fake:
             self.providers["fal"] = _fal(cfg, fake=not cfg.fal_key)
+        # (provider, model, resolution, audio) -> price a second: every submission asks
+        self._prices: dict[tuple[str, str, str, bool], float] = {}
 
     def listing(self) -> list[ProviderInfo]:
         return list(self.providers.values())
@@ -179,6 +181,12 @@ class Registry:
         return job_cost(per_s, params.duration, 1, params.sample_count)
 
     def price_per_s(self, route: Route, resolution: str, audio: bool) -> float:
-        info = self.providers.get(route.provider)
-        model = info.model(route.model) if info is not None else None
-        return model.price.for_video(resolution, audio) if model is not None else 0.0
+        key = (route.provider, route.model, resolution, audio)
+        price = self._prices.get(key)
+        if price is None:
+            info = self.providers.get(route.provider)
+            model = info.model(route.model) if info is not None else None
+            price = model.price.for_video(resolution, audio) if model is not None else 0.0
+            if len(self._prices) < 1024:  # the offered models' few combinations
+                self._prices[key] = price
+        return price

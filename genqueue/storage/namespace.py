@@ -3,7 +3,6 @@ msgspec-encoded values, with an optional in-memory cache of its recent writes.""
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,30 +18,34 @@ T = TypeVar("T")
 
 
 class WriteCache:
-    """The latest encoded value (None: deleted) of recently written keys, bounded LRU."""
+    """The latest encoded value (None: deleted) of recently written keys, bounded LRU.
+
+    Written only by the state store under its lock (one writer at a time); read from any
+    thread with one `dict.get`, which the GIL makes atomic against those writes."""
 
     def __init__(self, size: int):
         self._size = size
         self._values: OrderedDict[str, bytes | None] = OrderedDict()
-        self._lock = threading.Lock()
 
     def put(self, key: str, value: bytes | None) -> None:
         self.put_many({key: value})
 
     def put_many(self, writes: dict[str, bytes | None]) -> None:
-        with self._lock:
-            values = self._values
-            for key, value in writes.items():
-                values[key] = value
-                values.move_to_end(key)
-            while len(values) > self._size:
-                values.popitem(last=False)
+        values = self._values
+        for key, value in writes.items():
+            values[key] = value
+            values.move_to_end(key)
+        while len(values) > self._size:
+            values.popitem(last=False)
 
     def get(self, key: str) -> tuple[bool, bytes | None]:
-        with self._lock:
-            if key in self._values:
-                return True, self._values[key]
-        return False, None
+        value = self._values.get(key, _ABSENT)
+        if value is _ABSENT:
+            return False, None
+        return True, value  # type: ignore[return-value]
+
+
+_ABSENT = object()
 
 
 class Namespace:
