@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +32,8 @@ from genqueue.errors import ProviderError
 from genqueue.models import GenerationParams, Job
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo import Veo3Client
-from genqueue.providers.veo.google_auth import BearerAuth, load_adc
+from genqueue.providers.veo.adc import BearerAuth
+from genqueue.providers.veo.google_auth import load_adc
 from genqueue.storage.videos import LocalStore
 
 T = TypeVar("T")
@@ -244,3 +247,18 @@ def test_a_401_refreshes_once_then_fails(
             assert veo.starts == 2
 
     run(body())
+
+
+def test_google_auth_loads_only_for_adc() -> None:
+    """An API key or a fixed token needs none of google-auth (nor requests, cryptography):
+    importing genqueue and building a Veo client with a key leaves them unloaded."""
+    code = (
+        "import sys, genqueue\n"
+        "from genqueue.providers.veo.google_auth import ApiKeyAuth, FixedTokenAuth\n"
+        "ApiKeyAuth('k'), FixedTokenAuth('t')\n"
+        "heavy = ('google.auth', 'requests', 'cryptography')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
