@@ -142,7 +142,7 @@ class EventsConsumer:
     async def _apply_job_event(self, m: Received, event: Checkpoint | Outcome) -> bool:
         run = self._current(event.job_id, event.attempt)
         if run is None:
-            if self._waiting_for(event.job_id, event.attempt):
+            if await self._waiting_for(event.job_id, event.attempt):
                 return False  # not recovered yet: it comes back
             self.co.counters["staleEvents"] += 1
             if isinstance(event, Outcome) and event.generation_id:
@@ -194,7 +194,7 @@ class EventsConsumer:
         job_id, attempt = work.job.id, work.attempt
         run = self._current(job_id, attempt)
         if run is None:
-            if self._waiting_for(job_id, attempt):
+            if await self._waiting_for(job_id, attempt):
                 return False
             await self.co.queues.delete("dlq", m.handle)
             return True
@@ -218,9 +218,10 @@ class EventsConsumer:
         run = self.co.runs.get(job_id)
         return run if run is not None and run.attempt == attempt else None
 
-    def _waiting_for(self, job_id: str, attempt: int) -> bool:
-        """The job is processing this attempt but its waiter is not registered (yet)."""
-        job = JobActor.read(self._system(), job_id)
+    async def _waiting_for(self, job_id: str, attempt: int) -> bool:
+        """The job is processing this attempt but its waiter is not registered (yet). Its
+        record may be read from SQLite, behind a commit: off the loop."""
+        job = await asyncio.to_thread(JobActor.read, self._system(), job_id)
         return job is not None and job.status == "processing" and job.attempts == attempt
 
     def _system(self) -> Any:

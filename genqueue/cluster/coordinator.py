@@ -252,7 +252,9 @@ class Coordinator:
         for _ in range(NOTICE_LOOKS):
             await asyncio.sleep(0.1)
             try:
-                job = self.read_job(job_id) if self.read_job is not None else None
+                # its record may be read from SQLite, behind a commit: off the loop
+                read = self.read_job
+                job = await asyncio.to_thread(read, job_id) if read is not None else None
             except Exception:  # the store is unavailable: not a cancel to pass on now
                 return
             if job is None:
