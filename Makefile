@@ -29,7 +29,7 @@ test: lint chromium
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench state queue generation webhook http restart compare cluster
+	$(BIN)/python -m bench state queue generation webhook http restart compare cluster ack-start
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
