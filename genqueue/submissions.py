@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from genqueue.actors.bridge import post
+from genqueue.actors.bridge import LoopLocal, post
 from genqueue.actors.coalesce import Coalescer
 from genqueue.actors.messages import Submit, SubmitMany
 from genqueue.actors.queue import QueueActor
@@ -33,31 +32,18 @@ class Submissions:
 
     def __init__(self, system: Callable[[], ActorSystem]):
         self._system = system  # the open one (raises while the queue is not open)
-        self._batches: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, Coalescer[tuple[Submit, _Waiter]]
-        ] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-        # the last loop's batch (a weak-keyed lookup makes a weakref each time)
-        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], Coalescer[Any]] | None = None
+        self._batches: LoopLocal[Coalescer[tuple[Submit, _Waiter]]] = LoopLocal(self._new_batch)
 
     def put(self, submission: Submit) -> _Waiter:
         """From the loop: the future of `(job, created)`."""
         loop = asyncio.get_running_loop()
-        last = self._last
-        batch = last[1] if last is not None and last[0]() is loop else self._batch_of(loop)
         fut: _Waiter = loop.create_future()
-        batch.put((submission, fut))
+        self._batches.get(loop).put((submission, fut))
         return fut
 
-    def _batch_of(self, loop: asyncio.AbstractEventLoop) -> Coalescer[tuple[Submit, _Waiter]]:
-        with self._lock:
-            batch = self._batches.get(loop)
-            if batch is None:
-                # the loop held weakly: a batch (the dict's value) must not keep its key alive
-                wake = functools.partial(self._wake, weakref.ref(loop))
-                batch = self._batches[loop] = Coalescer(wake)
-            self._last = (weakref.ref(loop), batch)
-            return batch
+    def _new_batch(self, loop: asyncio.AbstractEventLoop) -> Coalescer[tuple[Submit, _Waiter]]:
+        # the loop held weakly: a batch must not keep its loop alive
+        return Coalescer(functools.partial(self._wake, weakref.ref(loop)))
 
     def _wake(self, loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
         loop = loop_ref()
@@ -65,7 +51,7 @@ class Submissions:
             loop.call_soon(self._send, loop)
 
     def _send(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._batches[loop].take()
+        batch = self._batches.get(loop).take()
         if not batch:
             return
         message = SubmitMany(tuple(sub for sub, _ in batch))

@@ -15,11 +15,13 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from genqueue.actors.coalesce import Coalescer
 
-__all__ = ["LoopThread", "Outcome", "Reply", "SyncWaiter", "future_reply", "post"]
+__all__ = ["LoopLocal", "LoopThread", "Outcome", "Reply", "SyncWaiter", "future_reply", "post"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("genqueue.bridge")
 
@@ -49,7 +51,7 @@ class _LoopInbox:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop_ref = weakref.ref(loop)  # weak: the registry below must not keep it alive
+        self.loop_ref = weakref.ref(loop)  # weak, as LoopLocal's values must hold it
         self._calls: Coalescer[tuple[Callable[..., Any], tuple[Any, ...]]] = Coalescer(self._wake)
 
     def post(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -72,36 +74,48 @@ class _LoopInbox:
                 )
 
 
-# id(loop) -> its inbox, dropped when the loop is collected (a plain dict: a weak-keyed
-# one makes a weakref for every lookup, and every reply and task start looks one up)
-_inboxes: dict[int, _LoopInbox] = {}
-_inboxes_lock = threading.Lock()
+class LoopLocal(Generic[T]):
+    """A value per event loop, made by `make(loop)` on first use and forgotten once the loop
+    is collected. Found by the loop's id (a weak-keyed dict makes a weakref for every
+    lookup, and every reply, task start and submission looks one up); the loop is held
+    weakly, and so must the values hold it."""
+
+    def __init__(self, make: Callable[[asyncio.AbstractEventLoop], T]):
+        self._make = make
+        self._values: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], T]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, loop: asyncio.AbstractEventLoop) -> T:
+        entry = self._values.get(id(loop))
+        if entry is None or entry[0]() is not loop:
+            entry = self._add(loop)
+        return entry[1]
+
+    def _add(self, loop: asyncio.AbstractEventLoop) -> tuple[Any, T]:
+        key = id(loop)
+        with self._lock:
+            entry = self._values.get(key)
+            if entry is None or entry[0]() is not loop:
+                ref = weakref.ref(loop, functools.partial(self._forget, key))
+                entry = self._values[key] = (ref, self._make(loop))
+            return entry
+
+    def _forget(self, key: int, ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+        """The loop was collected. No lock: a collection (and so this callback) may run on a
+        thread inside `_add`, holding `_lock`. The id is not reused before this runs, so the
+        entry is this loop's or a later one's, which stays."""
+        entry = self._values.get(key)
+        if entry is not None and entry[0] is ref:
+            self._values.pop(key, None)
+
+
+_inboxes: LoopLocal[_LoopInbox] = LoopLocal(_LoopInbox)
 
 
 def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
     """`loop.call_soon_threadsafe(fn, *args)`, batched: calls posted from any thread run in
     the order posted, many per wake-up. RuntimeError if the loop is closed."""
-    inbox = _inboxes.get(id(loop))
-    if inbox is None or inbox.loop_ref() is not loop:
-        inbox = _inbox_of(loop)
-    inbox.post(fn, args)
-
-
-def _inbox_of(loop: asyncio.AbstractEventLoop) -> _LoopInbox:
-    with _inboxes_lock:
-        inbox = _inboxes.get(id(loop))
-        if inbox is None or inbox.loop_ref() is not loop:
-            inbox = _inboxes[id(loop)] = _LoopInbox(loop)
-            weakref.finalize(loop, _forget_inbox, id(loop), inbox)
-        return inbox
-
-
-def _forget_inbox(key: int, inbox: _LoopInbox) -> None:
-    """The loop was collected. No lock: a collection (and so this finalizer) may run on a
-    thread inside `_inbox_of`, holding `_inboxes_lock`. The id is not reused before this
-    runs, so the entry is this inbox or a later loop's, which stays."""
-    if _inboxes.get(key) is inbox:
-        _inboxes.pop(key, None)
+    _inboxes.get(loop).post(fn, args)
 
 
 def future_reply(loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Future[Any], Reply]:

@@ -142,11 +142,7 @@ class ProviderGates:
         in `rates`): one pass, no work for a provider with no pause, rate limit or cap."""
         shut: dict[str, float] = {}
         for provider, window in self.rates.items():
-            if provider == DEFAULT_PROVIDER:
-                paused = meta.paused_until > now
-            else:
-                pause = meta.pauses.get(provider)
-                paused = pause is not None and bool(pause) and float(pause[0]) > now
+            paused = self.pause_of(meta, provider)[0] > now
             if paused or window.per_minute or self.caps.get(provider):
                 at = self.opens_at(meta, provider, now)
                 if at > now:

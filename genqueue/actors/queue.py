@@ -103,7 +103,6 @@ class QueueActor(DurableActor):
     # -- messages --------------------------------------------------------------------------------
 
     def receive(self, message: Any) -> Any:
-        self._fresh.clear()  # a failed turn's (an ask's failure does not restart this actor)
         match message:
             case Submit(job=job, client_id=client_id):
                 submitted = self._submit(job, client_id)
@@ -270,7 +269,6 @@ class QueueActor(DurableActor):
     # -- dispatch ----------------------------------------------------------------------------------
 
     def alarm(self, info: AlarmInfo) -> None:
-        self._fresh.clear()
         now = self.clock.now()
         if now >= self.meta.next_retention_at:
             self._retention(now)
@@ -388,10 +386,12 @@ class QueueActor(DurableActor):
     def before_commit(self) -> None:
         """Once per turn, however many messages it handled (a batch of tells is one turn):
         one dispatch pass for every arrival and end, then meta stored once."""
-        if self._dispatch_due:
-            self._dispatch_due = False
-            self._dispatch_here()
-        self._fresh.clear()  # (and at every turn's start: receive, alarm)
+        try:
+            if self._dispatch_due:
+                self._dispatch_due = False
+                self._dispatch_here()
+        finally:  # a turn that fails before this restarts the actor (runtime.py)
+            self._fresh.clear()
         if self._meta_dirty:
             self._meta_dirty = False
             self.storage.put("meta", self.meta)
