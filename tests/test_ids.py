@@ -1,10 +1,13 @@
-"""Server-chosen ids: 32 hex digits, never repeated across threads or a fork."""
+"""Server-chosen ids: UUIDv7s as 32 hex digits, in time order, never repeated across threads
+or a fork."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
+import time
+import uuid
 
 from genqueue.ids import JOB_ID, new_id
 
@@ -16,6 +19,21 @@ def test_ids_are_32_hex_digits_and_valid_job_ids() -> None:
         int(job_id, 16)
         assert JOB_ID.fullmatch(job_id)
     assert len(set(ids)) == len(ids)
+
+
+def test_ids_are_uuid7s_that_sort_by_the_time_they_were_made() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    first = [new_id() for _ in range(300)]
+    after_ms = time.time_ns() // 1_000_000
+    time.sleep(0.002)
+    later = new_id()
+    for job_id in first:
+        u = uuid.UUID(job_id)
+        assert (u.version, u.variant) == (7, uuid.RFC_4122)
+        assert before_ms <= int(job_id[:12], 16) <= after_ms
+    assert all(job_id < later for job_id in first)
+    # the 74 bits after the time are random: ids made in one millisecond still differ
+    assert len({job_id[12:] for job_id in first}) == len(first)
 
 
 def test_no_id_repeats_across_threads() -> None:
