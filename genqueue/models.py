@@ -1,6 +1,11 @@
 """The data that crosses boundaries: requests, jobs, results, queue status (msgspec Structs).
 
 Stored records evolve by adding fields with defaults; a field's type never changes.
+
+Requests, jobs and their parts are data only (no field ever refers back to the struct that
+holds it), so they are built with `gc=False`: the cyclic garbage collector does not track
+them (msgspec's "Disabling Garbage Collection"). A drain makes several per job, and they
+were a sixth of what triggered the collector's passes.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ Base64 = Annotated[
 ]
 
 
-class ImageInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True):
+class ImageInput(msgspec.Struct, gc=False, rename="camel", forbid_unknown_fields=True, frozen=True):
     """An input image: `{bytesBase64Encoded, mimeType}`."""
 
     bytes_base64_encoded: Base64
@@ -139,7 +144,7 @@ class ImageInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True, fro
 
 
 class GenerationParams(
-    msgspec.Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=True
+    msgspec.Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=True, gc=False
 ):
     """Video parameters as the API takes them (which of them a model takes: the provider's
     capability table, genqueue.providers.veo.capabilities)."""
@@ -168,7 +173,7 @@ class GenerationParams(
         return [(field, image) for field, image in named if image is not None]
 
 
-class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+class GenerationRequest(msgspec.Struct, gc=False, rename="camel", forbid_unknown_fields=True):
     """`POST /api/generations` and `JobQueue.submit`. The rules of one field are its type
     (and so the OpenAPI schema); `check_across_fields` holds the rules across fields."""
 
@@ -185,7 +190,7 @@ class GenerationRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     priority: Priority = 0
 
 
-class Route(msgspec.Struct, frozen=True, rename="camel"):
+class Route(msgspec.Struct, gc=False, frozen=True, rename="camel"):
     """One provider a job may run on, with the model it would use there."""
 
     provider: str
@@ -193,14 +198,14 @@ class Route(msgspec.Struct, frozen=True, rename="camel"):
     cost: float = 0.0  # one paid start there
 
 
-class VideoOutput(msgspec.Struct, rename="camel", omit_defaults=True):
+class VideoOutput(msgspec.Struct, gc=False, rename="camel", omit_defaults=True):
     """One of a generation's videos (`sampleCount` > 1 makes several)."""
 
     video_url: str
     key: str | None = None  # where the store keeps it (URLs are re-signed from it)
 
 
-class JobResult(msgspec.Struct, rename="camel", omit_defaults=True):
+class JobResult(msgspec.Struct, gc=False, rename="camel", omit_defaults=True):
     """What a finished generation produced; `video_url` is the first of `videos`."""
 
     video_url: str
@@ -215,7 +220,7 @@ class JobResult(msgspec.Struct, rename="camel", omit_defaults=True):
     videos: list[VideoOutput] | None = None
 
 
-class Job(msgspec.Struct, rename="camel", omit_defaults=True):
+class Job(msgspec.Struct, gc=False, rename="camel", omit_defaults=True):
     """A job record (owned by its JobActor). Times are Unix seconds."""
 
     id: str

@@ -35,8 +35,11 @@ from genqueue import (
     ProviderError,
 )
 from genqueue.actors.job import JobActor
+from genqueue.actors.messages import Finished, Start, Submit, SubmitMany
+from genqueue.actors.queue_records import InFlight, Pending
 from genqueue.actors.runtime import AlarmRecord
 from genqueue.clock import ManualClock
+from genqueue.models import Route
 
 
 @pytest.fixture
@@ -441,6 +444,25 @@ def test_submitting_from_short_lived_loops_keeps_none_of_them_alive(queues):
     q.join(timeout_s=20)
     gc.collect()
     assert [ref() for ref in loops] == [None] * 5
+
+
+def test_a_jobs_records_and_messages_are_not_tracked_by_the_cycle_collector(queues):
+    """Data only (genqueue.models): the collector never walks them, however many jobs live."""
+    q = queues.open(Recorder())
+    submitted = q.submit(request("untracked", parameters={"duration": 8}))
+    q.join(timeout_s=20)
+    done = q.get(submitted.job.id)  # read back from the store, decoded
+    assert done.status == "completed" and done.result is not None
+    records = [submitted.job, submitted.job.parameters, done, done.parameters, done.result]
+    pending = Pending(done.id, done.user_id, 0, 1, 0.0)
+    messages = [
+        Submit(done),
+        SubmitMany((Submit(done),)),
+        Start(),
+        Finished(done.id, "u", "completed"),
+    ]
+    for value in [*records, pending, InFlight("u", 0.0), Route("veo3", "m"), *messages]:
+        assert not gc.is_tracked(value), value
 
 
 # -- retention ----------------------------------------------------------------------------------

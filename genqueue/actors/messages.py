@@ -1,4 +1,5 @@
-"""Messages between the queue's actors: frozen, tagged Structs (pykka does not copy them)."""
+"""Messages between the queue's actors: frozen, tagged Structs (pykka does not copy them), data
+only, so untracked by the cyclic garbage collector (`gc=False`, as genqueue.models)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-class Msg(msgspec.Struct, frozen=True, tag=True):
+class Msg(msgspec.Struct, frozen=True, tag=True, gc=False):
     """Base of every queue message."""
 
 

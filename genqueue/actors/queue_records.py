@@ -1,5 +1,6 @@
 """What the QueueActor stores: pending entries, in-flight bookkeeping and its meta record.
-Stored records evolve by adding fields with defaults.
+Stored records evolve by adding fields with defaults. The per-job ones are data only, so
+untracked by the cyclic garbage collector (`gc=False`, as genqueue.models).
 
 Keys (the QueueActor's own instance, "main"):
     pending/{10-priority:02}/{seq:016}  -> Pending      (by priority, then submission)
@@ -20,7 +21,7 @@ from genqueue.actors.gates import DEFAULT_PROVIDER
 __all__ = ["InFlight", "Pending", "QueueMeta", "pending_key"]
 
 
-class Pending(msgspec.Struct, frozen=True):
+class Pending(msgspec.Struct, frozen=True, gc=False):
     """A job the queue holds: waiting, or in flight since `started_at`."""
 
     job_id: str
@@ -36,7 +37,7 @@ class Pending(msgspec.Struct, frozen=True):
     fallback: tuple[str, ...] = ()
 
 
-class InFlight(msgspec.Struct, frozen=True):
+class InFlight(msgspec.Struct, frozen=True, gc=False):
     """A job in flight (in memory; stored as its Pending entry with `started_at`)."""
 
     user_id: str
