@@ -59,9 +59,10 @@ os.register_at_fork(after_in_child=_forget_draws)
 
 def new_id() -> str:
     """A new id: a UUIDv7 (RFC 9562) as 32 hex digits: the Unix time in milliseconds, then 74
-    bits from the OS's CSPRNG. Ids made later sort later, so new jobs land at the end of the
-    store's key index, not on a random page of it: a commit writes a few pages, not one per
-    job (the write-ahead log took 9.1 KB a job with random ids, 5.2 KB with these).
+    bits from the OS's CSPRNG. Ids made in a later millisecond sort later, so new jobs land at
+    the end of the store's key index, not on a random page of it: a commit writes a few pages,
+    not one per job (in a drain, the write-ahead log took 9.1 KB a job with random ids, 5.2 KB
+    with these).
 
     The random bits are drawn 256 ids at a time, per thread: `os.urandom` releases the GIL,
     and on the event loop, with the actors' threads busy, taking it back cost ~20 us an id."""

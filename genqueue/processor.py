@@ -4,16 +4,20 @@
         await report(progress=50, checkpoint={"step": "half"})  # durable before it returns
         return JobResult(video_url=...)
 
-A resumed job (after a crash) gets its last `checkpoint` back as `job.checkpoint`.
+A resumed job (after a crash) gets its last `checkpoint` back as `job.checkpoint`. A
+checkpoint is plain data (what `msgspec.to_builtins` takes); `report` keeps a copy, so
+changing the object afterwards changes nothing stored.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+import msgspec
+
 from genqueue.models import Job, JobResult
 
-__all__ = ["Processor", "Report"]
+__all__ = ["Processor", "Report", "stored_copy"]
 
 
 class Report(Protocol):
@@ -26,3 +30,9 @@ class Processor(Protocol):
     """Does the work of a job. `report(progress=, checkpoint=)` is stored before it returns."""
 
     async def __call__(self, job: Job, report: Report) -> JobResult: ...
+
+
+def stored_copy(checkpoint: Any) -> Any:
+    """What `report` stores of a checkpoint: a copy in plain data, so the caller's later edits
+    change nothing; TypeError for a value the store cannot hold, RecursionError for a cycle."""
+    return None if checkpoint is None else msgspec.to_builtins(checkpoint)

@@ -25,13 +25,21 @@ def test_ids_are_uuid7s_that_sort_by_the_time_they_were_made() -> None:
     before_ms = time.time_ns() // 1_000_000
     first = [new_id() for _ in range(300)]
     after_ms = time.time_ns() // 1_000_000
-    time.sleep(0.002)
-    later = new_id()
     for job_id in first:
         u = uuid.UUID(job_id)
         assert (u.version, u.variant) == (7, uuid.RFC_4122)
         assert before_ms <= int(job_id[:12], 16) <= after_ms
-    assert all(job_id < later for job_id in first)
+    # the time leads, in fixed width: ids of different milliseconds sort by their time
+    spread = []
+    for _ in range(3):
+        time.sleep(0.002)
+        spread.append(new_id())
+    made = [first[0], first[-1], *spread]
+    assert len({i[:12] for i in made}) >= 3
+    for a in made:
+        for b in made:
+            if a[:12] != b[:12]:
+                assert (a < b) == (int(a[:12], 16) < int(b[:12], 16))
     # the 74 bits after the time are random: ids made in one millisecond still differ
     assert len({job_id[12:] for job_id in first}) == len(first)
 
@@ -49,6 +57,8 @@ def test_no_id_repeats_across_threads() -> None:
         t.join()
     ids = [i for batch in seen for i in batch]
     assert len(set(ids)) == len(ids) == 8000
+    # the random parts too: ids made in different milliseconds differ by their time alone
+    assert len({i[12:] for i in ids}) == 8000
 
 
 CHILD = """
@@ -66,8 +76,9 @@ os.close(write)
 with os.fdopen(read, "rb") as pipe:
     child = pipe.read().decode()
 os.waitpid(pid, 0)
-child_ids = {child[i : i + 32] for i in range(0, len(child), 32)}
-parent_ids = {new_id() for _ in range(10)}
+# the random parts: a child reusing its parent's pool would still differ in the time
+child_ids = {child[i + 12 : i + 32] for i in range(0, len(child), 32)}
+parent_ids = {new_id()[12:] for _ in range(10)}
 print(len(child_ids), len(child_ids & parent_ids))
 """
 

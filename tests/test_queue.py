@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from helpers_queue import (
     QueueFactory,
@@ -35,11 +36,20 @@ from genqueue import (
     ProviderError,
 )
 from genqueue.actors.job import JobActor
-from genqueue.actors.messages import Finished, Start, Submit, SubmitMany
-from genqueue.actors.queue_records import InFlight, Pending
+from genqueue.actors.messages import Report as ReportMsg
+from genqueue.actors.messages import Submit, SubmitMany
+from genqueue.actors.queue_records import Pending
 from genqueue.actors.runtime import AlarmRecord
 from genqueue.clock import ManualClock
-from genqueue.models import Route
+from genqueue.models import (
+    GenerationParams,
+    GenerationRequest,
+    ImageInput,
+    Job,
+    Route,
+    VideoOutput,
+)
+from genqueue.processor import Report
 
 
 @pytest.fixture
@@ -447,21 +457,30 @@ def test_submitting_from_short_lived_loops_keeps_none_of_them_alive(queues):
 
 
 def test_a_jobs_records_and_messages_are_not_tracked_by_the_cycle_collector(queues):
-    """Data only (genqueue.models): the collector never walks them, however many jobs live."""
+    """Data only (genqueue.models): the collector never walks them, however many jobs live.
+    Each value here holds a container (msgspec leaves a struct of plain values untracked
+    anyway), so each would be tracked without `gc=False`."""
     q = queues.open(Recorder())
-    submitted = q.submit(request("untracked", parameters={"duration": 8}))
+    submitted = q.submit(request("untracked", provider=["veo3"]))
     q.join(timeout_s=20)
     done = q.get(submitted.job.id)  # read back from the store, decoded
     assert done.status == "completed" and done.result is not None
-    records = [submitted.job, submitted.job.parameters, done, done.parameters, done.result]
-    pending = Pending(done.id, done.user_id, 0, 1, 0.0)
-    messages = [
+    image = ImageInput("aGk=", "image/png")
+    routes = [Route("veo3", "m"), Route("fal", "f")]
+    fallback = tuple(r.provider for r in routes)  # built at run time: a tracked tuple
+    values = [
+        submitted.job,
+        done,
+        msgspec.structs.replace(done, routes=routes),
+        GenerationRequest("p", provider=["veo3", "fal"]),
+        GenerationParams(reference_images=[image]),
+        JobResult("v", videos=[VideoOutput("v")]),
+        Pending(done.id, done.user_id, 0, 1, 0.0, fallback=fallback),
         Submit(done),
         SubmitMany((Submit(done),)),
-        Start(),
-        Finished(done.id, "u", "completed"),
+        ReportMsg(checkpoint={"step": 1}),
     ]
-    for value in [*records, pending, InFlight("u", 0.0), Route("veo3", "m"), *messages]:
+    for value in values:
         assert not gc.is_tracked(value), value
 
 
@@ -845,6 +864,35 @@ def test_a_job_processing_at_restart_resumes_with_its_checkpoint(queues):
     assert first.attempt == job.attempts == 1  # resumed, not a new attempt
     assert rec2.order() == ["resume-me", "waiting"]
     assert q2.get("resume-me").status == "completed"
+
+
+def test_a_checkpoint_is_stored_as_reported_whatever_the_processor_does_after(queues):
+    """`report` keeps a copy: a processor that reuses its dict changes nothing stored, and a
+    value the store cannot hold is refused at the call, in the processor."""
+    refused: list[BaseException] = []
+    seen: list[object] = []
+
+    async def process(job: Job, report: Report) -> JobResult:
+        ckpt = {"step": "start", "seen": [1]}
+        await report(progress=10, checkpoint=ckpt)
+        ckpt["step"] = "changed after"
+        ckpt["seen"].append(2)
+        await report(progress=20)  # the job's record is stored again
+        seen.append((await q.aget(job.id)).checkpoint)
+        try:
+            await report(checkpoint={"handle": object()})
+        except TypeError as exc:
+            refused.append(exc)
+        return JobResult(video_url="memory://x")
+
+    q = queues.open(process)
+    q.submit(request(id="reuses-its-dict"))
+    q.join(timeout_s=20)
+    done = q.get("reuses-its-dict")
+    assert done.status == "completed"
+    assert seen == [{"step": "start", "seen": [1]}]
+    assert done.checkpoint == {"step": "start", "seen": [1]}
+    assert len(refused) == 1
 
 
 # -- the asyncio API -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from genqueue.actors.system import ActorSystem
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
 from genqueue.models import Job, JobResult, JobStatus, Route
 from genqueue.processor import Report as ReportFn
+from genqueue.processor import stored_copy
 from genqueue.storage.state import Namespace
 
 __all__ = ["JobActor"]
@@ -167,7 +168,7 @@ class JobActor(HostedActor):
         system = self.system
 
         async def report(progress: int | None = None, checkpoint: Any = None) -> None:
-            await system.ask_async(JobActor, job_id, Report(progress, checkpoint))
+            await system.ask_async(JobActor, job_id, Report(progress, stored_copy(checkpoint)))
 
         return report
 

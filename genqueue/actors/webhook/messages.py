@@ -55,7 +55,7 @@ class GetWebhookStats(msgspec.Struct, frozen=True, tag=True):
 
 class PageDead(msgspec.Struct, frozen=True, tag=True):
     """Ask for up to `limit` dead-lettered deliveries after the cursor `after` (a DeadLetters),
-    in job id order, then each job's events in order."""
+    in generation id order, then each generation's events in order."""
 
     limit: int
     after: str | None = None
