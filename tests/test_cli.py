@@ -27,6 +27,7 @@ from typing import IO, Any
 import pytest
 
 from genqueue.config import ENV_NAMES
+from genqueue.models import TERMINAL
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")
@@ -392,7 +393,7 @@ def stop_mid_generation(server: Serve) -> tuple[str, str]:
 
 
 def assert_resumed_to_completion(server: Serve, job_id: str, key: str) -> None:
-    job = wait_for_status(server.url, key, job_id, "completed", "failed", "cancelled")
+    job = wait_for_status(server.url, key, job_id, *TERMINAL)
     assert job["status"] == "completed", job
     assert '"resumed":true' in server.stderr
     assert job["result"]["videoUrl"].startswith(f"{server.url}/videos/admin/")
@@ -427,7 +428,7 @@ def test_sigterm_mid_generation_then_serve_resumes_it_with_the_embedded_fake_veo
     with Serve(data_dir, port, "first") as first:
         job_id, key = stop_mid_generation(first)
     with Serve(data_dir, port, "second") as second:
-        job = wait_for_status(second.url, key, job_id, "completed", "failed", "cancelled")
+        job = wait_for_status(second.url, key, job_id, *TERMINAL)
         if job["status"] == "failed" and "operation not found" in (job["error"] or "").lower():
             pytest.xfail(
                 "known bug (genqueue/actors/generation.py): a resumed job whose Veo operation "
