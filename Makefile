@@ -29,7 +29,7 @@ test: lint chromium
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench state queue generation webhook http restart compare cluster ack-start
+	$(BIN)/python -m bench state queue generation webhook http restart compare cluster ack-start threads
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "restart": "bench.restart_bench:main",
     "compare": "bench.compare_bench:main",
     "cluster": "bench.cluster_bench:main",
+    "threads": "bench.threads_bench:main",
 }
 
 
