@@ -56,6 +56,9 @@ def _forget_draws() -> None:  # a forked child must not hand out its parent's ne
 
 os.register_at_fork(after_in_child=_forget_draws)
 
+# a hex digit's low two bits under the variant's "10"
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
 
 def new_id() -> str:
     """A new id: a UUIDv7 (RFC 9562) as 32 hex digits: the Unix time in milliseconds, then 74
@@ -73,7 +76,3 @@ def new_id() -> str:
     bits = pool.pop()
     # version 7 in the 13th digit, the variant (binary 10) in the top of the 17th
     return f"{time.time_ns() // 1_000_000:012x}7{bits[:3]}{_VARIANT[bits[3]]}{bits[4:19]}"
-
-
-# a hex digit's low two bits under the variant's "10"
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}

@@ -50,23 +50,23 @@ def pick_next(
     if not line:
         return Pick(None)  # an arrival dispatches again
     shut = gates.closed(meta, now)  # provider -> when it opens
-    if not shut:  # every gate open: the line's next job, at once
-        entry = line.next(blocked)
-        if entry is None:
-            return Pick(None)
-        line.served(entry)
-        return Pick(entry)
-    if len(shut) == len(gates.rates):  # every gate closed: nothing may start
-        wake = min(shut.values())
-        return Pick(None, None if wake == CLOSED else wake)
-    paused = {p for p in shut if gates.pause_of(meta, p)[0] > now}
-    ok = functools.partial(_open_for, frozenset(shut), frozenset(paused))
+    ok = None  # every gate open: the line's next job
+    if shut:
+        if len(shut) == len(gates.rates):  # every gate closed: nothing may start
+            return _wait(shut)
+        paused = {p for p in shut if gates.pause_of(meta, p)[0] > now}
+        ok = functools.partial(_open_for, frozenset(shut), frozenset(paused))
     entry = line.next(blocked, ok)
     if entry is None:
-        wake = min(shut.values())
-        return Pick(None, None if wake == CLOSED else wake)
+        return _wait(shut)
     line.served(entry)
     if entry.provider not in shut:
         return Pick(entry)
     chosen = next(p for p in entry.fallback if p not in shut)  # its first open fallback
     return Pick(msgspec.structs.replace(entry, provider=chosen), fell_back_from=entry.provider)
+
+
+def _wait(shut: dict[str, float]) -> Pick:
+    """No job now: look again when the first shut gate opens (None: when something ends)."""
+    wake = min(shut.values(), default=CLOSED)
+    return Pick(None, None if wake == CLOSED else wake)
