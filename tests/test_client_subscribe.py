@@ -19,11 +19,11 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import WAIT_S, eventually, run
+from helpers_jobs import a_job
 from helpers_queue import Recorder, request
 from helpers_server import KEY, http_server
 
 from genqueue import (
-    GenerationParams,
     GenqueueError,
     Job,
     JobNotFound,
@@ -252,18 +252,14 @@ def test_a_restarted_server_is_followed_again(tmp_path: Path) -> None:
 
 
 def _job(job_id: str, status: str, updated_at: float, created_at: float = 1.0) -> Job:
-    return Job(
+    return a_job(
         id=job_id,
         generation_id="",
         user_id="default",
-        prompt="p",
-        parameters=GenerationParams(),
         provider="veo",
-        model=None,
-        priority=0,
         created_at=created_at,
         updated_at=updated_at,
-        status=status,  # type: ignore[arg-type]
+        status=status,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers_jobs import a_job
 from helpers_procs import make_bucket, s3_objects
 
 from genqueue.cluster import attempt
@@ -47,18 +48,12 @@ def _config(moto: str, tmp_path: Path) -> Config:
 
 
 def _job(params: GenerationParams, generation_id: str = "g1", **kw: Any) -> Job:
-    return Job(
+    return a_job(
         **{
             "id": "order-1",
             "generation_id": generation_id,
-            "user_id": "u",
             "prompt": "a cat",
             "parameters": params,
-            "provider": "veo3",
-            "model": None,
-            "priority": 0,
-            "created_at": 0.0,
-            "updated_at": 0.0,
             "status": "processing",
             "attempts": 1,
             **kw,

@@ -9,12 +9,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from helpers_jobs import a_job
+
 from genqueue.cluster import attempt
 from genqueue.cluster.messages import Work
 from genqueue.cluster.transport import BoardCheckpoint
 from genqueue.cluster.worker import Worker, WorkerRun
 from genqueue.config import Config
-from genqueue.models import GenerationParams, Job, JobResult
+from genqueue.models import Job, JobResult
 
 
 class MemoryBoard:
@@ -32,17 +34,11 @@ class MemoryBoard:
 
 
 def _job(generation_id: str, user_id: str, attempts: int = 1) -> Job:
-    return Job(
+    return a_job(
         id="order-1",
         generation_id=generation_id,
         user_id=user_id,
         prompt="a prompt",
-        parameters=GenerationParams(),
-        provider="veo3",
-        model=None,
-        priority=0,
-        created_at=0.0,
-        updated_at=0.0,
         status="processing",
         attempts=attempts,
     )

@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from helpers_jobs import a_job
 from helpers_queue import Watcher, poll_until, queue_factory, request
 
 from genqueue import ProviderError
@@ -19,7 +20,7 @@ from genqueue.clock import ManualClock
 from genqueue.cluster.coordinator import Coordinator
 from genqueue.cluster.messages import decode_work
 from genqueue.config import Config
-from genqueue.models import GenerationParams, Job
+from genqueue.models import Job
 
 
 class StubQueues:
@@ -56,22 +57,7 @@ def test_a_job_back_from_a_quota_pause_is_sent_to_the_workers_again(tmp_path: Pa
 
 
 def _job(checkpoint: Any = None) -> Job:
-    return Job(
-        id="a",
-        generation_id="g",
-        user_id="u",
-        prompt="p",
-        parameters=GenerationParams(),
-        provider="veo3",
-        model=None,
-        priority=0,
-        created_at=0.0,
-        updated_at=0.0,
-        status="processing",
-        attempts=1,
-        started_at=1234.5,
-        checkpoint=checkpoint,
-    )
+    return a_job(status="processing", attempts=1, started_at=1234.5, checkpoint=checkpoint)
 
 
 def _dispatch(tmp_path: Path, job: Job) -> tuple[list[tuple[int, str]], list[Any]]:

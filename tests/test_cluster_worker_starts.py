@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers_jobs import a_job
 
 import genqueue.cluster.starts as starts_mod
 import genqueue.cluster.worker as worker_mod
@@ -21,7 +22,7 @@ from genqueue.cluster.transport import BoardCheckpoint
 from genqueue.cluster.worker import Worker
 from genqueue.config import Config
 from genqueue.errors import ProviderError
-from genqueue.models import GenerationParams, Job
+from genqueue.models import Job
 from genqueue.providers.veo import Operation, VideoRef
 from genqueue.storage.videos import LocalStore
 
@@ -88,20 +89,7 @@ class Service:
 
 
 def _job(attempts: int = 1) -> Job:
-    return Job(
-        id="j",
-        generation_id="g",
-        user_id="u",
-        prompt="p",
-        parameters=GenerationParams(),
-        provider="veo3",
-        model=None,
-        priority=0,
-        created_at=0.0,
-        updated_at=0.0,
-        status="processing",
-        attempts=attempts,
-    )
+    return a_job(id="j", status="processing", attempts=attempts)
 
 
 def _worker(tmp_path: Path, veo: FakeVeo, queues: FlakyQueues) -> Worker:

@@ -25,9 +25,10 @@ import aiohttp
 import msgspec
 import pytest
 from aiobotocore.session import AioSession
+from helpers_jobs import a_job
 from helpers_queue import WAIT_S, Watcher, poll_until
 
-from genqueue import Config, GenerationParams, Job, JobNotFound, JobQueue, JobResult, ProviderError
+from genqueue import Config, Job, JobNotFound, JobQueue, JobResult, ProviderError
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.generation import GenerationActor
 from genqueue.clock import ManualClock
@@ -213,15 +214,11 @@ def served(size: int) -> bytes:
 def direct_job(rig: Rig, job_id: str, user_id: str, prompt: str) -> Job:
     """A job record for calling the actor without a queue."""
     now = rig.clock.now()
-    return Job(
+    return a_job(
         id=job_id,
         generation_id=job_id,
         user_id=user_id,
         prompt=prompt,
-        parameters=GenerationParams(),
-        provider="veo3",
-        model=None,
-        priority=0,
         created_at=now,
         updated_at=now,
     )

@@ -25,11 +25,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import jwt
+from helpers_jobs import a_job
 
 from genqueue.actors.generation import GenerationActor
 from genqueue.clock import ManualClock
 from genqueue.errors import ProviderError
-from genqueue.models import GenerationParams, Job
 from genqueue.providers.fake_veo import FakeVeoServer
 from genqueue.providers.veo import Veo3Client
 from genqueue.providers.veo.adc import BearerAuth
@@ -181,15 +181,11 @@ def test_jobs_complete_over_more_than_an_hour_with_tokens_refreshed(
             t0 = clock.now()
             done = 0
             while clock.now() - t0 < 3900:  # 65 simulated minutes, 10 per job
-                job = Job(
+                job = a_job(
                     id=f"j{done}",
                     generation_id=f"j{done}",
-                    user_id="u",
                     prompt="a fox at dawn",
-                    parameters=GenerationParams(),
-                    provider="veo3",
                     model="veo-3.1-generate-001",
-                    priority=0,
                     created_at=clock.now(),
                     updated_at=clock.now(),
                 )
