@@ -1,4 +1,4 @@
-"""Hosted actors: many durable actors of one kind served by a few shard threads.
+"""Hosted actors: many durable actors of one kind served by a few shard threads (one by default).
 
 A pykka thread per actor costs ~0.4 ms to start and ~22 KiB, and wake-ups slow down
 as threads pile up (measured-facts.md). A `HostedActor` (the JobActor: one per job in
