@@ -98,6 +98,8 @@ class Probed(DurableActor):
                 return self.storage.last_seq
             case "ping":
                 return self.actor_urn
+            case "tokens":
+                return self.async_tokens()
             case ("run", coro):
                 return self.run_async(coro, self._outcome)
             case ("run_then_fail", coro):
@@ -696,6 +698,8 @@ def test_a_failed_turn_closes_the_coroutine_it_would_have_started(
     assert coro.cr_frame is None, "the dropped coroutine was left open"
     assert system.ask(Probed, "io", "ping")  # the actor serves on
     assert not ran.is_set() and probe.of("outcome") == []
+    # nor does the actor count it as in flight (a job would never be resumed after a crash)
+    assert system.ask(Probed, "io", "tokens") == set()
 
 
 def test_a_tell_from_the_loop_that_fails_keeps_the_rest_of_its_batch(

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from genqueue.actors.bridge import Outcome
+from genqueue.actors.gate import start_coroutine
 from genqueue.actors.hosting import HostedActor
 from genqueue.actors.messages import (
     Accepted,
@@ -34,7 +35,7 @@ from genqueue.actors.messages import (
     Start,
     TimedOut,
 )
-from genqueue.actors.runtime import AlarmInfo
+from genqueue.actors.runtime import AlarmInfo, Durable
 from genqueue.actors.services import QUEUE
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
@@ -78,8 +79,8 @@ class JobActor(HostedActor):
         match message:
             case GetJob():
                 return self.job
-            case Start(wait_s=wait_s, provider=provider, started_at=started_at):
-                return self._start(wait_s, provider, started_at)
+            case Start(wait_s=wait_s, provider=provider):
+                return self._start(wait_s, provider)
             case Recover():
                 return self._recover()
             case Report(progress=progress, checkpoint=checkpoint):
@@ -90,15 +91,8 @@ class JobActor(HostedActor):
                 return self._timed_out()
         raise TypeError(f"JobActor cannot handle {message!r}")
 
-    def _start(
-        self, wait_s: float | None, provider: str = "", started_at: float | None = None
-    ) -> Job:
+    def _start(self, wait_s: float | None, provider: str = "") -> Job:
         job = self._job()
-        if started_at is not None and job.status == "processing" and job.started_at == started_at:
-            # stored as started by the queue's turn that created it (create_started)
-            if not self.async_tokens():
-                self._run()
-            return job
         if job.status != "queued":
             # Cancelled while the queue dispatched it: give the slot back.
             self._tell_queue(Finished(job.id, job.user_id, job.status))
@@ -159,18 +153,18 @@ class JobActor(HostedActor):
     # -- running the processor -------------------------------------------------------------------
 
     def _run(self) -> None:
-        job = self._job()
-        # By method name: the outcome may find this job's actor passivated and activate it.
-        self.run_async(self.svc.processor(job, self._reporter(job.id)), "_finished")
+        JobActor.run_for(self, self._job())
         self._maybe_step_aside()
 
-    def _reporter(self, job_id: str) -> ReportFn:
-        system = self.system
-
-        async def report(progress: int | None = None, checkpoint: Any = None) -> None:
-            await system.ask_async(JobActor, job_id, Report(progress, stored_copy(checkpoint)))
-
-        return report
+    @staticmethod
+    def run_for(turn: Durable, job: Job) -> None:
+        """Start `job`'s processor once `turn`'s writes are durable: this actor's turn, or the
+        queue's that stored the job as started (`create_started`), so no turn of its own
+        comes first. By method name: the outcome may find this job's actor passivated (or
+        never activated) and activates it."""
+        system = turn.system
+        coro = system.queue_services().processor(job, _reporter(system, job.id))
+        start_coroutine(turn, JobActor, job.id, coro, "_finished")
 
     def _finished(self, outcome: Outcome) -> None:
         job = self._job()
@@ -327,12 +321,11 @@ class JobActor(HostedActor):
     @staticmethod
     def create_started(system: ActorSystem, job: Job, provider: str, now: float) -> Job:
         """Store a job created in this queue turn as already dispatched (on `provider`, at
-        `now`), as its own Start turn would (see `_start`), then the queue tells it
-        `Start(started_at=now)`. Its actor has never run, so no instance holds its record;
-        one commit, not two, comes before the provider's start call. A cancel that reaches
-        it before its Start (only a client-chosen id can be known that early) finds it
-        processing, attempt 1, its processor not run: as a cancel between a start's commit
-        and its coroutine always could."""
+        `now`), as its own Start turn would (see `_start`); the queue's turn then starts its
+        processor (`run_for`). Its actor has never run, and runs no turn before the outcome:
+        one commit, not two, comes before the provider's start call. A cancel before that
+        commit (only a client-chosen id can be known that early) finds it processing with
+        its coroutine's token, and the coroutine starts cancelled (tasks.py)."""
         job = _routed(job, provider)
         new = msgspec.structs.replace(
             job, status="processing", updated_at=now, **_dispatched(job, now)
@@ -351,6 +344,13 @@ class JobActor(HostedActor):
     @staticmethod
     def table(system: ActorSystem) -> Namespace:
         return system.store.namespace(JobActor.kind, cache=JobActor.cache_keys)
+
+
+def _reporter(system: ActorSystem, job_id: str) -> ReportFn:
+    async def report(progress: int | None = None, checkpoint: Any = None) -> None:
+        await system.ask_async(JobActor, job_id, Report(progress, stored_copy(checkpoint)))
+
+    return report
 
 
 def _generation_checkpoint(job: Job) -> dict[str, Any]:

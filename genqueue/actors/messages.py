@@ -107,8 +107,6 @@ class Status(Msg, frozen=True):
 class Start(Msg, frozen=True):
     wait_s: float | None = None
     provider: str = ""  # the provider the queue dispatched it to (a fallback, maybe)
-    # set when the queue stored the job as started (JobActor.create_started): just run it
-    started_at: float | None = None
 
 
 class Recover(Msg, frozen=True):

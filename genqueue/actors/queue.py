@@ -95,10 +95,7 @@ class QueueActor(DurableActor):
             self.tell_after_commit(JobActor, job_id, Recover())
         if self.meta.next_retention_at == 0.0:
             self.meta.next_retention_at = now + self.cfg.retention_interval_s
-        if self.cfg.dispatch == "cron":
-            self.set_alarm(now + self.cfg.cron_interval_s)
-        else:
-            self.set_alarm(now)
+        self.set_alarm(now + self.cfg.cron_interval_s if self.cfg.dispatch == "cron" else now)
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -327,14 +324,15 @@ class QueueActor(DurableActor):
         self.storage.put(key, msgspec.structs.replace(entry, started_at=now))
         self.gates.save(self.meta)
         self._save_meta()
-        self.stats.started(now - entry.enqueued_at)
-        start = Start(now - entry.enqueued_at, provider=entry.provider)
+        waited = now - entry.enqueued_at
+        self.stats.started(waited)
         fresh = self._fresh.pop(entry.job_id, None)
-        if fresh is not None:  # created in this turn: stored as started here, in one commit
+        if fresh is None:
+            self.tell_after_commit(JobActor, entry.job_id, Start(waited, entry.provider))
+        else:  # created in this turn: stored as started, and started, by this turn (one commit)
             job = JobActor.create_started(self.system, fresh, entry.provider, now)
             self.after_commit(functools.partial(self.svc.publish, job))
-            start = msgspec.structs.replace(start, started_at=now)
-        self.tell_after_commit(JobActor, entry.job_id, start)
+            JobActor.run_for(self, job)
 
     # -- pending bookkeeping ---------------------------------------------------------------------
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import pykka
 
-from genqueue.actors.bridge import Outcome, Reply, spawn
-from genqueue.actors.gate import CoroutineStart, drop_deferred, release_turn, task_back
+from genqueue.actors.bridge import Outcome, Reply
+from genqueue.actors.gate import drop_deferred, release_turn, start_coroutine
 from genqueue.actors.records import (
     ActorStorage,
     AlarmInfo,
@@ -181,21 +181,9 @@ class Durable:
         method, the actor may passivate meanwhile: the outcome activates a new instance
         (a thousand coroutines in flight then cost no threads).
         """
-        token = self.system.tasks.next_token()
+        token = start_coroutine(self, type(self), self.key, coro, on_done)
         if not isinstance(on_done, str):
             self._tasks[token] = on_done
-        cls, key, system = type(self), self.key, self.system
-        system.tasks.own(cls, key, token)
-        loop = self.system.loop
-        if loop is None:
-            raise RuntimeError("the actor system has no I/O loop")
-        back = functools.partial(task_back, system, cls, key, token, on_done)  # on the loop
-        # An external effect is output too: it starts once this turn's writes are durable
-        # (a job is stored as processing before its processor calls the provider).
-        start = functools.partial(
-            spawn, loop, coro, back, system.tasks.running, token, system.tasks.cancelled_early
-        )
-        self.after_commit(CoroutineStart(coro, start))
         return token
 
     def cancel_async(self, token: int) -> None:
