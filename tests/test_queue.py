@@ -12,7 +12,7 @@ import gc
 import random
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 
 import msgspec
@@ -34,6 +34,7 @@ from genqueue import (
     JobQueue,
     JobResult,
     ProviderError,
+    Submission,
 )
 from genqueue.actors.job import JobActor
 from genqueue.actors.messages import Report as ReportMsg
@@ -408,6 +409,38 @@ def test_a_job_dispatched_in_its_submitting_turn_starts_after_that_one_commit(qu
     assert q.get(job.id).attempts == 1
 
 
+def test_a_processor_whose_call_raises_fails_only_its_own_job(queues):
+    """The queue's turn starts the jobs it creates started: a processor that raises when it is
+    called, before any coroutine (a plain function by mistake), fails that job alone, and
+    the other submissions of the same turn are stored and run (review finding)."""
+
+    async def run(job: Job) -> JobResult:
+        return JobResult(video_url=f"memory://{job.id}")
+
+    def processor(job: Job, report: Report) -> Coroutine[None, None, JobResult]:
+        if job.prompt == "boom":
+            raise RuntimeError("injected: calling the processor raised")
+        return run(job)
+
+    q = queues.open(processor)
+
+    async def one_batch() -> list[Submission]:  # submitted in one turn of the loop: one batch
+        return list(
+            await asyncio.gather(
+                q.asubmit(request("boom", id="boom-1")), q.asubmit(request("fine", id="fine-2"))
+            )
+        )
+
+    assert [sub.created for sub in asyncio.run(one_batch())] == [True, True]
+    with pytest.raises(RuntimeError, match="calling the processor raised"):
+        q.join(timeout_s=20)  # join re-raises a processor's bug
+    q.join(timeout_s=20)
+    assert q.get("fine-2").status == "completed"
+    failed = q.get("boom-1")
+    assert failed.status == "failed"
+    assert failed.error == "internal error: RuntimeError: injected: calling the processor raised"
+
+
 def test_a_submission_batch_that_fails_starts_none_of_its_jobs(queues, monkeypatch):
     """A batch's turn that fails (here: storing its second job) stores nothing, and none of
     its jobs runs or holds a slot: the queue comes back from storage (review finding: the
@@ -559,6 +592,43 @@ def test_retention_removes_only_finished_jobs_older_than_the_window(queues):
     poll_until(lambda: sorted(rec.forgotten) == sorted(old), "the removed jobs' objects deleted")
     rec.release("running")
     q.join(timeout_s=20)
+
+
+def test_a_client_id_reused_after_retention_runs_once_though_its_old_actor_is_live(queues):
+    """A refused cancel of a finished job leaves its actor live, holding the finished record.
+    Retention removes the job and its client id is submitted again: the new job's outcome
+    reaches that instance, which reads the new record (review finding: it took the new job
+    for the finished one, the job stayed in flight, and the watchdog had it paid twice)."""
+    clock = ManualClock()
+    rec = Recorder(clock)
+    q = queues.open(
+        rec,
+        clock=clock,
+        retention_days=10 / 86400,
+        retention_interval_s=5,
+        job_watchdog_s=100,
+        idle_timeout_s=50,
+    )
+    q.submit(request(id="x"))
+    q.join(timeout_s=20)
+    with pytest.raises(IllegalTransition):
+        q.cancel("x")  # answered by a live instance of x's actor, which stays live
+    clock.advance(20)  # a retention pass removes x
+
+    def gone() -> bool:
+        try:
+            q.get("x")
+        except JobNotFound:
+            return True
+        return False
+
+    poll_until(gone, "retention to remove x")
+    assert q.submit(request(id="x")).created
+    q.join(timeout_s=20)
+    assert q.get("x").status == "completed"
+    clock.advance(300)  # past the watchdog: nothing is in flight to time out
+    q.join(timeout_s=20)
+    assert [c.attempt for c in rec.called("x")] == [1, 1]  # once each, never again
 
 
 # -- submission --------------------------------------------------------------------------------

@@ -698,7 +698,8 @@ def test_a_failed_turn_closes_the_coroutine_it_would_have_started(
     assert coro.cr_frame is None, "the dropped coroutine was left open"
     assert system.ask(Probed, "io", "ping")  # the actor serves on
     assert not ran.is_set() and probe.of("outcome") == []
-    # nor does the actor count it as in flight (a job would never be resumed after a crash)
+    # nor does the actor count it in flight (Recover, after the queue's actor restarts,
+    # would take the job for one still running and never resume it)
     assert system.ask(Probed, "io", "tokens") == set()
 
 

@@ -1,7 +1,8 @@
 """GenerationActor: the video-generation workflow (the plan's GenerationWorkflow).
 
-It is the processor of video jobs. Each generation is a coroutine on the I/O loop,
-started by the job's JobActor, whose outcome returns to that JobActor as a message:
+It is the processor of video jobs. Each generation is a coroutine on the I/O loop, started
+once the job is stored as processing (by its JobActor's turn, or by the queue's turn that
+created it started), whose outcome returns to the job's JobActor as a message:
 a thousand generations in flight cost a thousand coroutines, not threads.
 
     start (a paid call) -> checkpoint the operation name -> poll every

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
 from genqueue.actors.bridge import Outcome
 from genqueue.actors.gate import start_coroutine
 from genqueue.actors.hosting import HostedActor
+from genqueue.actors.job_routes import dispatched, generation_checkpoint, next_route, routed
 from genqueue.actors.messages import (
     Accepted,
     Cancel,
@@ -39,7 +40,7 @@ from genqueue.actors.runtime import AlarmInfo, Durable
 from genqueue.actors.services import QUEUE
 from genqueue.actors.system import ActorSystem
 from genqueue.errors import IllegalTransition, InvalidRequest, JobNotFound, ProviderError
-from genqueue.models import Job, JobResult, JobStatus, Route
+from genqueue.models import Job, JobResult, JobStatus
 from genqueue.processor import Report as ReportFn
 from genqueue.processor import stored_copy
 from genqueue.storage.state import Namespace
@@ -74,7 +75,7 @@ class JobActor(HostedActor):
     # -- messages ----------------------------------------------------------------------------
 
     def receive(self, message: Any) -> Any:
-        if self.job is None:
+        if self._current() is None:
             raise JobNotFound(f"job {self.key} does not exist")
         match message:
             case GetJob():
@@ -97,8 +98,8 @@ class JobActor(HostedActor):
             # Cancelled while the queue dispatched it: give the slot back.
             self._tell_queue(Finished(job.id, job.user_id, job.status))
             return job
-        job = _routed(job, provider)
-        self._save(job, status="processing", **_dispatched(job, self.clock.now()))
+        job = routed(job, provider)
+        self._save(job, status="processing", **dispatched(job, self.clock.now()))
         self._run()
         return self._job()
 
@@ -160,15 +161,18 @@ class JobActor(HostedActor):
     def run_for(turn: Durable, job: Job) -> None:
         """Start `job`'s processor once `turn`'s writes are durable: this actor's turn, or the
         queue's that stored the job as started (`create_started`), so no turn of its own
-        comes first. By method name: the outcome may find this job's actor passivated (or
-        never activated) and activates it."""
+        comes before the start. By method name: the outcome (or a report) may find this
+        job's actor passivated, or never activated, and activates it."""
         system = turn.system
-        coro = system.queue_services().processor(job, _reporter(system, job.id))
+        try:
+            coro = system.queue_services().processor(job, _reporter(system, job.id))
+        except Exception as exc:  # raised by the call itself: this job's outcome, not the turn's
+            coro = _raise(exc)
         start_coroutine(turn, JobActor, job.id, coro, "_finished")
 
     def _finished(self, outcome: Outcome) -> None:
-        job = self._job()
-        if job.status != "processing":
+        job = self._current()
+        if job is None or job.status != "processing":
             return
         if outcome.cancelled:
             reason = self.storage.get("cancel", str)
@@ -185,7 +189,7 @@ class JobActor(HostedActor):
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError) and exc.code == "model_not_found":
-            route = _next_route(job)
+            route = next_route(job)
             if route is not None:  # the provider refuses the model: the caller's next one
                 log.warning(
                     "job falls back: its provider refused the model",
@@ -251,7 +255,7 @@ class JobActor(HostedActor):
         if status == "cancelled":
             self.storage.delete("cancel")
         wait = (job.started_at or now) - (job.queued_at or job.created_at)
-        spent = _generation_checkpoint(job).get("spent", 0.0)
+        spent = generation_checkpoint(job).get("spent", 0.0)
         self._tell_queue(
             Finished(
                 job.id,
@@ -268,8 +272,8 @@ class JobActor(HostedActor):
     # -- the backoff (alarm) and the watchdog ---------------------------------------------------
 
     def alarm(self, info: AlarmInfo) -> None:
-        job = self._job()
-        if job.status == "retry_wait":
+        job = self._current()
+        if job is not None and job.status == "retry_wait":
             self._save(job, status="queued", queued_at=self.clock.now())
             self._tell_queue(Requeue(job.id, job.user_id, job.priority, job.seq, job.provider))
             self.passivate()
@@ -294,6 +298,14 @@ class JobActor(HostedActor):
 
     def _job(self) -> Job:
         assert self.job is not None
+        return self.job
+
+    def _current(self) -> Job | None:
+        """The job's record; read again if this instance saw the job end or not exist: its
+        record may have been removed by retention since, and its client id reused (the
+        queue stores a new job's record without its actor)."""
+        if self.job is None or self.job.terminal:
+            self.job = self.storage.get("record", Job)
         return self.job
 
     def _save(self, job: Job, *, status: JobStatus, **changes: Any) -> None:
@@ -326,9 +338,9 @@ class JobActor(HostedActor):
         one commit, not two, comes before the provider's start call. A cancel before that
         commit (only a client-chosen id can be known that early) finds it processing with
         its coroutine's token, and the coroutine starts cancelled (tasks.py)."""
-        job = _routed(job, provider)
+        job = routed(job, provider)
         new = msgspec.structs.replace(
-            job, status="processing", updated_at=now, **_dispatched(job, now)
+            job, status="processing", updated_at=now, **dispatched(job, now)
         )
         JobActor.table(system).put(f"{job.id}/record", new)
         webhooks = system.queue_services().webhooks
@@ -346,50 +358,15 @@ class JobActor(HostedActor):
         return system.store.namespace(JobActor.kind, cache=JobActor.cache_keys)
 
 
+async def _raise(exc: Exception) -> NoReturn:
+    raise exc
+
+
 def _reporter(system: ActorSystem, job_id: str) -> ReportFn:
     async def report(progress: int | None = None, checkpoint: Any = None) -> None:
         await system.ask_async(JobActor, job_id, Report(progress, stored_copy(checkpoint)))
 
     return report
-
-
-def _generation_checkpoint(job: Job) -> dict[str, Any]:
-    """The generation's own checkpoint of a job (its `starts`, `spent`, `operation`): the
-    job's checkpoint, or in sqs mode the one the coordinator stores under "work", beside
-    the attempt and dispatch it was sent with (cluster/coordinator.py RemoteRun.save)."""
-    ckpt = job.checkpoint
-    if isinstance(ckpt, dict) and "work" in ckpt and "attempt" in ckpt:
-        ckpt = ckpt["work"]
-    return ckpt if isinstance(ckpt, dict) else {}
-
-
-def _next_route(job: Job) -> Route | None:
-    """The caller's next provider after the job's own, unless a start was paid."""
-    paid = _generation_checkpoint(job).get("starts", 0) > 0
-    names = [r.provider for r in job.routes or []]
-    if paid or job.provider not in names:
-        return None
-    rest = (job.routes or [])[names.index(job.provider) + 1 :]
-    return rest[0] if rest else None
-
-
-def _routed(job: Job, provider: str) -> Job:
-    """The job on the provider the queue chose (a fallback of the caller's list), unless it
-    already paid a start where it is: a fallback never follows a paid start."""
-    if not provider or provider == job.provider or not job.routes:
-        return job
-    paid = _generation_checkpoint(job).get("starts", 0) > 0
-    route = next((r for r in job.routes if r.provider == provider), None)
-    if paid or route is None:
-        return job
-    return msgspec.structs.replace(
-        job, provider=route.provider, model=route.model, estimated_cost=route.cost
-    )
-
-
-def _dispatched(job: Job, now: float) -> dict[str, Any]:
-    """What a dispatch changes in a job's record (its Start turn's, or the queue's)."""
-    return {"attempts": job.attempts + 1, "started_at": now, "queue_position": None}
 
 
 def _as_result(value: Any) -> JobResult:

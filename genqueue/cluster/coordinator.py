@@ -11,9 +11,9 @@ What the coordinator stores of a remote attempt is the job's checkpoint,
 again), `work` is the latest checkpoint a worker reported (the Veo operation's name), sent
 with the next attempt's work message.
 
-A dispatch is named by the job's `started_at`, which the JobActor stores in the turn that
-makes the job `processing`, before this processor runs (run_async starts after the commit),
-and which a restart's recovery keeps. So:
+A dispatch is named by the job's `started_at`, stored by the turn that makes the job
+`processing` (its JobActor's, or the queue's that created it started) before this processor
+runs (a coroutine starts after its turn's commit), and which a restart's recovery keeps. So:
 - a job back from a daily-quota pause (the attempt given back: the same N again) is a new
   dispatch, with a new `started_at`: its work message is sent, under a new deduplication id;
 - a coordinator that dies between the send and the record resends the same dispatch under

@@ -1,9 +1,10 @@
 """WebhookActor: the durable outbox (the plan's sendWebhookToNextJS, with its TODO done).
 
-A job's event is stored by `record_event` in the JobActor's own turn (same commit as the
-job's new record), then the singleton WebhookActor sends it, signed, and retries it on
-its alarm until a 2xx or the last attempt; then it is dead-lettered: kept, counted,
-listed and replayable with the same `webhook-id`.
+A job's event is stored by `record_event` in the turn that stores the job's change (same
+commit as the job's new record: its JobActor's, or the queue's that created it started),
+then the singleton WebhookActor sends it, signed, and retries it on its alarm until a 2xx
+or the last attempt; then it is dead-lettered: kept, counted, listed and replayable with
+the same `webhook-id`.
 
 Keys in the `webhook` table (all under the actor's key, `main/`):
 - `p/{generation_id}/{seq:07d}`: a pending Delivery. Per job, keys sort in event order,

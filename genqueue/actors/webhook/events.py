@@ -1,4 +1,4 @@
-"""Recording a job's webhook event in the JobActor's own turn (same commit as the job)."""
+"""Recording a job's webhook event in the turn that stores its change (same commit as the job)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from genqueue.webhooks import (
     new_delivery,
 )
 
-# -- recording an event (in the JobActor's turn) ------------------------------------------
+# -- recording an event (in the turn that stores the job's change) ------------------------
 
 __all__ = ["build_delivery", "dead_key", "event_seq", "pending_key", "record_event"]
 
@@ -92,7 +92,8 @@ def record_event(
 ) -> int | None:
     """Store the Delivery for `job`'s new state, if it raises an enabled event.
 
-    Called inside the JobActor's turn; returns the write's sequence number (for the gate).
+    Called inside the turn that stores the job's change (its JobActor's, or the queue's that
+    creates it started); returns the write's sequence number (for the gate).
     The record dates the event (`job.updated_at`).
     """
     delivery = build_delivery(job, config, progress_event=progress_event)

@@ -54,7 +54,7 @@ class WebhookOutbox:
         system.register(WebhookActor)
 
     def on_event(self, job: Job, progress_event: bool = False) -> int | None:
-        """Store the job's event in the JobActor's own turn (same commit as the job)."""
+        """Store the job's event in the turn that stores its change (same commit as the job)."""
         return record_event(self.system.store, job, self.config, progress_event=progress_event)
 
     def published(self, job: Job) -> None:
