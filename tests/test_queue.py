@@ -722,6 +722,33 @@ def test_cancelling_a_processing_job_cancels_its_coroutine(queues):
     assert q.status().cancelled == 1
 
 
+def test_a_cancel_that_lands_as_the_processor_fails_ends_the_job_cancelled(queues):
+    """A cancel is acknowledged while the processor is still running (its reason stored, its
+    coroutine to be cancelled), but the processor fails on its own before the cancellation
+    reaches it: the job ends cancelled, not retried and run (paid) again (review finding)."""
+    clock = ManualClock()
+    calls: list[int] = []
+
+    async def processor(job: Job, report: Report) -> JobResult:
+        calls.append(job.attempts)
+        if len(calls) == 1:
+            # the cancel lands now: a blocking call on the loop, so that the processor
+            # fails before the loop can deliver the cancellation (a test's shortcut)
+            assert q.cancel(job.id).status == "processing"
+            raise retryable()
+        return JobResult(video_url="memory://x")
+
+    q = queues.open(processor, clock=clock, retry_backoff_s=2)
+    w = Watcher(q)
+    q.submit(request(id="flaky"))
+    job = w.wait_status("flaky", "cancelled", "retry_wait")
+    assert (job.status, job.error) == ("cancelled", "cancelled by request")
+    clock.advance(10)  # no backoff alarm brings it back
+    q.join(timeout_s=10)
+    assert calls == [1]
+    assert q.status().cancelled == 1
+
+
 def test_cancelling_a_job_waiting_to_retry(queues):
     clock = ManualClock()
     rec = Recorder(clock)

@@ -174,18 +174,18 @@ class JobActor(HostedActor):
         job = self._current()
         if job is None or job.status != "processing":
             return
-        if outcome.cancelled:
-            reason = self.storage.get("cancel", str)
-            if reason is not None:
-                self._end("cancelled", error=reason)
-            else:
-                self._fail_or_retry(
-                    job, f"timed out after {self.svc.config.job_watchdog_s:g} s", True
-                )
+        if not outcome.cancelled and outcome.error is None:
+            self._end("completed", result=_as_result(outcome.value))
+            return
+        # A cancel may have been asked (and answered) as the processor failed on its own:
+        # the job ends cancelled, not retried.
+        reason = self.storage.get("cancel", str)
+        if reason is not None:
+            self._end("cancelled", error=reason)
         elif outcome.error is not None:
             self._on_error(job, outcome.error)
         else:
-            self._end("completed", result=_as_result(outcome.value))
+            self._fail_or_retry(job, f"timed out after {self.svc.config.job_watchdog_s:g} s", True)
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ProviderError) and exc.code == "model_not_found":
