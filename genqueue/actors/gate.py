@@ -108,7 +108,7 @@ def start_coroutine(
     """Run `coro` on the I/O loop for the actor `cls`/`key` once `turn`'s writes are durable
     (an external effect is output too); its outcome comes back to that actor as a message.
     `turn` is usually that actor's own; the queue's turn starts a job it just stored as
-    started, so the job's actor runs no turn of its own before the outcome."""
+    started, so the job's actor runs no turn of its own before the start."""
     system = turn.system
     loop = system.loop
     if loop is None:

@@ -334,7 +334,7 @@ class JobActor(HostedActor):
     def create_started(system: ActorSystem, job: Job, provider: str, now: float) -> Job:
         """Store a job created in this queue turn as already dispatched (on `provider`, at
         `now`), as its own Start turn would (see `_start`); the queue's turn then starts its
-        processor (`run_for`). Its actor has never run, and runs no turn before the outcome:
+        processor (`run_for`). Its actor has never run, and runs no turn before the start:
         one commit, not two, comes before the provider's start call. A cancel before that
         commit (only a client-chosen id can be known that early) finds it processing with
         its coroutine's token, and the coroutine starts cancelled (tasks.py)."""
