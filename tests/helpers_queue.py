@@ -20,7 +20,7 @@ from typing import Any
 
 from conftest import WAIT_S, eventually
 
-from genqueue import Config, Job, JobQueue, JobResult
+from genqueue import Config, Job, JobNotFound, JobQueue, JobResult
 from genqueue.clock import Clock
 
 # What an attempt does: "ok", "hold" (until released), or an exception to raise.
@@ -218,3 +218,12 @@ def request(prompt: str = "a cat surfing", **fields: Any) -> dict[str, Any]:
 
 
 poll_until = eventually  # the queue tests' name for it
+
+
+def removed(queue: JobQueue, job_id: str) -> bool:
+    """Whether the queue no longer has the job (retention removed it)."""
+    try:
+        queue.get(job_id)
+    except JobNotFound:
+        return True
+    return False

@@ -24,6 +24,7 @@ from helpers_queue import (
     poll_until,
     queue_alarm_at,
     queue_factory,
+    removed,
     request,
 )
 
@@ -573,14 +574,7 @@ def test_retention_removes_only_finished_jobs_older_than_the_window(queues):
     clock.advance(13 * 3600)  # the t0 jobs are now 25 h old, "young" 13 h
     old = ("old-a", "old-b", "old-failed", "old-cancelled")
 
-    def gone(job_id: str) -> bool:
-        try:
-            q.get(job_id)
-        except JobNotFound:
-            return True
-        return False
-
-    poll_until(lambda: all(gone(j) for j in old), "retention to remove the old jobs")
+    poll_until(lambda: all(removed(q, j) for j in old), "retention to remove the old jobs")
     st = q.status()  # a barrier: the retention turn is over
     assert q.get("young").status == "completed"
     assert q.get("running").status == "processing"  # unfinished jobs are never removed
@@ -615,14 +609,7 @@ def test_a_client_id_reused_after_retention_runs_once_though_its_old_actor_is_li
         q.cancel("x")  # answered by a live instance of x's actor, which stays live
     clock.advance(20)  # a retention pass removes x
 
-    def gone() -> bool:
-        try:
-            q.get("x")
-        except JobNotFound:
-            return True
-        return False
-
-    poll_until(gone, "retention to remove x")
+    poll_until(lambda: removed(q, "x"), "retention to remove x")
     assert q.submit(request(id="x")).created
     q.join(timeout_s=20)
     assert q.get("x").status == "completed"

@@ -23,10 +23,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
-from helpers_queue import WAIT_S, QueueFactory, poll_until, queue_factory
+from helpers_queue import WAIT_S, QueueFactory, poll_until, queue_factory, removed
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from genqueue import Job, JobNotFound, JobQueue, JobResult, WebhookStats
+from genqueue import Job, JobQueue, JobResult, WebhookStats
 from genqueue.actors.bridge import LoopThread
 from genqueue.actors.webhook import TERMINAL_SEQ
 from genqueue.clock import ManualClock
@@ -431,14 +431,7 @@ def test_a_client_id_reused_after_retention_gets_a_new_webhook_id_delivered_at_o
     poll_until(lambda: q.status().completed == 1, "the queue to count the first job's end")
     clock.advance(2 * 86400)  # the retention pass removes the finished job
 
-    def gone() -> bool:
-        try:
-            q.get("order-1")
-        except JobNotFound:
-            return True
-        return False
-
-    poll_until(gone, "retention to remove order-1")
+    poll_until(lambda: removed(q, "order-1"), "retention to remove order-1")
     second, _ = q.submit({"prompt": "a dog surfing", "id": "order-1"})
     hits = rx.wait_count(2)  # promptly: the clock does not move from here
     assert second.generation_id != first.generation_id
